@@ -1,0 +1,274 @@
+#!/usr/bin/env bash
+# Build llama.cpp's llama-server, llama-cli, llama-gguf-split and the RPC worker.
+#
+# This script is the one place that knows the CMake recipe. nemolaunch's `build`
+# command runs it; people may run it by hand too.
+#
+#   scripts/build_llamacpp.sh [--source DIR|TARBALL] [--ref REF]
+#                             [--backend auto|cuda|metal|cpu] [--prefix DIR] [--jobs N]
+#
+# --source   a llama.cpp tree, or an archive holding one (for example the
+#            llama-cpp-python sdist, whose tree is under vendor/llama.cpp).
+#            Without it: a shallow git clone of LLAMA_CPP_REPO at --ref.
+# --ref      the git ref to clone (default: the pinned, tested one below).
+# --backend  auto (CUDA where nvcc or an NVIDIA driver is present, Metal on
+#            macOS arm64, else CPU), cuda, metal or cpu.
+# --prefix   where bin/ lands (default: ./llama.cpp-build).
+# --jobs     parallel compile jobs (default: the number of CPUs).
+#
+# Idempotent: PREFIX/build-stamp.txt records the source hash, ref, backend,
+# CMake flags and compiler; when all of them match and the binaries exist, the
+# script does nothing. Exit codes: 0 built or up to date, 2 bad usage,
+# 3 a missing tool, 4 a source that holds no llama.cpp tree, 5 the build failed.
+set -euo pipefail
+
+readonly LLAMA_CPP_REPO="${LLAMA_CPP_REPO:-https://github.com/ggml-org/llama.cpp}"
+# The llama.cpp commit vendored by llama-cpp-python 0.3.36 (2026-10-01), which
+# nemolaunch is tested against: it has nemotron_h_moe with latent MoE and --fit.
+readonly PINNED_REF="0c1e570"
+readonly TARGETS=(llama-server llama-cli llama-gguf-split ggml-rpc-server)
+
+die() {
+    local code="$1"
+    shift
+    printf 'build_llamacpp: error: %s\n' "$*" >&2
+    exit "$code"
+}
+say() { printf 'build_llamacpp: %s\n' "$*" >&2; }
+
+usage() {
+    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+source_arg=""
+ref="$PINNED_REF"
+backend="auto"
+prefix="./llama.cpp-build"
+jobs=""
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --source) [[ $# -ge 2 ]] || die 2 "--source needs a directory or an archive"; source_arg="$2"; shift 2 ;;
+        --ref) [[ $# -ge 2 ]] || die 2 "--ref needs a git ref"; ref="$2"; shift 2 ;;
+        --backend) [[ $# -ge 2 ]] || die 2 "--backend needs one of auto, cuda, metal, cpu"; backend="$2"; shift 2 ;;
+        --prefix) [[ $# -ge 2 ]] || die 2 "--prefix needs a directory"; prefix="$2"; shift 2 ;;
+        --jobs) [[ $# -ge 2 ]] || die 2 "--jobs needs a number"; jobs="$2"; shift 2 ;;
+        -h | --help) usage; exit 0 ;;
+        *) die 2 "unknown option '$1' (see --help)" ;;
+    esac
+done
+
+case "$backend" in
+    auto | cuda | metal | cpu) ;;
+    *) die 2 "--backend must be one of auto, cuda, metal, cpu (got '$backend')" ;;
+esac
+if [[ -z "$jobs" ]]; then
+    jobs="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)"
+fi
+[[ "$jobs" =~ ^[1-9][0-9]*$ ]] || die 2 "--jobs must be a positive whole number (got '$jobs')"
+
+find_nvcc() {
+    if command -v nvcc >/dev/null 2>&1; then
+        command -v nvcc
+    elif [[ -x /usr/local/cuda/bin/nvcc ]]; then
+        printf '%s\n' /usr/local/cuda/bin/nvcc
+    fi
+}
+
+if [[ "$backend" == "auto" ]]; then
+    if [[ "$(uname -s)" == "Darwin" && "$(uname -m)" == "arm64" ]]; then
+        backend="metal"
+    elif [[ -n "$(find_nvcc)" ]] || [[ -e /proc/driver/nvidia/version ]] || command -v nvidia-smi >/dev/null 2>&1; then
+        backend="cuda"
+    else
+        backend="cpu"
+    fi
+    say "backend auto -> $backend"
+fi
+
+# Tools first: a missing one is one clear line, before anything is written.
+command -v cmake >/dev/null 2>&1 || die 3 "cmake not found: install CMake 3.14 or newer (apt-get install cmake, brew install cmake or pip install cmake)"
+cxx="${CXX:-}"
+if [[ -z "$cxx" ]]; then
+    for candidate in c++ g++ clang++; do
+        if command -v "$candidate" >/dev/null 2>&1; then
+            cxx="$candidate"
+            break
+        fi
+    done
+fi
+if [[ -z "$cxx" ]] || ! command -v "$cxx" >/dev/null 2>&1; then
+    die 3 "no C++ compiler found: install one (apt-get install build-essential, or xcode-select --install on macOS) or set CXX"
+fi
+nvcc=""
+if [[ "$backend" == "cuda" ]]; then
+    nvcc="$(find_nvcc)"
+    [[ -n "$nvcc" ]] || die 3 "--backend cuda needs nvcc: install the CUDA toolkit (https://developer.nvidia.com/cuda-downloads) and put nvcc on PATH"
+fi
+if [[ "$backend" == "metal" && "$(uname -s)" != "Darwin" ]]; then
+    die 2 "--backend metal needs macOS"
+fi
+
+hash_file() {
+    if command -v sha256sum >/dev/null 2>&1; then
+        sha256sum "$1" | cut -d' ' -f1
+    else
+        shasum -a 256 "$1" | cut -d' ' -f1
+    fi
+}
+hash_stdin() {
+    if command -v sha256sum >/dev/null 2>&1; then
+        sha256sum | cut -d' ' -f1
+    else
+        shasum -a 256 | cut -d' ' -f1
+    fi
+}
+
+# The tree's identity: an archive's sha256; a git checkout's HEAD plus its
+# uncommitted changes; otherwise a listing of the build-relevant files with
+# sizes and mtimes (cheap, and it changes whenever a file is edited).
+tree_id() {
+    local dir="$1"
+    if git -C "$dir" rev-parse --is-inside-work-tree >/dev/null 2>&1 && [[ "$(git -C "$dir" rev-parse --show-toplevel)" == "$(cd "$dir" && pwd -P)" ]]; then
+        { git -C "$dir" rev-parse HEAD; git -C "$dir" status --porcelain; } | hash_stdin
+    else
+        (cd "$dir" && find CMakeLists.txt cmake common ggml include src tools vendor -type f -printf '%p %s %T@\n' 2>/dev/null | LC_ALL=C sort | hash_stdin)
+    fi
+}
+
+# Find the llama.cpp tree inside a directory: the directory itself, one level
+# down (an extracted release), or vendor/llama.cpp (the llama-cpp-python sdist).
+locate_tree() {
+    local root="$1" candidate
+    for candidate in "$root" "$root"/* "$root"/vendor/llama.cpp "$root"/*/vendor/llama.cpp; do
+        if [[ -f "$candidate/CMakeLists.txt" && -f "$candidate/include/llama.h" && -d "$candidate/tools/server" ]]; then
+            printf '%s\n' "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+mkdir -p "$prefix"
+prefix="$(cd "$prefix" && pwd -P)"
+stamp="$prefix/build-stamp.txt"
+work="$prefix/work"
+
+cmake_flags=(
+    -DCMAKE_BUILD_TYPE=Release
+    -DBUILD_SHARED_LIBS=OFF
+    -DGGML_RPC=ON
+    -DLLAMA_BUILD_TESTS=OFF
+    -DLLAMA_BUILD_EXAMPLES=OFF
+    -DLLAMA_BUILD_TOOLS=ON
+    -DLLAMA_BUILD_SERVER=ON
+    # The prebuilt web UI is fetched from a Hugging Face bucket at build time;
+    # builds must work offline, and the OpenAI API does not need it.
+    -DLLAMA_USE_PREBUILT_UI=OFF
+    -DLLAMA_OPENSSL=OFF
+)
+case "$backend" in
+    cuda) cmake_flags+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_COMPILER=$nvcc") ;;
+    metal) cmake_flags+=(-DGGML_METAL=ON) ;;
+    cpu) cmake_flags+=(-DGGML_CUDA=OFF -DGGML_METAL=OFF) ;;
+esac
+
+compiler="$("$cxx" --version 2>/dev/null | head -n 1)"
+if [[ -n "$nvcc" ]]; then
+    compiler="$compiler; $("$nvcc" --version 2>/dev/null | tail -n 1)"
+fi
+
+# Resolve the source's identity without extracting or cloning when possible,
+# so that an up-to-date build is a no-op in well under two seconds.
+source_kind=""
+source_path=""
+if [[ -n "$source_arg" ]]; then
+    [[ -e "$source_arg" ]] || die 4 "--source '$source_arg' does not exist: pass a llama.cpp directory or an archive holding one"
+    source_path="$(cd "$(dirname "$source_arg")" && pwd -P)/$(basename "$source_arg")"
+    if [[ -d "$source_path" ]]; then
+        source_kind="dir"
+        tree="$(locate_tree "$source_path")" || die 4 "--source '$source_arg' holds no llama.cpp tree (looked for CMakeLists.txt, include/llama.h and tools/server, also under vendor/llama.cpp)"
+        source_id="dir:$(tree_id "$tree")"
+    elif [[ -f "$source_path" ]]; then
+        source_kind="archive"
+        source_id="archive:$(hash_file "$source_path")"
+    else
+        die 4 "--source '$source_arg' is neither a directory nor an archive"
+    fi
+    ref_recorded="(from --source)"
+else
+    source_kind="git"
+    source_id="git:$ref"
+    ref_recorded="$ref"
+fi
+
+stamp_text="$(printf 'source=%s\nref=%s\nbackend=%s\nflags=%s\ncompiler=%s\n' \
+    "$source_id" "$ref_recorded" "$backend" "${cmake_flags[*]}" "$compiler")"
+
+binaries_present() {
+    local target
+    for target in "${TARGETS[@]}"; do
+        [[ -x "$prefix/bin/$target" ]] || return 1
+    done
+}
+
+if [[ -f "$stamp" ]] && binaries_present && [[ "$(cat "$stamp")" == "$stamp_text" ]]; then
+    say "up to date: $prefix/bin ($backend, $source_id)"
+    exit 0
+fi
+
+case "$source_kind" in
+    dir) ;;
+    archive)
+        rm -rf "$work/src"
+        mkdir -p "$work/src"
+        say "extracting $source_path"
+        tar -xf "$source_path" -C "$work/src" || die 4 "--source '$source_arg' is not an archive tar can read"
+        tree="$(locate_tree "$work/src")" || die 4 "--source '$source_arg' holds no llama.cpp tree (looked for CMakeLists.txt, include/llama.h and tools/server, also under vendor/llama.cpp)"
+        ;;
+    git)
+        command -v git >/dev/null 2>&1 || die 3 "git not found: install git, or pass --source with a llama.cpp tree or archive"
+        rm -rf "$work/src"
+        mkdir -p "$work/src"
+        say "cloning $LLAMA_CPP_REPO at $ref"
+        git -C "$work/src" init -q
+        git -C "$work/src" remote add origin "$LLAMA_CPP_REPO"
+        git -C "$work/src" fetch -q --depth 1 origin "$ref" || die 4 "could not fetch $ref from $LLAMA_CPP_REPO: check the network, or pass --source"
+        git -C "$work/src" checkout -q FETCH_HEAD
+        tree="$work/src"
+        ;;
+esac
+
+# ccache speeds a rebuild up but does not change the binaries, so it stays out of the stamp.
+if command -v ccache >/dev/null 2>&1; then
+    cmake_flags+=(-DGGML_CCACHE=ON)
+else
+    cmake_flags+=(-DGGML_CCACHE=OFF)
+fi
+
+build_dir="$work/build"
+say "configuring ($backend) in $build_dir"
+# A changed flag set must not reuse a stale CMake cache.
+rm -f "$build_dir/CMakeCache.txt"
+if ! cmake -S "$tree" -B "$build_dir" -DCMAKE_CXX_COMPILER="$cxx" "${cmake_flags[@]}"; then
+    die 5 "cmake configure failed (see the log above)"
+fi
+say "building ${TARGETS[*]} with $jobs jobs"
+if ! cmake --build "$build_dir" --config Release -j "$jobs" --target "${TARGETS[@]}"; then
+    die 5 "cmake build failed (see the log above)"
+fi
+
+mkdir -p "$prefix/bin"
+for target in "${TARGETS[@]}"; do
+    built="$build_dir/bin/$target"
+    [[ -x "$built" ]] || die 5 "the build did not produce $target"
+    # Copy to a temporary name and rename, so a reader never sees half a binary.
+    cp "$built" "$prefix/bin/.$target.tmp"
+    mv -f "$prefix/bin/.$target.tmp" "$prefix/bin/$target"
+done
+# llama.cpp's docs call the RPC worker rpc-server; keep that name too.
+ln -sf ggml-rpc-server "$prefix/bin/rpc-server"
+
+printf '%s\n' "$stamp_text" >"$stamp.tmp"
+mv -f "$stamp.tmp" "$stamp"
+say "built: $prefix/bin"

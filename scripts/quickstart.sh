@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The main job, from a fresh clone: install nemolaunch, build llama.cpp for this
+# machine, and serve a model on http://127.0.0.1:8001/v1.
+#
+#   bash scripts/quickstart.sh [MODEL.gguf] [nemolaunch serve options...]
+#
+# With no model it serves the embedded tiny Nemotron-architecture model, since
+# the real Ultra needs hundreds of GB of memory and a download.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python="${PYTHON:-python3}"
+if [[ ! -x .venv/bin/python ]]; then
+    "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
+.venv/bin/python -m pip install --quiet . 2>&1 | grep -v '^WARNING: Location' >&2 || true
+
+# Build llama.cpp unless one is already usable (NEMOLAUNCH_LLAMA_CPP, an earlier build, PATH).
+if ! .venv/bin/nemolaunch doctor --json | .venv/bin/python -c 'import json,sys; sys.exit("error" in json.load(sys.stdin)["llama_cpp"])'; then
+    source_archive="$(PYTHON=.venv/bin/python bash scripts/fetch_llamacpp_source.sh)"
+    .venv/bin/nemolaunch build --source "$source_archive"
+fi
+
+model="${1:-}"
+if [[ $# -gt 0 ]]; then
+    shift
+fi
+if [[ -z "$model" ]]; then
+    model="${XDG_CACHE_HOME:-$HOME/.cache}/nemolaunch/tiny-nemotron.gguf"
+    mkdir -p "$(dirname "$model")"
+    [[ -s "$model" ]] || .venv/bin/nemolaunch tiny-model "$model"
+fi
+exec .venv/bin/nemolaunch serve --model "$model" --port "${PORT:-8001}" "$@"

@@ -1,0 +1,3 @@
+from nemolaunch.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Thin adapters: each one does I/O for the pure core and never prints."""

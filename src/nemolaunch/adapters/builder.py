@@ -1,0 +1,138 @@
+"""Runs scripts/build_llamacpp.sh, which alone knows the CMake recipe.
+
+This adapter picks the build's folder (one per backend and source, so CPU and
+CUDA builds live side by side), streams the script's output into a log file,
+and turns CMake's ``[ NN%]`` lines into progress callbacks.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import re
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from nemolaunch.errors import BuildFailed, BuildSourceInvalid, BuildToolMissing, BuildUsage
+
+_PERCENT = re.compile(r"^\[\s*(\d{1,3})%\]")
+_SCRIPT_ERROR = re.compile(r"^build_llamacpp: error: (?P<reason>.+)$")
+# The script's exit codes (see its header).
+_SCRIPT_USAGE, _SCRIPT_TOOL, _SCRIPT_SOURCE = 2, 3, 4
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    backend: str  # cuda, metal or cpu: resolved by the caller, never "auto"
+    source: Path | None  # a llama.cpp tree or an archive holding one; None: git clone
+    ref: str | None
+    jobs: int | None
+    prefix: Path
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    prefix: Path
+    log: Path
+    up_to_date: bool
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.prefix / "bin"
+
+
+def script_path() -> Path:
+    """The build script as installed with the package (a copy of scripts/build_llamacpp.sh)."""
+    return Path(str(resources.files("nemolaunch") / "data" / "build_llamacpp.sh"))
+
+
+def source_key(source: Path | None, ref: str | None) -> str:
+    """A short, stable name for a source: an archive's content, a folder's path, or a git ref."""
+    digest = hashlib.sha256()
+    if source is None:
+        digest.update(f"git:{ref or 'pinned'}".encode())
+    elif source.is_file():
+        with source.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    else:
+        digest.update(f"dir:{source.resolve()}".encode())
+    return digest.hexdigest()[:12]
+
+
+def build_prefix(root: Path, *, backend: str, source: Path | None, ref: str | None) -> Path:
+    return root / f"{backend}-{source_key(source, ref)}"
+
+
+def script_argv(request: BuildRequest, *, script: Path) -> list[str]:
+    argv = ["bash", str(script), "--backend", request.backend, "--prefix", str(request.prefix)]
+    if request.source is not None:
+        argv += ["--source", str(request.source)]
+    if request.ref is not None:
+        argv += ["--ref", request.ref]
+    if request.jobs is not None:
+        argv += ["--jobs", str(request.jobs)]
+    return argv
+
+
+def run_build(
+    request: BuildRequest,
+    *,
+    on_progress: Callable[[int, str], None] | None = None,
+    script: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> BuildResult:
+    """Build (or find up to date) llama.cpp in ``request.prefix``; raise a BuildError on failure."""
+    request.prefix.mkdir(parents=True, exist_ok=True)
+    log_path = request.prefix / "build.log"
+    argv = script_argv(request, script=script or script_path())
+    # One build per prefix at a time: a second `nemolaunch build` waits rather than corrupts.
+    with (request.prefix / ".lock").open("w") as lock, log_path.open("w") as log:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env
+        )
+        assert process.stdout is not None
+        up_to_date = False
+        last_error: str | None = None
+        try:
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                stripped = line.rstrip("\n")
+                if (match := _PERCENT.match(stripped)) and on_progress is not None:
+                    on_progress(min(int(match.group(1)), 100), stripped)
+                if (match := _SCRIPT_ERROR.match(stripped)) is not None:
+                    last_error = match["reason"]
+                if stripped.startswith("build_llamacpp: up to date"):
+                    up_to_date = True
+            code = process.wait()
+        except BaseException:
+            # Ctrl-C or any failure here must not leave the compiler running.
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            raise
+    if code == 0:
+        return BuildResult(prefix=request.prefix, log=log_path, up_to_date=up_to_date)
+    reason = last_error or f"the build script exited with {code}"
+    if code == _SCRIPT_TOOL:
+        raise BuildToolMissing(reason=reason)
+    if code == _SCRIPT_SOURCE:
+        raise BuildSourceInvalid(reason=reason)
+    if code == _SCRIPT_USAGE:
+        raise BuildUsage(reason=reason)
+    raise BuildFailed(log=str(log_path), exit_code=code)
+
+
+def log_tail(log: Path, lines: int = 25) -> list[str]:
+    try:
+        return log.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []

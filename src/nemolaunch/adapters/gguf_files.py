@@ -1,0 +1,112 @@
+"""Cheap checks on a local GGUF model before llama-server spends minutes loading it.
+
+The header is read with the ``gguf`` package (never by hand): it memory-maps
+the file, so even a 50 GB shard costs only its metadata. A file whose tensor
+data runs past its end makes the reader fail, which is how a truncated
+download shows up.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from nemolaunch.errors import ModelFileMissing, NotGGUF, ShardsMissing, TruncatedGGUF
+
+GGUF_MAGIC = b"GGUF"
+SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """What the launcher needs to know about a local model."""
+
+    path: Path  # the file to hand llama.cpp: the first shard of a split model
+    shards: tuple[Path, ...]
+    architecture: str | None
+    general_name: str | None
+    context_length: int | None  # the training context, the largest sensible --ctx-size
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(shard.stat().st_size for shard in self.shards)
+
+
+def split_shards(path: Path) -> tuple[Path, ...] | None:
+    """Every shard's path for a ``-0000K-of-0000N.gguf`` name; None for a single file."""
+    match = SPLIT_NAME.match(path.name)
+    if match is None:
+        return None
+    count = int(match["count"])
+    prefix = match["prefix"]
+    return tuple(path.with_name(f"{prefix}-{index:05d}-of-{count:05d}.gguf") for index in range(1, count + 1))
+
+
+def inspect_model(path: Path) -> ModelFile:
+    """Check that ``path`` is a complete GGUF model (every shard present and whole).
+
+    For a split model any shard may be named; the result points at the first,
+    which is the one llama.cpp must be given.
+    """
+    path = path.expanduser()
+    if not path.is_file():
+        raise ModelFileMissing(path=str(path))
+    shards = split_shards(path) or (path,)
+    missing = [shard.name for shard in shards if not shard.is_file()]
+    if missing:
+        raise ShardsMissing(path=str(path), missing=missing, total=len(shards))
+    header = None
+    for shard in shards:
+        fields = _read_header(shard)
+        if header is None:
+            header = fields
+    assert header is not None
+    architecture = _string(header, "general.architecture")
+    return ModelFile(
+        path=shards[0],
+        shards=shards,
+        architecture=architecture,
+        general_name=_string(header, "general.name"),
+        context_length=_integer(header, f"{architecture}.context_length") if architecture else None,
+    )
+
+
+def _read_header(path: Path) -> dict[str, object]:
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != GGUF_MAGIC:
+        raise NotGGUF(path=str(path), magic=magic)
+    from gguf import GGUFReader  # numpy-heavy: only when a model is actually checked
+
+    try:
+        reader = GGUFReader(path)
+    except (ValueError, IndexError, OSError) as exc:
+        raise TruncatedGGUF(path=str(path), reason=_reason(exc)) from exc
+    fields: dict[str, object] = {}
+    for key in ("general.architecture", "general.name"):
+        if key in reader.fields:
+            fields[key] = reader.fields[key].contents()
+    architecture = fields.get("general.architecture")
+    if isinstance(architecture, str):
+        key = f"{architecture}.context_length"
+        if key in reader.fields:
+            fields[key] = reader.fields[key].contents()
+    return fields
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "reshape" in text or "divisor" in text or "buffer" in text:
+        return "its tensor data ends before the header says it should"
+    return text
+
+
+def _string(fields: dict[str, object], key: str) -> str | None:
+    value = fields.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _integer(fields: dict[str, object], key: str) -> int | None:
+    value = fields.get(key)
+    return int(value) if isinstance(value, int) else None

@@ -1,0 +1,158 @@
+"""Finding llama.cpp's binaries and reading their version.
+
+Search order: an explicit folder (``--llama-cpp`` or ``NEMOLAUNCH_LLAMA_CPP``),
+then nemolaunch's own builds (the newest that suits this machine, GPU builds
+first where a GPU driver is present), then ``PATH``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from nemolaunch.errors import LlamaCppDirInvalid, LlamaCppNotFound
+
+ENV_DIR = "NEMOLAUNCH_LLAMA_CPP"
+STAMP_NAME = "build-stamp.txt"
+
+
+def builds_root() -> Path:
+    """Where ``nemolaunch build`` keeps its builds, one folder per build key."""
+    from platformdirs import user_data_path
+
+    return user_data_path("nemolaunch") / "llama.cpp"
+
+
+@dataclass(frozen=True)
+class Build:
+    """One of nemolaunch's own builds, described by its stamp."""
+
+    prefix: Path
+    backend: str
+    source: str
+    built_at: float
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.prefix / "bin"
+
+
+@dataclass(frozen=True)
+class Found:
+    path: Path
+    origin: str  # "--llama-cpp", "NEMOLAUNCH_LLAMA_CPP", "nemolaunch build", "PATH"
+    backend: str | None = None  # known for nemolaunch's own builds
+
+
+def read_stamp(prefix: Path) -> Build | None:
+    stamp = prefix / STAMP_NAME
+    try:
+        text = stamp.read_text()
+        built_at = stamp.stat().st_mtime
+    except OSError:
+        return None
+    values = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    if "backend" not in values:
+        return None
+    return Build(prefix=prefix, backend=values["backend"], source=values.get("source", ""), built_at=built_at)
+
+
+def list_builds(root: Path | None = None) -> list[Build]:
+    root = root if root is not None else builds_root()
+    if not root.is_dir():
+        return []
+    builds = [read_stamp(child) for child in sorted(root.iterdir()) if child.is_dir()]
+    return [build for build in builds if build is not None]
+
+
+def machine_backends() -> tuple[str, ...]:
+    """Backends this machine can run, best first; a cheap look, no NVML."""
+    backends: list[str] = []
+    if Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi"):
+        backends.append("cuda")
+    if platform.system() == "Darwin" and platform.machine() == "arm64":
+        backends.append("metal")
+    backends.append("cpu")
+    return tuple(backends)
+
+
+def best_build(builds: list[Build], *, binary: str, suitable: tuple[str, ...]) -> Build | None:
+    """The build to use: the best suitable backend, and the newest of those."""
+    usable = [b for b in builds if b.backend in suitable and _executable(b.bin_dir / binary)]
+    if not usable:
+        return None
+    return min(usable, key=lambda b: (suitable.index(b.backend), -b.built_at))
+
+
+def find_binary(
+    binary: str,
+    *,
+    explicit_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+    builds: list[Build] | None = None,
+    suitable: tuple[str, ...] | None = None,
+) -> Found:
+    env = dict(os.environ) if env is None else env
+    if explicit_dir is not None:
+        return Found(_in_dir(explicit_dir, binary, source="--llama-cpp"), "--llama-cpp")
+    if env.get(ENV_DIR):
+        return Found(_in_dir(Path(env[ENV_DIR]), binary, source=ENV_DIR), ENV_DIR)
+    builds = list_builds() if builds is None else builds
+    build = best_build(builds, binary=binary, suitable=suitable or machine_backends())
+    if build is not None:
+        return Found(build.bin_dir / binary, "nemolaunch build", build.backend)
+    on_path = shutil.which(binary, path=env.get("PATH"))
+    if on_path:
+        return Found(Path(on_path), "PATH")
+    raise LlamaCppNotFound(binary=binary, searched=[str(builds_root()), "PATH"])
+
+
+def _in_dir(folder: Path, binary: str, *, source: str) -> Path:
+    folder = folder.expanduser()
+    # Accept the build prefix as well as its bin/ folder.
+    for candidate in (folder / binary, folder / "bin" / binary):
+        if _executable(candidate):
+            return candidate
+    raise LlamaCppDirInvalid(path=str(folder), source=source, binary=binary)
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+# Both "version: 0.5.0-dev (build 1, commit 0c1e570)" and the older "version: 4567 (0c1e570)".
+_VERSION = re.compile(
+    r"version:\s*(?P<number>\S+)\s*\((?:build\s*\d+,\s*)?(?:commit\s*)?(?P<commit>[0-9a-f]{6,40})\)"
+)
+
+
+@dataclass(frozen=True)
+class BinaryVersion:
+    number: str | None
+    commit: str | None
+    built_with: str | None
+    raw: str
+
+
+def parse_version(text: str) -> BinaryVersion:
+    match = _VERSION.search(text)
+    built_with = next((line.strip() for line in text.splitlines() if line.startswith("built with")), None)
+    return BinaryVersion(
+        number=match["number"] if match else None,
+        commit=match["commit"] if match else None,
+        built_with=built_with,
+        raw=text.strip(),
+    )
+
+
+def binary_version(path: Path, *, timeout_s: float = 20.0) -> BinaryVersion:
+    completed = subprocess.run(
+        [str(path), "--version"], capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+    # llama.cpp prints its version to stderr, after any backend device lines.
+    return parse_version(completed.stderr + completed.stdout)

@@ -1,0 +1,112 @@
+"""`nemolaunch build`: compile llama.cpp for this machine through scripts/build_llamacpp.sh."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nemolaunch.cli.output import err_console, print_json
+from nemolaunch.errors import BadOption, BuildFailed
+
+#: An offline default for --source (a llama.cpp tree or archive), for CI and air-gapped machines.
+SOURCE_ENV = "NEMOLAUNCH_LLAMA_CPP_SOURCE"
+BACKENDS = ("auto", "cuda", "metal", "cpu")
+
+
+def build_command(
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--source",
+            help=f"A llama.cpp tree or an archive holding one [env: {SOURCE_ENV}; default: git clone].",
+        ),
+    ] = None,
+    ref: Annotated[str | None, typer.Option("--ref", help="Git ref to clone (default: the tested pin).")] = None,
+    backend: Annotated[
+        str, typer.Option("--backend", help="auto (this machine's GPU, else CPU), cuda, metal or cpu.")
+    ] = "auto",
+    prefix: Annotated[
+        Path | None, typer.Option("--prefix", help="Where bin/ lands [default: one folder per build key].")
+    ] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Parallel compile jobs.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Build llama-server, llama-cli, llama-gguf-split and rpc-server from llama.cpp's source."""
+    result = run_build_with_progress(
+        source=source, ref=ref, backend=backend, prefix=prefix, jobs=jobs, quiet=json_output
+    )
+    if json_output:
+        print_json({"bin_dir": str(result.bin_dir), "log": str(result.log), "up_to_date": result.up_to_date})
+
+
+def build_default() -> Path:
+    """Build with every default (used by `serve --build`); returns the bin folder."""
+    return run_build_with_progress(source=None, ref=None, backend="auto", prefix=None, jobs=None).bin_dir
+
+
+def run_build_with_progress(
+    *,
+    source: Path | None,
+    ref: str | None,
+    backend: str,
+    prefix: Path | None,
+    jobs: int | None,
+    quiet: bool = False,
+):  # -> BuildResult
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from nemolaunch.adapters.builder import BuildRequest, build_prefix, log_tail, run_build
+    from nemolaunch.adapters.llamacpp import builds_root, machine_backends
+
+    if backend not in BACKENDS:
+        raise BadOption(option="--backend", value=backend, hint=f"use one of {', '.join(BACKENDS)}")
+    if jobs is not None and jobs < 1:
+        raise BadOption(option="--jobs", value=jobs, hint="use 1 or more")
+    if source is None and os.environ.get(SOURCE_ENV):
+        source = Path(os.environ[SOURCE_ENV])
+    if source is not None:
+        source = source.expanduser()
+        if not source.exists():
+            raise BadOption(
+                option="--source", value=str(source), hint="it does not exist; pass a llama.cpp tree or archive"
+            )
+    if backend == "auto":
+        # nemolaunch knows the machine: build for the GPU it can use, not merely for an nvcc on PATH.
+        backend = machine_backends()[0]
+    if prefix is None:
+        prefix = build_prefix(builds_root(), backend=backend, source=source, ref=ref)
+    request = BuildRequest(backend=backend, source=source, ref=ref, jobs=jobs, prefix=prefix.expanduser())
+    if not quiet:
+        err_console.print(f"Building llama.cpp ({backend}) into {request.prefix}")
+        err_console.print(f"Full log: {request.prefix / 'build.log'}")
+    progress = Progress(
+        TextColumn("[bold]llama.cpp[/]"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[step]}"),
+        console=err_console,
+        transient=True,
+        disable=quiet,
+    )
+    with progress:
+        task = progress.add_task("build", total=100, step="")
+
+        def on_progress(percent: int, line: str) -> None:
+            step = line.split("]", 1)[-1].strip()
+            progress.update(task, completed=percent, step=step[-60:])
+
+        try:
+            result = run_build(request, on_progress=on_progress)
+        except BuildFailed as exc:
+            progress.stop()
+            for line in log_tail(Path(str(exc.log))):
+                err_console.print(line, markup=False)
+            raise
+    if not quiet:
+        state = "already up to date" if result.up_to_date else "built"
+        err_console.print(f"llama.cpp {state}: {result.bin_dir}")
+    return result

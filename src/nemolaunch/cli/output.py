@@ -1,0 +1,32 @@
+"""The consoles every verb writes to: results on stdout, words for people on stderr."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+
+from rich.console import Console
+
+# soft_wrap: a long command line stays one line, so it can be copied and pasted.
+console = Console(soft_wrap=True, highlight=False)
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {message}", markup=True)
+
+
+def note(message: str) -> None:
+    err_console.print(message, markup=False)
+
+
+def print_json(payload: object) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def print_command(argv: list[str]) -> None:
+    # Plain print: rich must not re-wrap or colour what a person will paste.
+    sys.stdout.write(shlex.join(argv) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,274 @@
+"""`nemolaunch serve` (llama-server) and `nemolaunch run` (llama-cli).
+
+Both resolve the model and the binary, check what is cheap to check, print
+the exact command, then replace themselves with llama.cpp (``os.execvpe``)
+so that it owns the terminal and its signals: Ctrl-C reaches llama-server
+directly and no nemolaunch process is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nemolaunch.cli.output import console, err_console, note, print_command, print_json, warn
+from nemolaunch.core.launch import (
+    DEFAULT_CTX_SIZE,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    CliLaunch,
+    Sampling,
+    ServerLaunch,
+    cli_argv,
+    client_base_url,
+    default_alias,
+    is_loopback,
+    openai_snippet,
+    server_argv,
+)
+from nemolaunch.errors import ApiKeyFileEmpty, ApiKeyFileMissing, BadOption
+
+API_KEY_ENV = "NEMOLAUNCH_API_KEY"
+#: The variable llama-server reads its key from (LLAMA_ARG_API_KEY is ignored by this build).
+SERVER_KEY_ENV = "LLAMA_API_KEY"
+
+ModelOption = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="A local .gguf file (for a split model, any shard)."),
+]
+CtxOption = Annotated[
+    int | None,
+    typer.Option(
+        "--ctx-size", "-c", help=f"Context size in tokens [default: {DEFAULT_CTX_SIZE}, or the model's maximum]"
+    ),
+]
+TempOption = Annotated[float, typer.Option("--temp", help="Sampling temperature (NVIDIA: 1.0).")]
+TopPOption = Annotated[float, typer.Option("--top-p", help="Nucleus sampling (NVIDIA: 0.95).")]
+MinPOption = Annotated[float, typer.Option("--min-p", help="Min-p sampling (reference llama-cli: 0.01).")]
+LlamaCppOption = Annotated[
+    Path | None,
+    typer.Option("--llama-cpp", help="Folder holding llama.cpp's binaries [env: NEMOLAUNCH_LLAMA_CPP]."),
+]
+BuildOption = Annotated[
+    bool, typer.Option("--build", help="Build llama.cpp first if no build is found (see `nemolaunch build`).")
+]
+DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Print the command and exit.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="With --dry-run: print the launch as JSON.")]
+
+
+def serve_command(
+    ctx: typer.Context,
+    model: ModelOption = None,
+    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = DEFAULT_PORT,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 for all.")] = DEFAULT_HOST,
+    alias: Annotated[
+        str | None, typer.Option("--alias", help="Model name clients ask for [default: from the model].")
+    ] = None,
+    ctx_size: CtxOption = None,
+    temp: TempOption = Sampling.temperature,
+    top_p: TopPOption = Sampling.top_p,
+    min_p: MinPOption = Sampling.min_p,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option("--api-key-file", help=f"File holding the API key [or env {API_KEY_ENV}]."),
+    ] = None,
+    llama_cpp: LlamaCppOption = None,
+    build: BuildOption = False,
+    dry_run: DryRunOption = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Serve a model with llama-server's OpenAI-compatible API (args after -- go to llama-server)."""
+    model_file = _resolve_model(model)
+    context = _context_size(ctx_size, model_file.context_length)
+    sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
+    key_file = _check_api_key_file(api_key_file)
+    env_key = os.environ.get(API_KEY_ENV)
+    if key_file is None and env_key is not None and not env_key.strip():
+        raise BadOption(option=API_KEY_ENV, value="(empty)", hint="set it to the key, or unset it")
+    has_key = key_file is not None or bool(env_key) or bool(os.environ.get(SERVER_KEY_ENV))
+    if not is_loopback(host) and not has_key:
+        warn(
+            f"binding {host} without an API key: anyone who can reach this port can use the model. "
+            f"Pass --api-key-file FILE or set {API_KEY_ENV}."
+        )
+    _check_port(host=host, port=port, dry_run=dry_run)
+    binary = _find_binary("llama-server", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
+    launch = ServerLaunch(
+        binary=binary,
+        model=model_file.path,
+        ctx_size=context,
+        alias=alias or default_alias(model_file.path, general_name=model_file.general_name),
+        host=host,
+        port=port,
+        sampling=sampling,
+        api_key_file=key_file,
+        extra_args=tuple(ctx.args),
+    )
+    argv = server_argv(launch)
+    env = dict(os.environ)
+    if key_file is None and env_key:
+        # The key travels in the environment, never in argv where `ps` shows it.
+        env[SERVER_KEY_ENV] = env_key
+    base_url = client_base_url(host, port)
+    if json_output:
+        print_json(
+            {
+                "command": argv,
+                "base_url": base_url,
+                "model": launch.alias,
+                # Names only: the values are secrets.
+                "env": [SERVER_KEY_ENV] if SERVER_KEY_ENV in env else [],
+                "dry_run": dry_run,
+            }
+        )
+    else:
+        print_command(argv)
+    if not json_output:
+        err_console.print(f"OpenAI-compatible API at {base_url} serving model [bold]{launch.alias}[/]:")
+        err_console.print(
+            openai_snippet(base_url=base_url, model=launch.alias, needs_key=has_key), markup=False
+        )
+    if dry_run:
+        return
+    _exec(argv, env)
+
+
+def run_command(
+    ctx: typer.Context,
+    model: ModelOption = None,
+    ctx_size: CtxOption = None,
+    temp: TempOption = Sampling.temperature,
+    top_p: TopPOption = Sampling.top_p,
+    min_p: MinPOption = Sampling.min_p,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", help="Answer this one prompt and exit (no chat).")
+    ] = None,
+    n_predict: Annotated[
+        int | None, typer.Option("--n-predict", "-n", help="Stop after this many tokens.")
+    ] = None,
+    llama_cpp: LlamaCppOption = None,
+    build: BuildOption = False,
+    dry_run: DryRunOption = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Chat with a model in the terminal through llama-cli (args after -- go to llama-cli)."""
+    model_file = _resolve_model(model)
+    context = _context_size(ctx_size, model_file.context_length)
+    sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
+    if n_predict is not None and n_predict < -1:
+        raise BadOption(option="--n-predict", value=n_predict, hint="use a positive count, or -1 for no limit")
+    binary = _find_binary("llama-cli", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
+    launch = CliLaunch(
+        binary=binary,
+        model=model_file.path,
+        ctx_size=context,
+        sampling=sampling,
+        prompt=prompt,
+        n_predict=n_predict,
+        extra_args=tuple(ctx.args),
+    )
+    argv = cli_argv(launch)
+    if json_output:
+        print_json({"command": argv, "dry_run": dry_run})
+    else:
+        print_command(argv)
+    if dry_run:
+        return
+    _exec(argv, dict(os.environ))
+
+
+def _resolve_model(model: str | None):  # -> ModelFile
+    from nemolaunch.adapters.gguf_files import inspect_model
+
+    if model is None:
+        raise BadOption(
+            option="--model",
+            value="(none)",
+            hint="pass --model PATH.gguf (the Ultra's download and planning come with `nemolaunch plan`)",
+        )
+    path = Path(model).expanduser()
+    model_file = inspect_model(path)
+    if model_file.path != path:
+        note(f"using the split model's first shard: {model_file.path}")
+    return model_file
+
+
+def _check_port(*, host: str, port: int, dry_run: bool) -> None:
+    from nemolaunch.adapters.ports import check_port
+    from nemolaunch.errors import PortInUse
+
+    try:
+        check_port(host=host, port=port)
+    except PortInUse as exc:
+        if not dry_run:
+            raise
+        warn(str(exc))  # a dry run only shows the command; it may be meant for later
+
+
+def _context_size(requested: int | None, maximum: int | None) -> int:
+    if requested is None:
+        # Never pass 0 (llama.cpp's "the training context": 1M tokens for the Ultra).
+        return min(DEFAULT_CTX_SIZE, maximum) if maximum else DEFAULT_CTX_SIZE
+    if requested <= 0:
+        raise BadOption(option="--ctx-size", value=requested, hint="give a positive number of tokens, e.g. 32768")
+    if maximum and requested > maximum:
+        raise BadOption(
+            option="--ctx-size", value=requested, hint=f"this model was trained for at most {maximum} tokens"
+        )
+    return requested
+
+
+def _sampling(*, temp: float, top_p: float, min_p: float) -> Sampling:
+    if temp < 0:
+        raise BadOption(option="--temp", value=temp, hint="use 0 or more (NVIDIA recommends 1.0)")
+    for option, value in (("--top-p", top_p), ("--min-p", min_p)):
+        if not 0.0 <= value <= 1.0:
+            raise BadOption(option=option, value=value, hint="use a value from 0 to 1")
+    return Sampling(temperature=temp, top_p=top_p, min_p=min_p)
+
+
+def _check_api_key_file(path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    path = path.expanduser()
+    try:
+        info = path.stat()
+        first_line = path.read_text().strip()
+    except FileNotFoundError as exc:
+        raise ApiKeyFileMissing(path=str(path)) from exc
+    except (IsADirectoryError, UnicodeDecodeError, PermissionError) as exc:
+        raise BadOption(
+            option="--api-key-file", value=str(path), hint="it must be a readable text file holding the key"
+        ) from exc
+    if not first_line:
+        raise ApiKeyFileEmpty(path=str(path))
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        warn(f"{path} is readable by other users: chmod 600 {path}")
+    return path.resolve()
+
+
+def _find_binary(binary: str, *, llama_cpp: Path | None, build: bool, dry_run: bool) -> str:
+    from nemolaunch.adapters.llamacpp import find_binary
+    from nemolaunch.errors import LlamaCppNotFound
+
+    try:
+        return str(find_binary(binary, explicit_dir=llama_cpp).path)
+    except LlamaCppNotFound:
+        if not build or dry_run:
+            raise
+    from nemolaunch.cli.build import build_default
+
+    bin_dir = build_default()
+    return str(bin_dir / binary)
+
+
+def _exec(argv: list[str], env: dict[str, str]) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    console.file.flush()
+    os.execvpe(argv[0], argv, env)

@@ -1,0 +1,151 @@
+"""The llama-server and llama-cli command lines, as pure functions.
+
+Nothing here touches the file system or the environment: the CLI resolves the
+binary, the model and the key file, then asks these functions for the argv.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nemolaunch import ULTRA_ALIAS
+
+DEFAULT_PORT = 8001
+DEFAULT_HOST = "127.0.0.1"
+#: A working context, not the model's maximum: llama-server's own default (0)
+#: means the training context, 1M tokens for the Ultra, far past most budgets.
+DEFAULT_CTX_SIZE = 32768
+
+_SPLIT_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """NVIDIA's recommended sampling for Nemotron 3 (min_p from the reference llama-cli command)."""
+
+    temperature: float = 1.0
+    top_p: float = 0.95
+    min_p: float = 0.01
+
+    def argv(self) -> list[str]:
+        return [
+            "--temp", _number(self.temperature),
+            "--top-p", _number(self.top_p),
+            "--min-p", _number(self.min_p),
+        ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ServerLaunch:
+    """Everything llama-server needs, resolved. The API key itself never appears here."""
+
+    binary: str
+    model: Path
+    ctx_size: int
+    alias: str
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    sampling: Sampling = field(default_factory=Sampling)
+    api_key_file: Path | None = None
+    extra_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CliLaunch:
+    """A llama-cli chat: interactive, or one turn when ``prompt`` is given."""
+
+    binary: str
+    model: Path
+    ctx_size: int
+    sampling: Sampling = field(default_factory=Sampling)
+    prompt: str | None = None
+    n_predict: int | None = None
+    extra_args: tuple[str, ...] = ()
+
+
+def server_argv(launch: ServerLaunch) -> list[str]:
+    argv = [
+        launch.binary,
+        "--model", str(launch.model),
+        "--ctx-size", str(launch.ctx_size),
+        *launch.sampling.argv(),
+        "--port", str(launch.port),
+        "--host", launch.host,
+        "--alias", launch.alias,
+    ]  # fmt: skip
+    if launch.api_key_file is not None:
+        # llama-server reads the key from the file, so it never shows in `ps`.
+        argv += ["--api-key-file", str(launch.api_key_file)]
+    argv += list(launch.extra_args)
+    return argv
+
+
+def cli_argv(launch: CliLaunch) -> list[str]:
+    argv = [
+        launch.binary,
+        "--model", str(launch.model),
+        "--ctx-size", str(launch.ctx_size),
+        *launch.sampling.argv(),
+    ]  # fmt: skip
+    if launch.prompt is not None:
+        # This llama-cli is chat-only (-no-cnv is rejected): -p with -st answers
+        # one turn and exits, which is what a script or a smoke test wants.
+        argv += ["--prompt", launch.prompt, "--single-turn"]
+    if launch.n_predict is not None:
+        argv += ["--n-predict", str(launch.n_predict)]
+    argv += list(launch.extra_args)
+    return argv
+
+
+def default_alias(model: Path, *, general_name: str | None = None) -> str:
+    """The name the OpenAI API serves the model under.
+
+    The Ultra gets its Hugging Face name, so client code written for one
+    machine works on another; any other model gets its file's stem, without
+    the ``-00001-of-00006`` split suffix.
+    """
+    stem = _SPLIT_SUFFIX.sub("", model.name.removesuffix(".gguf"))
+    haystack = f"{stem} {general_name or ''}".lower()
+    if "nemotron-3-ultra" in haystack or "nemotron 3 ultra" in haystack:
+        return ULTRA_ALIAS
+    return stem
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: assume it is reachable
+
+
+def client_base_url(host: str, port: int) -> str:
+    # A wildcard bind is reached through loopback from this machine.
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}/v1"
+
+
+def openai_snippet(*, base_url: str, model: str, needs_key: bool) -> str:
+    key = 'os.environ["NEMOLAUNCH_API_KEY"]' if needs_key else '"not-needed"'
+    lines = [
+        "from openai import OpenAI",
+        *(["import os"] if needs_key else []),
+        f'client = OpenAI(base_url="{base_url}", api_key={key})',
+        "reply = client.chat.completions.create(",
+        f'    model="{model}", messages=[{{"role": "user", "content": "Hello!"}}]',
+        ")",
+        "print(reply.choices[0].message.content)",
+    ]
+    return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    # repr keeps "1.0" and "0.95" exactly as a person would write them.
+    return repr(float(value))
+

@@ -1,0 +1,263 @@
+"""One error hierarchy for everything nemolaunch refuses or fails at.
+
+Each exception carries the data that explains it; ``ERROR_TABLE`` (the one
+place that words them) maps each class to an exit code and a one-line message
+template that names what is wrong and what to do. The CLI catches
+``NemolaunchError`` once, prints ``describe(exc)`` and exits with its code;
+tracebacks appear only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Exit codes, shared by every command.
+EXIT_USAGE = 2  # the request itself is wrong: a flag, a file the user named
+EXIT_NOT_FOUND = 3  # something the request needs does not exist
+EXIT_ENVIRONMENT = 4  # this machine lacks a tool or resource
+EXIT_BUILD = 5  # building llama.cpp failed
+EXIT_DOES_NOT_FIT = 6  # no quant fits the memory budget
+EXIT_HUB = 7  # the Hugging Face Hub refused or failed
+EXIT_INTEGRITY = 8  # a file is corrupt or incomplete
+
+
+class NemolaunchError(Exception):
+    """Base of every error nemolaunch reports to a person."""
+
+    def __init__(self, **data: object) -> None:
+        super().__init__(*data.values())
+        self.data = data
+
+    def __getattr__(self, name: str) -> object:
+        # Only reached for attributes not set normally: the carried data.
+        data = self.__dict__.get("data", {})
+        if name in data:
+            return data[name]
+        raise AttributeError(name)
+
+    def __str__(self) -> str:
+        return describe(self)[1]
+
+
+# --- models and files -------------------------------------------------------
+class ModelFileMissing(NemolaunchError):
+    """path"""
+
+
+class NotGGUF(NemolaunchError):
+    """path, magic"""
+
+
+class TruncatedGGUF(NemolaunchError):
+    """path, reason"""
+
+
+class ShardsMissing(NemolaunchError):
+    """path, missing (list of file names), total"""
+
+
+class ApiKeyFileMissing(NemolaunchError):
+    """path"""
+
+
+class ApiKeyFileEmpty(NemolaunchError):
+    """path"""
+
+
+# --- network ports ------------------------------------------------------------
+class PortOutOfRange(NemolaunchError):
+    """port"""
+
+
+class PortInUse(NemolaunchError):
+    """host, port"""
+
+
+class BadOption(NemolaunchError):
+    """option, value, hint"""
+
+
+# --- llama.cpp binaries and builds ---------------------------------------------
+class LlamaCppNotFound(NemolaunchError):
+    """binary, searched (list of places)"""
+
+
+class LlamaCppDirInvalid(NemolaunchError):
+    """path, source (the flag or variable that named it), binary"""
+
+
+# The build script is the one place that knows what a build needs, so these
+# carry its own one-line reason.
+class BuildToolMissing(NemolaunchError):
+    """reason"""
+
+
+class BuildSourceInvalid(NemolaunchError):
+    """reason"""
+
+
+class BuildUsage(NemolaunchError):
+    """reason"""
+
+
+class BuildFailed(NemolaunchError):
+    """log (path), exit_code"""
+
+
+# --- hardware and planning -------------------------------------------------------
+class HardwareFileMissing(NemolaunchError):
+    """path"""
+
+
+class HardwareFileNotJson(NemolaunchError):
+    """path, detail (where the JSON parser stopped)"""
+
+
+class HardwareFileInvalid(NemolaunchError):
+    """path, field (dotted path of the first bad field), problem"""
+
+
+class MalformedModelReference(NemolaunchError):
+    """reference, reason"""
+
+
+class UnknownQuant(NemolaunchError):
+    """repo, quant, available (list of quant names)"""
+
+
+class QuantIncomplete(NemolaunchError):
+    """repo, quant, missing (list of shard numbers), total"""
+
+
+class NoGGUFInRepo(NemolaunchError):
+    """repo, source (where the file list came from: hub, cache)"""
+
+
+class NoCompleteQuant(NemolaunchError):
+    """repo, incomplete (list of quant names whose shard sets are incomplete)"""
+
+
+class RepoListingRefused(NemolaunchError):
+    """repo, reason"""
+
+
+class ContextSizeNotPositive(NemolaunchError):
+    """ctx_size"""
+
+
+class ContextSizeTooLarge(NemolaunchError):
+    """ctx_size, maximum (the model's trained context)"""
+
+
+@dataclass(frozen=True)
+class ErrorSpec:
+    exit_code: int
+    template: str
+
+
+# The one table: class -> exit code and message. Templates use the exception's
+# data by name; keep each to one line that says what is wrong and what to do.
+ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
+    ModelFileMissing: ErrorSpec(
+        EXIT_NOT_FOUND, "model file {path} does not exist: pass the path of a .gguf file"
+    ),
+    NotGGUF: ErrorSpec(
+        EXIT_USAGE,
+        "{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'): pass a .gguf model",
+    ),
+    TruncatedGGUF: ErrorSpec(
+        EXIT_INTEGRITY, "{path} is a damaged or incomplete GGUF ({reason}): download it again"
+    ),
+    ShardsMissing: ErrorSpec(
+        EXIT_INTEGRITY,
+        "{path} is part of a {total}-file split model, but {missing_list} is missing: "
+        "download every shard into the same folder",
+    ),
+    ApiKeyFileMissing: ErrorSpec(
+        EXIT_NOT_FOUND, "--api-key-file {path} does not exist: create it with the key on one line"
+    ),
+    ApiKeyFileEmpty: ErrorSpec(
+        EXIT_USAGE, "--api-key-file {path} is empty: put the key on its first line"
+    ),
+    PortOutOfRange: ErrorSpec(EXIT_USAGE, "port {port} is out of range: use a port from 1 to 65535"),
+    PortInUse: ErrorSpec(
+        EXIT_ENVIRONMENT,
+        "port {port} on {host} is already in use: stop what holds it or pass another --port",
+    ),
+    BadOption: ErrorSpec(EXIT_USAGE, "{option} {value!s} is not valid: {hint}"),
+    LlamaCppNotFound: ErrorSpec(
+        EXIT_NOT_FOUND,
+        "{binary} not found (looked in {searched_list}): run `nemolaunch build`, "
+        "or pass --llama-cpp DIR / set NEMOLAUNCH_LLAMA_CPP to a folder holding it",
+    ),
+    LlamaCppDirInvalid: ErrorSpec(
+        EXIT_NOT_FOUND,
+        "{source} names {path}, which holds no executable {binary}: point it at llama.cpp's bin folder",
+    ),
+    BuildToolMissing: ErrorSpec(EXIT_ENVIRONMENT, "{reason}"),
+    BuildSourceInvalid: ErrorSpec(EXIT_USAGE, "{reason}"),
+    BuildUsage: ErrorSpec(EXIT_USAGE, "{reason}"),
+    BuildFailed: ErrorSpec(EXIT_BUILD, "building llama.cpp failed (exit {exit_code}): the full log is {log}"),
+    # --- hardware and planning ---
+    HardwareFileMissing: ErrorSpec(
+        EXIT_NOT_FOUND,
+        "--hardware {path} does not exist: pass a JSON file in the hardware facts shape",
+    ),
+    HardwareFileNotJson: ErrorSpec(
+        EXIT_USAGE, "--hardware {path} is not JSON ({detail}): pass a hardware facts JSON file"
+    ),
+    HardwareFileInvalid: ErrorSpec(
+        EXIT_USAGE,
+        "--hardware {path} does not match the hardware facts shape: {field}: {problem}",
+    ),
+    MalformedModelReference: ErrorSpec(
+        EXIT_USAGE,
+        "model {reference!r} is malformed ({reason}): write owner/repo or owner/repo:QUANT, "
+        "such as unsloth/NVIDIA-Nemotron-3-Ultra-550B-A55B-GGUF:UD-Q4_K_XL",
+    ),
+    UnknownQuant: ErrorSpec(EXIT_NOT_FOUND, "{repo} has no quant {quant}: pick one of {available_list}"),
+    QuantIncomplete: ErrorSpec(
+        EXIT_NOT_FOUND,
+        "{repo}:{quant} is incomplete (shards {missing_list} of {total} are missing): pick another quant",
+    ),
+    NoGGUFInRepo: ErrorSpec(
+        EXIT_NOT_FOUND, "{repo} holds no GGUF model files (per the {source} listing): name a GGUF repository"
+    ),
+    NoCompleteQuant: ErrorSpec(
+        EXIT_NOT_FOUND,
+        "{repo} has no complete quant (incomplete: {incomplete_list}): "
+        "finish the download or name another repo",
+    ),
+    RepoListingRefused: ErrorSpec(
+        EXIT_HUB,
+        "the Hugging Face Hub would not list {repo} ({reason}): check the name, "
+        "or log in with `hf auth login` if the repository is gated",
+    ),
+    ContextSizeNotPositive: ErrorSpec(
+        EXIT_USAGE, "--ctx-size {ctx_size} is not valid: use a positive number of tokens"
+    ),
+    ContextSizeTooLarge: ErrorSpec(
+        EXIT_USAGE,
+        "--ctx-size {ctx_size} is above the model's maximum of {maximum} tokens: use {maximum} or less",
+    ),
+}
+
+
+def _format_list(items: object) -> str:
+    if isinstance(items, (list, tuple)):
+        return ", ".join(str(item) for item in items) or "nowhere"
+    return str(items)
+
+
+def describe(exc: NemolaunchError) -> tuple[int, str]:
+    """The exit code and the one-line message for ``exc``."""
+    for cls in type(exc).__mro__:
+        spec = ERROR_TABLE.get(cls)  # type: ignore[arg-type]
+        if spec is not None:
+            break
+    else:
+        raise KeyError(f"{type(exc).__name__} has no entry in ERROR_TABLE")
+    fields = dict(exc.data)
+    for key, value in exc.data.items():
+        fields[f"{key}_list"] = _format_list(value)
+    return spec.exit_code, spec.template.format(**fields)
