@@ -70,8 +70,8 @@ fi
 find_nvcc() {
     if command -v nvcc >/dev/null 2>&1; then
         command -v nvcc
-    elif [[ -x /usr/local/cuda/bin/nvcc ]]; then
-        printf '%s\n' /usr/local/cuda/bin/nvcc
+    elif [[ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]]; then
+        printf '%s\n' "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"
     fi
 }
 

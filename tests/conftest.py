@@ -1,0 +1,120 @@
+"""Shared fixtures: the real llama.cpp build, small GGUF files, and running the real CLI."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Set by scripts/test.sh after `nemolaunch build`: the smoke tests must then run, not skip.
+TEST_LLAMA_CPP_ENV = "NEMOLAUNCH_TEST_LLAMA_CPP"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def llama_bin_dir() -> Path:
+    """The folder holding a real llama-server / llama-cli built from llama.cpp's source."""
+    named = os.environ.get(TEST_LLAMA_CPP_ENV)
+    if named:
+        folder = Path(named)
+        for binary in ("llama-server", "llama-cli", "llama-gguf-split"):
+            assert (folder / binary).is_file(), f"{TEST_LLAMA_CPP_ENV}={named} has no {binary}"
+        return folder
+    from nemolaunch.adapters.llamacpp import find_binary
+    from nemolaunch.errors import LlamaCppNotFound
+
+    try:
+        return find_binary("llama-server", env={"PATH": os.environ.get("PATH", "")}).path.parent
+    except LlamaCppNotFound:
+        pytest.skip("no llama.cpp build: run `bash scripts/test.sh`, which builds one")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded tiny nemotron_h_moe model, written by the real `nemolaunch tiny-model`."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny-nemotron.gguf"
+    result = run_nemolaunch("tiny-model", str(path))
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment for a nemolaunch subprocess: this one, minus anything that would steer it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEMOLAUNCH_", "LLAMA_"))}
+    env.update(extra)
+    env.setdefault("COLUMNS", "200")
+    return env
+
+
+def nemolaunch_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "nemolaunch", *args]
+
+
+def run_nemolaunch(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        nemolaunch_argv(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env if env is not None else cli_env(),
+        stdin=subprocess.DEVNULL,
+        cwd=cwd,
+        check=False,
+    )
+
+
+def write_gguf(path: Path, *, arch: str = "llama", context_length: int = 256, **kv: str | int) -> Path:
+    """A small, valid GGUF (not a loadable model): enough for header checks."""
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), arch)
+    writer.add_context_length(context_length)
+    for key, value in kv.items():
+        if isinstance(value, int):
+            writer.add_uint32(key, value)
+        else:
+            writer.add_string(key, value)
+    writer.add_tensor("token_embd.weight", np.arange(64 * 32, dtype=np.float32).reshape(64, 32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture
+def gguf_factory(tmp_path: Path) -> Callable[..., Path]:
+    def make(name: str = "model.gguf", **kwargs: str | int) -> Path:
+        return write_gguf(tmp_path / name, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    """Popen objects a test starts; any still running at the end are killed, so none is orphaned."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)

@@ -1,0 +1,197 @@
+"""`nemolaunch serve` / `run` through the real CLI in a subprocess: dry runs and every refusal."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import cli_env, run_nemolaunch
+
+from nemolaunch import ULTRA_ALIAS
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("nemolaunch: error:")]
+    assert len(errors) == 1, stderr
+    assert "Traceback" not in stderr
+    return errors[0]
+
+
+@pytest.fixture
+def model(gguf_factory: Callable[..., Path]) -> Path:
+    return gguf_factory("NVIDIA-Nemotron-3-Ultra-550B-A55B-UD-Q2_K_XL.gguf", context_length=1048576)
+
+
+def test_dry_run_prints_the_exact_command(model: Path, llama_bin_dir: Path, port: int) -> None:
+    result = run_nemolaunch("serve", "--model", str(model), "--llama-cpp", str(llama_bin_dir), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    command = result.stdout.strip()
+    assert "--temp 1.0 --top-p 0.95 --min-p 0.01 --port 8001 --host 127.0.0.1 --alias " + ULTRA_ALIAS in command
+    argv = shlex.split(command)
+    assert argv[0] == str(llama_bin_dir / "llama-server")
+    assert argv[argv.index("--ctx-size") + 1] == "32768"  # never 0, never the 1M training context
+    assert argv[argv.index("--model") + 1] == str(model)
+    assert f'base_url="http://127.0.0.1:8001/v1"' in result.stderr
+    assert f'model="{ULTRA_ALIAS}"' in result.stderr
+
+
+def test_dry_run_json_passes_extra_args_and_never_the_key(
+    model: Path, llama_bin_dir: Path, port: int
+) -> None:
+    env = cli_env(NEMOLAUNCH_API_KEY="sk-very-secret-123")
+    result = run_nemolaunch(
+        "serve", "--model", str(model), "--llama-cpp", str(llama_bin_dir), "--port", str(port),
+        "--host", "0.0.0.0", "--ctx-size", "8192", "--temp", "0.6", "--dry-run", "--json",
+        "--", "--threads", "4", "--no-webui",
+        env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    launch = json.loads(result.stdout)
+    argv = launch["command"]
+    assert argv[-3:] == ["--threads", "4", "--no-webui"]
+    assert argv[argv.index("--temp") + 1] == "0.6"
+    assert argv[argv.index("--ctx-size") + 1] == "8192"
+    assert launch["env"] == ["LLAMA_API_KEY"]
+    assert launch["base_url"] == f"http://127.0.0.1:{port}/v1"
+    assert "sk-very-secret-123" not in result.stdout + result.stderr
+    assert "without an API key" not in result.stderr
+
+
+def test_public_bind_without_key_warns(model: Path, llama_bin_dir: Path, port: int) -> None:
+    result = run_nemolaunch(
+        "serve", "--model", str(model), "--llama-cpp", str(llama_bin_dir), "--host", "0.0.0.0",
+        "--port", str(port), "--dry-run",
+    )  # fmt: skip
+    assert result.returncode == 0
+    assert "warning: binding 0.0.0.0 without an API key" in result.stderr
+
+
+def test_run_dry_run_single_turn(model: Path, llama_bin_dir: Path) -> None:
+    result = run_nemolaunch(
+        "run", "--model", str(model), "--llama-cpp", str(llama_bin_dir), "--prompt", "Hi there", "-n", "8",
+        "--dry-run",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    argv = shlex.split(result.stdout)
+    assert argv[0] == str(llama_bin_dir / "llama-cli")
+    assert argv[argv.index("--prompt") + 1] == "Hi there"
+    assert "--single-turn" in argv
+    assert "--temp 1.0 --top-p 0.95 --min-p 0.01" in result.stdout
+
+
+# --- bad input: one clear line, a non-zero exit --------------------------------------------
+
+
+def test_missing_model(tmp_path: Path) -> None:
+    result = run_nemolaunch("serve", "--model", str(tmp_path / "nope.gguf"), "--dry-run")
+    assert result.returncode == 3
+    assert "nope.gguf does not exist" in _one_error_line(result.stderr)
+
+
+def test_not_gguf(tmp_path: Path) -> None:
+    path = tmp_path / "weights.gguf"
+    path.write_bytes(b"PK\x03\x04 a zip, not a model")
+    result = run_nemolaunch("serve", "--model", str(path), "--dry-run")
+    assert result.returncode == 2
+    assert "is not a GGUF file" in _one_error_line(result.stderr)
+
+
+def test_truncated_gguf(tmp_path: Path, gguf_factory: Callable[..., Path]) -> None:
+    whole = gguf_factory("whole.gguf")
+    path = tmp_path / "half.gguf"
+    path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    result = run_nemolaunch("serve", "--model", str(path), "--dry-run")
+    assert result.returncode == 8
+    assert "damaged or incomplete GGUF" in _one_error_line(result.stderr)
+
+
+def test_shard_three_of_six_missing(tmp_path: Path, gguf_factory: Callable[..., Path]) -> None:
+    for index in (1, 2, 4, 5, 6):
+        gguf_factory(f"m-{index:05d}-of-00006.gguf")
+    result = run_nemolaunch("serve", "--model", str(tmp_path / "m-00001-of-00006.gguf"), "--dry-run")
+    assert result.returncode == 8
+    line = _one_error_line(result.stderr)
+    assert "6-file split model" in line and "m-00003-of-00006.gguf is missing" in line
+
+
+def test_port_in_use(model: Path, llama_bin_dir: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        result = run_nemolaunch("serve", "--model", str(model), "--llama-cpp", str(llama_bin_dir), "--port", str(busy))
+    assert result.returncode == 4
+    assert f"port {busy} on 127.0.0.1 is already in use" in _one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize("bad_port", ["0", "70000", "-5"])
+def test_port_out_of_range(model: Path, bad_port: str) -> None:
+    result = run_nemolaunch("serve", "--model", str(model), "--port", bad_port, "--dry-run")
+    assert result.returncode == 2
+    assert f"port {bad_port} is out of range" in _one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize("bad", [["--ctx-size", "0"], ["--ctx-size", "2000000"], ["--top-p", "1.5"]])
+def test_bad_numbers(model: Path, bad: list[str]) -> None:
+    result = run_nemolaunch("serve", "--model", str(model), *bad, "--dry-run")
+    assert result.returncode == 2
+    assert bad[0] in _one_error_line(result.stderr)
+
+
+def test_api_key_file_missing_and_readable_by_others(model: Path, llama_bin_dir: Path, tmp_path: Path) -> None:
+    result = run_nemolaunch(
+        "serve", "--model", str(model), "--api-key-file", str(tmp_path / "key"), "--dry-run"
+    )
+    assert result.returncode == 3
+    assert "--api-key-file" in _one_error_line(result.stderr)
+
+    key = tmp_path / "key"
+    key.write_text("sk-file-secret-456\n")
+    key.chmod(0o644)
+    result = run_nemolaunch(
+        "serve", "--model", str(model), "--llama-cpp", str(llama_bin_dir), "--api-key-file", str(key),
+        "--host", "0.0.0.0", "--dry-run",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"warning: {key} is readable by other users: chmod 600" in result.stderr
+    assert "without an API key" not in result.stderr
+    assert f"--api-key-file {key}" in result.stdout
+    assert "sk-file-secret-456" not in result.stdout + result.stderr
+
+    key.chmod(0o600)
+    quiet = run_nemolaunch(
+        "serve", "--model", str(model), "--llama-cpp", str(llama_bin_dir), "--api-key-file", str(key), "--dry-run"
+    )
+    assert "readable by other users" not in quiet.stderr
+
+    key.write_text("\n")
+    empty = run_nemolaunch("serve", "--model", str(model), "--api-key-file", str(key), "--dry-run")
+    assert empty.returncode == 2
+    assert "is empty" in _one_error_line(empty.stderr)
+
+
+def test_no_llama_server_found(model: Path, tmp_path: Path) -> None:
+    env = cli_env(XDG_DATA_HOME=str(tmp_path / "data"), PATH=os.path.dirname(os.__file__) + ":/usr/bin:/bin")
+    result = run_nemolaunch("serve", "--model", str(model), "--dry-run", env=env)
+    assert result.returncode == 3
+    line = _one_error_line(result.stderr)
+    assert "llama-server not found" in line and "nemolaunch build" in line
+
+
+def test_llama_cpp_dir_without_binary(model: Path, tmp_path: Path) -> None:
+    env = cli_env(NEMOLAUNCH_LLAMA_CPP=str(tmp_path))
+    result = run_nemolaunch("serve", "--model", str(model), "--dry-run", env=env)
+    assert result.returncode == 3
+    assert "NEMOLAUNCH_LLAMA_CPP names" in _one_error_line(result.stderr)
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    result = run_nemolaunch("--debug", "serve", "--model", str(tmp_path / "nope.gguf"))
+    assert result.returncode == 3
+    assert "Traceback" in result.stderr and "ModelFileMissing" in result.stderr
