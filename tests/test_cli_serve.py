@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, run_nemolaunch
 
+from conftest import cli_env, run_nemolaunch
 from nemolaunch import ULTRA_ALIAS
 
 
@@ -37,7 +37,7 @@ def test_dry_run_prints_the_exact_command(model: Path, llama_bin_dir: Path, port
     assert argv[0] == str(llama_bin_dir / "llama-server")
     assert argv[argv.index("--ctx-size") + 1] == "32768"  # never 0, never the 1M training context
     assert argv[argv.index("--model") + 1] == str(model)
-    assert f'base_url="http://127.0.0.1:8001/v1"' in result.stderr
+    assert 'base_url="http://127.0.0.1:8001/v1"' in result.stderr
     assert f'model="{ULTRA_ALIAS}"' in result.stderr
 
 
