@@ -14,7 +14,7 @@ if [[ ! -x .venv/bin/python ]]; then
     "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
-.venv/bin/python -m pip install --quiet . 2>&1 | grep -v '^WARNING: Location' >&2 || true
+.venv/bin/python -m pip install --quiet -e . 2>&1 | grep -v '^WARNING: Location' >&2 || true
 
 # Build llama.cpp unless one is already usable (NEMOLAUNCH_LLAMA_CPP, an earlier build, PATH).
 if ! .venv/bin/nemolaunch doctor --json | .venv/bin/python -c 'import json,sys; sys.exit("error" in json.load(sys.stdin)["llama_cpp"])'; then
