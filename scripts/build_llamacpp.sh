@@ -132,7 +132,11 @@ tree_id() {
     if git -C "$dir" rev-parse --is-inside-work-tree >/dev/null 2>&1 && [[ "$(git -C "$dir" rev-parse --show-toplevel)" == "$(cd "$dir" && pwd -P)" ]]; then
         { git -C "$dir" rev-parse HEAD; git -C "$dir" status --porcelain; } | hash_stdin
     else
-        (cd "$dir" && find CMakeLists.txt cmake common ggml include src tools vendor -type f -printf '%p %s %T@\n' 2>/dev/null | LC_ALL=C sort | hash_stdin)
+        local entries=() entry
+        for entry in CMakeLists.txt cmake common ggml include src tools vendor; do
+            [[ -e "$dir/$entry" ]] && entries+=("$entry")
+        done
+        (cd "$dir" && find "${entries[@]}" -type f -printf '%p %s %T@\n' | LC_ALL=C sort | hash_stdin)
     fi
 }
 

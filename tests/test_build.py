@@ -171,3 +171,65 @@ def test_parse_version_both_formats() -> None:
     assert new.built_with == "built with GNU 12.2.0 for Linux x86_64"
     old = parse_version("ggml_cuda_init: found 1 CUDA devices\nversion: 6543 (a1b2c3d)\nbuilt with cc\n")
     assert (old.number, old.commit) == ("6543", "a1b2c3d")
+
+
+def fake_llama_cpp_tree(root: Path, *, broken: bool = False) -> Path:
+    """A CMake project shaped like llama.cpp that builds four tiny programs in seconds.
+
+    It runs the script's whole path (configure, build the named targets, copy, stamp)
+    with the real cmake and compiler, without the 8-minute llama.cpp build.
+    """
+    (root / "include").mkdir(parents=True)
+    (root / "include" / "llama.h").write_text("/* marker */\n")
+    (root / "tools" / "server").mkdir(parents=True)
+    (root / "src").mkdir()
+    (root / "src" / "main.cpp").write_text('#include <cstdio>\nint main() { std::puts("version: 1 (abcdef0)"); }\n')
+    names = ("llama-server", "llama-cli", "llama-gguf-split", "ggml-rpc-server")
+    targets = "\n".join(f"add_executable({name} src/main.cpp)" for name in names)
+    (root / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.14)\nproject(fake CXX)\n"
+        + ('message(FATAL_ERROR "this tree is broken on purpose")\n' if broken else "")
+        + "set(CMAKE_RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)\n"
+        + targets
+        + "\n"
+    )
+    return root
+
+
+def test_build_stamps_progress_and_idempotence_on_a_small_tree(tmp_path: Path) -> None:
+    from nemolaunch.adapters.builder import run_build
+
+    tree = fake_llama_cpp_tree(tmp_path / "src")
+    request = BuildRequest(backend="cpu", source=tree, ref=None, jobs=2, prefix=tmp_path / "prefix")
+    seen: list[int] = []
+    first = run_build(request, on_progress=lambda percent, line: seen.append(percent))
+    assert not first.up_to_date
+    assert seen and seen[-1] == 100 and seen == sorted(seen)
+    for name in ("llama-server", "llama-cli", "llama-gguf-split", "ggml-rpc-server", "rpc-server"):
+        assert os.access(first.bin_dir / name, os.X_OK)
+    assert "Building CXX object" in first.log.read_text()
+    stamp = (request.prefix / "build-stamp.txt").read_text()
+    assert "backend=cpu" in stamp and "source=dir:" in stamp
+
+    binary_mtime = (first.bin_dir / "llama-server").stat().st_mtime_ns
+    assert run_build(request).up_to_date
+    assert (first.bin_dir / "llama-server").stat().st_mtime_ns == binary_mtime
+
+    # An edited source is a different build: the stamp no longer matches.
+    (tree / "src" / "main.cpp").write_text('#include <cstdio>\nint main() { std::puts("version: 2 (abcdef1)"); }\n')
+    assert not run_build(request).up_to_date
+    assert subprocess.run([first.bin_dir / "llama-server"], capture_output=True, text=True).stdout.startswith(
+        "version: 2"
+    )
+
+
+def test_a_failing_build_shows_the_log_tail_and_exits_5(tmp_path: Path) -> None:
+    tree = fake_llama_cpp_tree(tmp_path / "src", broken=True)
+    prefix = tmp_path / "prefix"
+    result = run_nemolaunch("build", "--backend", "cpu", "--source", str(tree), "--prefix", str(prefix))
+    assert result.returncode == 5
+    assert "this tree is broken on purpose" in result.stderr  # the log's last lines
+    errors = [line for line in result.stderr.splitlines() if line.startswith("nemolaunch: error:")]
+    assert errors == [f"nemolaunch: error: building llama.cpp failed (exit 5): the full log is {prefix}/build.log"]
+    assert not (prefix / "build-stamp.txt").exists()
+    assert not (prefix / "bin").exists()

@@ -98,13 +98,16 @@ def run_build(
         assert process.stdout is not None
         up_to_date = False
         last_error: str | None = None
+        highest = 0
         try:
             for line in process.stdout:
                 log.write(line)
                 log.flush()
                 stripped = line.rstrip("\n")
                 if (match := _PERCENT.match(stripped)) and on_progress is not None:
-                    on_progress(min(int(match.group(1)), 100), stripped)
+                    # Parallel targets print their own percentages; a bar must never go back.
+                    highest = max(highest, min(int(match.group(1)), 100))
+                    on_progress(highest, stripped)
                 if (match := _SCRIPT_ERROR.match(stripped)) is not None:
                     last_error = match["reason"]
                 if stripped.startswith("build_llamacpp: up to date"):
