@@ -137,16 +137,84 @@ class NoCompleteQuant(NemolaunchError):
     """repo, incomplete (list of quant names whose shard sets are incomplete)"""
 
 
-class RepoListingRefused(NemolaunchError):
-    """repo, reason"""
-
-
 class ContextSizeNotPositive(NemolaunchError):
     """ctx_size"""
 
 
 class ContextSizeTooLarge(NemolaunchError):
     """ctx_size, maximum (the model's trained context)"""
+
+
+# --- hub and downloads -----------------------------------------------------------
+EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (128 + SIGINT), as shells report it
+
+
+class UnsafeRepoId(NemolaunchError):
+    """repo_id"""
+
+
+class UnsafeRepoPath(NemolaunchError):
+    """repo_id, path, reason"""
+
+
+class HubRepoNotFound(NemolaunchError):
+    """repo_id, endpoint"""
+
+
+class HubRevisionNotFound(NemolaunchError):
+    """repo_id, revision"""
+
+
+class HubFileNotFound(NemolaunchError):
+    """repo_id, revision, path, available (list of names near it)"""
+
+
+class HubListingChanged(NemolaunchError):
+    """repo_id, path, expected, listed"""
+
+
+class GatedRepoNeedsToken(NemolaunchError):
+    """repo_id, url"""
+
+
+class GatedRepoNoAccess(NemolaunchError):
+    """repo_id, url"""
+
+
+class HubRequestFailed(NemolaunchError):
+    """repo_id, status, reason"""
+
+
+class HubUnreachable(NemolaunchError):
+    """endpoint, reason"""
+
+
+class NotEnoughDisk(NemolaunchError):
+    """target, needed, free, missing, margin (human sizes); needed_bytes, free_bytes"""
+
+
+class DownloadFailed(NemolaunchError):
+    """path, attempts, reason"""
+
+
+class DownloadInterrupted(NemolaunchError):
+    """on_disk, total (human sizes)"""
+
+
+class FilesMissingOffline(NemolaunchError):
+    """repo_id, reason, missing (list of repo paths), target"""
+
+
+class ChecksumMismatch(NemolaunchError):
+    """path, expected, actual, detail (what happened to the file and what to do)"""
+
+
+class SplitSetIncomplete(NemolaunchError):
+    """where, name, total, missing (list of file names)"""
+
+
+class SplitCountMismatch(NemolaunchError):
+    """path, in_name, in_header"""
 
 
 @dataclass(frozen=True)
@@ -228,17 +296,73 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
         "{repo} has no complete quant (incomplete: {incomplete_list}): "
         "finish the download or name another repo",
     ),
-    RepoListingRefused: ErrorSpec(
-        EXIT_HUB,
-        "the Hugging Face Hub would not list {repo} ({reason}): check the name, "
-        "or log in with `hf auth login` if the repository is gated",
-    ),
     ContextSizeNotPositive: ErrorSpec(
         EXIT_USAGE, "--ctx-size {ctx_size} is not valid: use a positive number of tokens"
     ),
     ContextSizeTooLarge: ErrorSpec(
         EXIT_USAGE,
         "--ctx-size {ctx_size} is above the model's maximum of {maximum} tokens: use {maximum} or less",
+    ),
+    # --- hub and downloads ---
+    UnsafeRepoId: ErrorSpec(EXIT_USAGE, "{repo_id!r} is not a Hub repo id: use the form owner/name"),
+    UnsafeRepoPath: ErrorSpec(
+        EXIT_HUB,
+        "{repo_id} lists a file named {path!r}, which is not a safe relative path ({reason}): "
+        "refusing to download it",
+    ),
+    HubRepoNotFound: ErrorSpec(
+        EXIT_NOT_FOUND,
+        "repo {repo_id} was not found on {endpoint}: check the name, or run `hf auth login` if it is private",
+    ),
+    HubRevisionNotFound: ErrorSpec(
+        EXIT_NOT_FOUND, "{repo_id} has no revision {revision!r}: pass a branch, tag or commit that exists"
+    ),
+    HubFileNotFound: ErrorSpec(EXIT_NOT_FOUND, "{repo_id}@{revision} has no file {path}; it has: {available_list}"),
+    HubListingChanged: ErrorSpec(
+        EXIT_HUB,
+        "{repo_id} changed since it was listed ({path}: expected {expected}, the Hub now lists {listed}): "
+        "run the command again",
+    ),
+    GatedRepoNeedsToken: ErrorSpec(
+        EXIT_HUB, "{repo_id} is gated: accept its terms at {url}, then run `hf auth login` or set HF_TOKEN"
+    ),
+    GatedRepoNoAccess: ErrorSpec(
+        EXIT_HUB,
+        "your Hugging Face token has no access to gated {repo_id}: accept its terms at {url} "
+        "with that account, or log in with one that did",
+    ),
+    HubRequestFailed: ErrorSpec(EXIT_HUB, "the Hub answered {status} for {repo_id} ({reason}): try again later"),
+    HubUnreachable: ErrorSpec(
+        EXIT_HUB, "the Hugging Face Hub at {endpoint} is unreachable ({reason}): check the network or proxy"
+    ),
+    NotEnoughDisk: ErrorSpec(
+        EXIT_ENVIRONMENT,
+        "{target} has {free} free, but the download needs {needed} more plus a {margin} margin: "
+        "free {missing} there or choose another folder",
+    ),
+    DownloadFailed: ErrorSpec(
+        EXIT_HUB,
+        "downloading {path} failed after {attempts} attempts ({reason}): "
+        "run the command again to resume from the bytes on disk",
+    ),
+    DownloadInterrupted: ErrorSpec(
+        EXIT_INTERRUPTED, "download stopped with {on_disk} of {total} on disk: run the same command again to resume"
+    ),
+    FilesMissingOffline: ErrorSpec(
+        EXIT_NOT_FOUND,
+        "offline ({reason}) and {target} lacks {missing_list} of {repo_id}: "
+        "connect to the Hub and run the command again",
+    ),
+    ChecksumMismatch: ErrorSpec(
+        EXIT_INTEGRITY, "{path} has sha256 {actual}, not the {expected} the Hub lists: {detail}"
+    ),
+    SplitSetIncomplete: ErrorSpec(
+        EXIT_INTEGRITY, "{name} is split into {total} files, but {where} lacks {missing_list}: every part is needed"
+    ),
+    SplitCountMismatch: ErrorSpec(
+        EXIT_INTEGRITY,
+        "{path} is named as one of {in_name} parts, but its GGUF header says split.count = {in_header}: "
+        "the file is damaged or from another upload; delete it and download again",
     ),
 }
 

@@ -1,0 +1,63 @@
+"""Read the architecture facts the memory forecast needs from a local GGUF header.
+
+The ``gguf`` package does the reading (memory-mapped, so a 50 GB first shard
+costs only its metadata); ``nemolaunch.core.forecast`` interprets the values.
+Only the first shard of a split model carries the model's metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from nemolaunch.core.forecast import ArchitectureFacts, architecture_from_metadata
+from nemolaunch.errors import ModelFileMissing, NotGGUF, TruncatedGGUF
+
+log = logging.getLogger(__name__)
+
+GGUF_MAGIC = b"GGUF"
+_TOKENS_KEY = "tokenizer.ggml.tokens"
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    metadata: dict[str, object]  # general.architecture and every "<arch>.*" key
+    token_count: int | None  # the vocabulary size, from the token list's length
+
+
+def read_gguf_header(path: Path) -> GGUFHeader:
+    """The architecture keys of ``path``'s header. Raises ModelFileMissing, NotGGUF or TruncatedGGUF."""
+    if not path.is_file():
+        raise ModelFileMissing(path=str(path))
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != GGUF_MAGIC:
+        raise NotGGUF(path=str(path), magic=magic)
+    from gguf import GGUFReader  # numpy-heavy: only when a header is actually read
+
+    try:
+        reader = GGUFReader(path)
+    except (ValueError, IndexError, OSError) as exc:
+        raise TruncatedGGUF(path=str(path), reason=str(exc).strip() or type(exc).__name__) from exc
+    metadata: dict[str, object] = {}
+    architecture_field = reader.fields.get("general.architecture")
+    if architecture_field is not None:
+        architecture = architecture_field.contents()
+        metadata["general.architecture"] = architecture
+        prefix = f"{architecture}."
+        for key, field in reader.fields.items():
+            if key.startswith(prefix):
+                metadata[key] = field.contents()
+    tokens = reader.fields.get(_TOKENS_KEY)
+    return GGUFHeader(metadata=metadata, token_count=len(tokens.data) if tokens is not None else None)
+
+
+def read_architecture(path: Path) -> ArchitectureFacts | None:
+    """Architecture facts from ``path``'s header; None when it lacks what the forecast needs."""
+    header = read_gguf_header(path)
+    try:
+        return architecture_from_metadata(header.metadata, token_count=header.token_count)
+    except ValueError as exc:
+        log.debug("%s: no architecture facts for the forecast: %s", path, exc)
+        return None

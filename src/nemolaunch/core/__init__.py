@@ -1,0 +1,1 @@
+"""The pure core: hardware facts, the quant catalog, the memory forecast and the plan."""
