@@ -1,0 +1,254 @@
+"""The pure parts of downloading a quant: which names are safe, what is missing, what fits.
+
+Nothing here touches the disk or the network: the adapter measures (file sizes, free space) and
+asks these functions what the numbers mean. The events a download reports are defined here too,
+so the CLI can render them without importing the adapter.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Literal
+
+from nemolaunch.errors import SplitSetIncomplete, UnsafeRepoId, UnsafeRepoPath
+
+#: Free space left on the target after a download: a full disk breaks the cache
+#: (lock files, refs) and everything else on the machine.
+DEFAULT_DISK_MARGIN_BYTES = 2 * 1024**3
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SPLIT_NAME = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a repo at a commit: its repo path, size in bytes and LFS sha256 (lowercase hex)."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Refuse anything but ``owner/name``: the id becomes a folder name in the cache."""
+    if not _REPO_ID.fullmatch(repo_id) or ".." in repo_id:
+        raise UnsafeRepoId(repo_id=repo_id)
+
+
+def unsafe_path_reason(path: str) -> str | None:
+    """Why a repo file name must not become a local path, or None when it is a plain relative path.
+
+    A name from the Hub is data, not a path: it is joined under the target folder only when
+    every segment is an ordinary name, so nothing can land outside that folder.
+    """
+    if not path:
+        return "it is empty"
+    if any(ord(char) < 0x20 or char == "\x7f" for char in path):
+        return "it holds control characters"
+    if "\\" in path:
+        return "it holds a backslash"
+    if path.startswith("/"):
+        return "it is absolute"
+    if ":" in path:
+        return "it holds a ':' (a drive or a data stream on Windows)"
+    segments = path.split("/")
+    if any(segment in ("", ".", "..") for segment in segments):
+        return "it has an empty, '.' or '..' segment"
+    if any(segment.endswith((".", " ")) for segment in segments):
+        # Windows drops trailing dots and spaces, so "a./" would alias "a/".
+        return "a segment ends with a dot or a space"
+    if segments[0] == ".cache":
+        return "it would land in the folder's .cache, where download state lives"
+    return None
+
+
+def check_repo_paths(repo_id: str, files: Iterable[RemoteFile]) -> None:
+    for remote in files:
+        reason = unsafe_path_reason(remote.path)
+        if reason is None and not _SHA256.fullmatch(remote.sha256):
+            reason = "its sha256 is not 64 lowercase hex digits"
+        if reason is not None:
+            raise UnsafeRepoPath(repo_id=repo_id, path=remote.path, reason=reason)
+
+
+def local_parts(path: str) -> tuple[str, ...]:
+    """The segments of a checked repo path, to join under a target folder."""
+    return PurePosixPath(path).parts
+
+
+@dataclass(frozen=True)
+class SplitName:
+    folder: str
+    stem: str
+    index: int  # 1-based
+    count: int
+
+    def name_of(self, index: int) -> str:
+        return f"{self.stem}-{index:05d}-of-{self.count:05d}.gguf"
+
+
+def parse_split_name(path: str) -> SplitName | None:
+    """``UD-IQ3_XXS/Model-UD-IQ3_XXS-00002-of-00006.gguf`` -> folder, stem, 2, 6; None if not split."""
+    folder, _, name = path.rpartition("/")
+    match = _SPLIT_NAME.match(name)
+    if match is None:
+        return None
+    return SplitName(folder=folder, stem=match["stem"], index=int(match["index"]), count=int(match["count"]))
+
+
+def check_split_sets(paths: Iterable[str], *, where: str) -> None:
+    """Every ``-0000K-of-0000N`` file among ``paths`` has all N siblings (same folder and stem)."""
+    present: dict[tuple[str, str, int], set[int]] = {}
+    for path in paths:
+        split = parse_split_name(path)
+        if split is not None:
+            present.setdefault((split.folder, split.stem, split.count), set()).add(split.index)
+    for (folder, stem, count), indices in sorted(present.items()):
+        missing = [i for i in range(1, count + 1) if i not in indices]
+        if missing:
+            prefix = f"{folder}/" if folder else ""
+            names = [prefix + SplitName(folder, stem, i, count).name_of(i) for i in missing]
+            raise SplitSetIncomplete(where=where, name=prefix + stem, total=count, missing=names)
+
+
+def disk_shortfall(*, needed_bytes: int, free_bytes: int, margin_bytes: int) -> int:
+    """Bytes that must be freed before ``needed_bytes`` fit with ``margin_bytes`` left over (0: it fits)."""
+    if needed_bytes <= 0:
+        return 0
+    return max(0, needed_bytes + margin_bytes - free_bytes)
+
+
+def human_bytes(count: int) -> str:
+    """Decimal units, as disk vendors and the Hub show sizes: 190.3 GB."""
+    value = float(count)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+# --- events ------------------------------------------------------------------------------
+# A download reports what happens through these, in the caller's thread. The CLI renders one
+# bar for the whole quant (sum of ``FileProgress.done``) and a line per shard.
+
+FileState = Literal["complete", "partial", "missing"]
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    path: str
+    size: int
+    on_disk: int  # bytes already there (a complete file, or a resumable partial one)
+    state: FileState
+
+
+@dataclass(frozen=True)
+class DownloadPlanned:
+    commit: str
+    target: str
+    files: tuple[PlannedFile, ...]
+    total_bytes: int
+    on_disk_bytes: int
+
+
+@dataclass(frozen=True)
+class FileStarted:
+    path: str
+    size: int
+    resume_from: int
+
+
+@dataclass(frozen=True)
+class FileProgress:
+    """Bytes of ``path`` on disk so far (absolute, so a restart from zero shows as a drop)."""
+
+    path: str
+    done: int
+    size: int
+
+
+@dataclass(frozen=True)
+class FileRetrying:
+    path: str
+    attempt: int
+    reason: str
+    resume_from: int
+    wait_s: float
+
+
+@dataclass(frozen=True)
+class XetFallback:
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class VerifyProgress:
+    path: str
+    hashed: int
+    size: int
+
+
+@dataclass(frozen=True)
+class FileVerified:
+    path: str
+    from_record: bool  # True: the recorded state matched, nothing was hashed
+
+
+@dataclass(frozen=True)
+class ChecksumRefetch:
+    """A file's sha256 did not match: it was deleted and is fetched again, once."""
+
+    path: str
+    expected: str
+    actual: str
+
+
+@dataclass(frozen=True)
+class FileReady:
+    path: str
+    local_path: str
+
+
+@dataclass(frozen=True)
+class OrphansRemoved:
+    """Partial files another downloader left behind (huggingface_hub after a kill)."""
+
+    paths: tuple[str, ...]
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class WaitingForLock:
+    """Another process (nemolaunch, ``hf download``) is fetching the same file; waiting for it."""
+
+    path: str
+    lock: str
+
+
+@dataclass(frozen=True)
+class UsingCache:
+    """No Hub: the files come from the cache alone."""
+
+    reason: str
+
+
+DownloadEvent = (
+    DownloadPlanned
+    | FileStarted
+    | FileProgress
+    | FileRetrying
+    | XetFallback
+    | VerifyProgress
+    | FileVerified
+    | ChecksumRefetch
+    | FileReady
+    | OrphansRemoved
+    | WaitingForLock
+    | UsingCache
+)
