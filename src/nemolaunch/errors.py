@@ -217,6 +217,15 @@ class SplitCountMismatch(NemolaunchError):
     """path, in_name, in_header"""
 
 
+# --- launching a planned model -------------------------------------------------
+class NothingFits(NemolaunchError):
+    """model, shortfall (human size), smallest (quant name), budget (human size)"""
+
+
+class ModelNotDownloaded(NemolaunchError):
+    """reference (repo:quant)"""
+
+
 @dataclass(frozen=True)
 class ErrorSpec:
     exit_code: int
@@ -363,6 +372,15 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
         EXIT_INTEGRITY,
         "{path} is named as one of {in_name} parts, but its GGUF header says split.count = {in_header}: "
         "the file is damaged or from another upload; delete it and download again",
+    ),
+    NothingFits: ErrorSpec(
+        EXIT_DOES_NOT_FIT,
+        "no recommended quant of {model} fits: {smallest} is {shortfall} over this machine's {budget}; "
+        "see the ways out above, or name a quant with --quant (and --force to launch anyway)",
+    ),
+    ModelNotDownloaded: ErrorSpec(
+        EXIT_NOT_FOUND,
+        "{reference} is not downloaded yet: run `nemolaunch download {reference}` first",
     ),
 }
 

@@ -1,9 +1,9 @@
 """Cheap checks on a local GGUF model before llama-server spends minutes loading it.
 
-The header is read with the ``gguf`` package (never by hand): it memory-maps
-the file, so even a 50 GB shard costs only its metadata. A file whose tensor
-data runs past its end makes the reader fail, which is how a truncated
-download shows up.
+The header is read by ``gguf_header`` with the ``gguf`` package (never by
+hand): it memory-maps the file, so even a 50 GB shard costs only its metadata.
+A file whose tensor data runs past its end makes the reader fail, which is how
+a truncated download shows up.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from nemolaunch.errors import ModelFileMissing, NotGGUF, ShardsMissing, TruncatedGGUF
+from nemolaunch.adapters.gguf_header import read_gguf_header
+from nemolaunch.errors import ModelFileMissing, ShardsMissing
 
-GGUF_MAGIC = b"GGUF"
 SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
@@ -73,33 +73,7 @@ def inspect_model(path: Path) -> ModelFile:
 
 
 def _read_header(path: Path) -> dict[str, object]:
-    with path.open("rb") as handle:
-        magic = handle.read(4)
-    if magic != GGUF_MAGIC:
-        raise NotGGUF(path=str(path), magic=magic)
-    from gguf import GGUFReader  # numpy-heavy: only when a model is actually checked
-
-    try:
-        reader = GGUFReader(path)
-    except (ValueError, IndexError, OSError) as exc:
-        raise TruncatedGGUF(path=str(path), reason=_reason(exc)) from exc
-    fields: dict[str, object] = {}
-    for key in ("general.architecture", "general.name"):
-        if key in reader.fields:
-            fields[key] = reader.fields[key].contents()
-    architecture = fields.get("general.architecture")
-    if isinstance(architecture, str):
-        key = f"{architecture}.context_length"
-        if key in reader.fields:
-            fields[key] = reader.fields[key].contents()
-    return fields
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if "reshape" in text or "divisor" in text or "buffer" in text:
-        return "its tensor data ends before the header says it should"
-    return text
+    return read_gguf_header(path).metadata
 
 
 def _string(fields: dict[str, object], key: str) -> str | None:

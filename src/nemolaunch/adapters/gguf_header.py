@@ -18,11 +18,13 @@ log = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
 _TOKENS_KEY = "tokenizer.ggml.tokens"
+#: Keys outside the architecture's own namespace that callers need.
+_GENERAL_KEYS = ("general.name", "split.count", "split.no")
 
 
 @dataclass(frozen=True)
 class GGUFHeader:
-    metadata: dict[str, object]  # general.architecture and every "<arch>.*" key
+    metadata: dict[str, object]  # general.architecture, general.name, split.*, and every "<arch>.*" key
     token_count: int | None  # the vocabulary size, from the token list's length
 
 
@@ -39,8 +41,11 @@ def read_gguf_header(path: Path) -> GGUFHeader:
     try:
         reader = GGUFReader(path)
     except (ValueError, IndexError, OSError) as exc:
-        raise TruncatedGGUF(path=str(path), reason=str(exc).strip() or type(exc).__name__) from exc
+        raise TruncatedGGUF(path=str(path), reason=_truncation_reason(exc)) from exc
     metadata: dict[str, object] = {}
+    for key in _GENERAL_KEYS:
+        if key in reader.fields:
+            metadata[key] = reader.fields[key].contents()
     architecture_field = reader.fields.get("general.architecture")
     if architecture_field is not None:
         architecture = architecture_field.contents()
@@ -61,3 +66,11 @@ def read_architecture(path: Path) -> ArchitectureFacts | None:
     except ValueError as exc:
         log.debug("%s: no architecture facts for the forecast: %s", path, exc)
         return None
+
+
+def _truncation_reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # numpy's words when a tensor's data runs past the end of the file.
+    if "reshape" in text or "divisor" in text or "buffer" in text:
+        return "its tensor data ends before the header says it should"
+    return text

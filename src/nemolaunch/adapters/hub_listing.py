@@ -11,10 +11,12 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from nemolaunch.core.catalog import Catalog, ListingEntry, select_catalog
 from nemolaunch.errors import (
@@ -91,6 +93,8 @@ def list_hub_files(repo: str, *, api: Any | None = None) -> list[ListingEntry]:
 
     client = api if api is not None else HfApi()
     endpoint = str(getattr(client, "endpoint", None) or constants.ENDPOINT).rstrip("/")
+    if api is None:
+        check_endpoint_resolves(endpoint)
     try:
         return to_entries(client.list_repo_tree(repo, recursive=True))
     except GatedRepoError as exc:  # before RepositoryNotFoundError, its parent class
@@ -107,6 +111,21 @@ def list_hub_files(repo: str, *, api: Any | None = None) -> list[ListingEntry]:
         raise HubUnreachable(endpoint=endpoint, reason=_first_line(exc)) from exc
     except _network_errors() as exc:
         raise HubUnreachable(endpoint=endpoint, reason=_first_line(exc)) from exc
+
+
+def check_endpoint_resolves(endpoint: str) -> None:
+    """Fail at once, as HubUnreachable, when the Hub's host name does not resolve.
+
+    huggingface_hub retries a failed name lookup five times with backoff (about 23 s);
+    no retry brings back a network that has no DNS, so one lookup decides.
+    """
+    host = urlsplit(endpoint).hostname
+    if not host:
+        return
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror as exc:
+        raise HubUnreachable(endpoint=endpoint, reason=f"{host} does not resolve ({exc.strerror})") from exc
 
 
 def to_entries(items: Iterable[Any]) -> list[ListingEntry]:
@@ -202,3 +221,19 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def cached_quant_paths(repo: str, files: Iterable[str], *, cache_dir: Path | None = None) -> tuple[Path, ...] | None:
+    """Local paths of every one of ``files`` in one cached snapshot of ``repo``; None unless all are there.
+
+    Looks only at finished downloads (snapshot links), never at ``.incomplete`` blobs.
+    """
+    wanted = list(files)
+    repo_dir = _cached_repo_dir(repo, cache_dir if cache_dir is not None else _default_cache_dir())
+    if repo_dir is None or not wanted:
+        return None
+    for snapshot in _snapshots(repo_dir):
+        paths = tuple(snapshot / name for name in wanted)
+        if all(path.is_file() for path in paths):
+            return paths
+    return None

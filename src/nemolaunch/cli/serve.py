@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from nemolaunch.adapters.gguf_files import ModelFile
 from nemolaunch.cli.output import console, err_console, note, print_command, print_json, warn
+from nemolaunch.cli.plan import DEFAULT_PARALLEL, ForceOption, HardwareOption, QuantOption
 from nemolaunch.core.launch import (
     DEFAULT_CTX_SIZE,
     DEFAULT_HOST,
@@ -24,6 +27,7 @@ from nemolaunch.core.launch import (
     CliLaunch,
     Sampling,
     ServerLaunch,
+    alias_for_repo,
     cli_argv,
     client_base_url,
     default_alias,
@@ -31,7 +35,7 @@ from nemolaunch.core.launch import (
     openai_snippet,
     server_argv,
 )
-from nemolaunch.errors import ApiKeyFileEmpty, ApiKeyFileMissing, BadOption
+from nemolaunch.errors import ApiKeyFileEmpty, ApiKeyFileMissing, BadOption, ModelNotDownloaded
 
 API_KEY_ENV = "NEMOLAUNCH_API_KEY"
 #: The variable llama-server reads its key from (LLAMA_ARG_API_KEY is ignored by this build).
@@ -39,7 +43,15 @@ SERVER_KEY_ENV = "LLAMA_API_KEY"
 
 ModelOption = Annotated[
     str | None,
-    typer.Option("--model", "-m", help="A local .gguf file (for a split model, any shard)."),
+    typer.Option(
+        "--model",
+        "-m",
+        help="A local .gguf file (any shard of a split model), or REPO[:QUANT] on the Hub "
+        "[default: the Nemotron 3 Ultra, planned for this machine].",
+    ),
+]
+NoDownloadOption = Annotated[
+    bool, typer.Option("--no-download", help="Refuse, rather than download, a planned quant that is not local.")
 ]
 CtxOption = Annotated[
     int | None,
@@ -77,13 +89,24 @@ def serve_command(
         Path | None,
         typer.Option("--api-key-file", help=f"File holding the API key [or env {API_KEY_ENV}]."),
     ] = None,
+    quant: QuantOption = None,
+    force: ForceOption = False,
+    hardware: HardwareOption = None,
+    no_download: NoDownloadOption = False,
     llama_cpp: LlamaCppOption = None,
     build: BuildOption = False,
     dry_run: DryRunOption = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Serve a model with llama-server's OpenAI-compatible API (args after -- go to llama-server)."""
-    model_file = _resolve_model(model)
+    """Serve a model with llama-server's OpenAI-compatible API (args after -- go to llama-server).
+
+    MODEL may also come first, without --model: `nemolaunch serve REPO:QUANT --port 8001`.
+    """
+    model, passthrough = _model_and_passthrough(model, ctx.args)
+    resolved = _resolve_model(
+        model, quant=quant, force=force, hardware=hardware, ctx_size=ctx_size, no_download=no_download
+    )
+    model_file = resolved.model_file
     context = _context_size(ctx_size, model_file.context_length)
     sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
     key_file = _check_api_key_file(api_key_file)
@@ -102,12 +125,12 @@ def serve_command(
         binary=binary,
         model=model_file.path,
         ctx_size=context,
-        alias=alias or default_alias(model_file.path, general_name=model_file.general_name),
+        alias=alias or resolved.alias,
         host=host,
         port=port,
         sampling=sampling,
         api_key_file=key_file,
-        extra_args=tuple(ctx.args),
+        extra_args=passthrough,
     )
     argv = server_argv(launch)
     env = dict(os.environ)
@@ -151,13 +174,20 @@ def run_command(
     n_predict: Annotated[
         int | None, typer.Option("--n-predict", "-n", help="Stop after this many tokens.")
     ] = None,
+    quant: QuantOption = None,
+    force: ForceOption = False,
+    hardware: HardwareOption = None,
+    no_download: NoDownloadOption = False,
     llama_cpp: LlamaCppOption = None,
     build: BuildOption = False,
     dry_run: DryRunOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Chat with a model in the terminal through llama-cli (args after -- go to llama-cli)."""
-    model_file = _resolve_model(model)
+    model, passthrough = _model_and_passthrough(model, ctx.args)
+    model_file = _resolve_model(
+        model, quant=quant, force=force, hardware=hardware, ctx_size=ctx_size, no_download=no_download
+    ).model_file
     context = _context_size(ctx_size, model_file.context_length)
     sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
     if n_predict is not None and n_predict < -1:
@@ -170,7 +200,7 @@ def run_command(
         sampling=sampling,
         prompt=prompt,
         n_predict=n_predict,
-        extra_args=tuple(ctx.args),
+        extra_args=passthrough,
     )
     argv = cli_argv(launch)
     if json_output:
@@ -182,20 +212,76 @@ def run_command(
     _exec(argv, dict(os.environ))
 
 
-def _resolve_model(model: str | None):  # -> ModelFile
-    from nemolaunch.adapters.gguf_files import inspect_model
+def _model_and_passthrough(
+    model: str | None, extra: list[str], argv: list[str] | None = None
+) -> tuple[str | None, tuple[str, ...]]:
+    """Split what Typer left over into a leading MODEL and the arguments after ``--``.
 
-    if model is None:
+    Typer hands both over as one list, so the words after ``--`` on the command
+    line tell them apart: only those go to llama.cpp untouched.
+    """
+    argv = sys.argv if argv is None else argv
+    after = argv[argv.index("--") + 1 :] if "--" in argv else []
+    leading = extra[: len(extra) - len(after)] if after else list(extra)
+    passthrough = tuple(extra[len(leading) :])
+    if not leading:
+        return model, passthrough
+    if model is not None or len(leading) > 1:
+        unexpected = leading[0] if model is not None else leading[1]
         raise BadOption(
-            option="--model",
-            value="(none)",
-            hint="pass --model PATH.gguf (the Ultra's download and planning come with `nemolaunch plan`)",
+            option="argument",
+            value=unexpected,
+            hint="name one model (MODEL or --model); put llama.cpp's own options after --",
         )
-    path = Path(model).expanduser()
-    model_file = inspect_model(path)
-    if model_file.path != path:
-        note(f"using the split model's first shard: {model_file.path}")
-    return model_file
+    return leading[0], passthrough
+
+
+@dataclass(frozen=True)
+class _ResolvedModel:
+    model_file: ModelFile
+    alias: str  # the default served name
+
+
+def _resolve_model(
+    model: str | None,
+    *,
+    quant: str | None,
+    force: bool,
+    hardware: Path | None,
+    ctx_size: int | None,
+    no_download: bool,
+) -> _ResolvedModel:
+    """A local file as given; a Hub model planned for this machine, downloaded unless --no-download."""
+    from nemolaunch.adapters.gguf_files import inspect_model
+    from nemolaunch.cli.planning import plan_model, read_model_spec, require_launchable
+
+    spec = read_model_spec(model)
+    if spec.local is not None:
+        model_file = inspect_model(spec.local)
+        if model_file.path != spec.local.expanduser():
+            note(f"using the split model's first shard: {model_file.path}")
+        return _ResolvedModel(model_file, default_alias(model_file.path, general_name=model_file.general_name))
+    assert spec.reference is not None
+    planned = plan_model(
+        spec.reference, quant=quant, ctx_size=ctx_size, force=force, parallel=DEFAULT_PARALLEL, hardware_file=hardware
+    )
+    require_launchable(planned)
+    chosen = planned.plan.quant
+    assert chosen is not None
+    note(f"plan: {planned.catalog.repo}:{chosen.name} ({planned.plan.placement}), "
+         f"{chosen.size_bytes / 1e9:.1f} GB of files")
+    if planned.local_files is not None:
+        first = planned.local_files[0]
+    elif no_download:
+        raise ModelNotDownloaded(reference=f"{planned.catalog.repo}:{chosen.name}")
+    else:
+        from nemolaunch.cli.download import download_planned
+
+        result = download_planned(
+            planned, local_dir=None, workers=4, stall_timeout=60.0, verify=False, xet=False, quiet=False
+        )
+        first = result.files[chosen.files[0]]
+    return _ResolvedModel(inspect_model(first), alias_for_repo(planned.catalog.repo))
 
 
 def _check_port(*, host: str, port: int, dry_run: bool) -> None:

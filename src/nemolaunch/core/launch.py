@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nemolaunch import ULTRA_ALIAS
+from nemolaunch import ULTRA_ALIAS, ULTRA_REPO
 
 DEFAULT_PORT = 8001
 DEFAULT_HOST = "127.0.0.1"
@@ -112,6 +112,11 @@ def default_alias(model: Path, *, general_name: str | None = None) -> str:
     if "nemotron-3-ultra" in haystack or "nemotron 3 ultra" in haystack:
         return ULTRA_ALIAS
     return stem
+
+
+def alias_for_repo(repo: str) -> str:
+    """The served name for a Hub repository: the Ultra's model name, else the repo id."""
+    return ULTRA_ALIAS if repo.lower() == ULTRA_REPO.lower() else repo
 
 
 def is_loopback(host: str) -> bool:

@@ -1,0 +1,255 @@
+"""`nemolaunch download`: fetch exactly one quant's shards into the shared HF cache (or --local-dir)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from nemolaunch.cli.output import err_console, note, print_json, warn
+from nemolaunch.cli.plan import DEFAULT_PARALLEL, HardwareOption, QuantOption
+
+if TYPE_CHECKING:
+    from nemolaunch.adapters.hub_download import DownloadResult
+    from nemolaunch.cli.planning import PlannedModel
+    from nemolaunch.core.download_plan import DownloadEvent
+
+LocalDirOption = Annotated[
+    Path | None,
+    typer.Option("--local-dir", help="Download into this folder (the layout of `hf download --local-dir`)."),
+]
+StallOption = Annotated[
+    float, typer.Option("--stall-timeout", help="Seconds without a byte before a shard is retried.")
+]
+
+
+def download_command(
+    model: Annotated[
+        str | None, typer.Argument(help="REPO[:QUANT] [default: the Nemotron 3 Ultra and the planned quant].")
+    ] = None,
+    quant: QuantOption = None,
+    local_dir: LocalDirOption = None,
+    hardware: HardwareOption = None,
+    ctx_size: Annotated[
+        int | None, typer.Option("--ctx-size", "-c", help="Context size the plan is made for [default: 32768].")
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Shards fetched at once.")] = 4,
+    stall_timeout: StallOption = 60.0,
+    verify: Annotated[bool, typer.Option("--verify", help="Re-hash every shard, even ones verified before.")] = False,
+    xet: Annotated[
+        bool, typer.Option("--xet", help="Use the Xet transfer where offered (faster; not resumable after a kill).")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing but errors and the result.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the downloaded files as JSON.")] = False,
+) -> None:
+    """Download a quant's GGUF shards, resumably, verified against their sha256."""
+    from nemolaunch.cli.planning import plan_model, read_model_spec, require_launchable
+    from nemolaunch.errors import BadOption
+
+    spec = read_model_spec(model)
+    if spec.reference is None:
+        raise BadOption(option="MODEL", value=model, hint="download takes a Hub repository (owner/name[:QUANT])")
+    named = spec.reference.quant or quant
+    planned = plan_model(
+        spec.reference,
+        quant=quant,
+        ctx_size=ctx_size,
+        force=named is not None,  # a quant the user names is fetched even if the forecast says no
+        parallel=DEFAULT_PARALLEL,
+        hardware_file=hardware,
+    )
+    require_launchable(planned)
+    result = download_planned(
+        planned,
+        local_dir=local_dir,
+        workers=workers,
+        stall_timeout=stall_timeout,
+        verify=verify,
+        xet=xet,
+        quiet=quiet or json_output,
+    )
+    if json_output:
+        print_json(
+            {
+                "repo": planned.catalog.repo,
+                "quant": planned.plan.quant.name if planned.plan.quant else None,
+                "commit": result.commit,
+                "files": {name: str(path) for name, path in result.files.items()},
+                "fetched_bytes": result.fetched_bytes,
+                "offline": result.offline,
+            }
+        )
+    else:
+        first = next(iter(result.files.values()))
+        sys.stdout.write(f"{first}\n")
+
+
+def download_planned(
+    planned: PlannedModel,
+    *,
+    local_dir: Path | None,
+    workers: int,
+    stall_timeout: float,
+    verify: bool,
+    xet: bool,
+    quiet: bool,
+) -> DownloadResult:
+    """Fetch the plan's quant (what `serve` and `run` also call when the files are not local)."""
+    from nemolaunch.adapters.hub_download import download_quant, fetch_listing
+    from nemolaunch.adapters.hub_listing import hub_offline
+    from nemolaunch.errors import BadOption, HubListingChanged, HubUnreachable
+
+    quant = planned.plan.quant
+    assert quant is not None
+    if workers < 1:
+        raise BadOption(option="--workers", value=workers, hint="use 1 or more")
+    if stall_timeout <= 0:
+        raise BadOption(option="--stall-timeout", value=stall_timeout, hint="use a positive number of seconds")
+    offline_reason = "HF_HUB_OFFLINE is set" if hub_offline(os.environ) else None
+    listing = None
+    if offline_reason is None:
+        try:
+            listing = fetch_listing(repo_id=planned.catalog.repo)
+        except HubUnreachable as exc:
+            offline_reason = f"the Hub is unreachable ({exc.data['reason']})"
+    if listing is None:
+        return _from_cache(planned, reason=offline_reason or "offline", quiet=quiet)
+    missing = [path for path in quant.files if listing.find(path) is None]
+    if missing:
+        raise HubListingChanged(repo_id=planned.catalog.repo, path=missing[0], expected="a file", listed="none")
+    files = [listing.find(path) for path in quant.files]
+    renderer = _ProgressRenderer(quiet=quiet, label=f"{planned.catalog.repo}:{quant.name}")
+    with renderer:
+        result = download_quant(
+            repo_id=planned.catalog.repo,
+            files=files,
+            local_dir=local_dir,
+            max_workers=workers,
+            stall_timeout_s=stall_timeout,
+            progress=renderer.on_event,
+            verify=verify,
+            prefer_xet=xet,
+        )
+    if not quiet:
+        fetched = result.fetched_bytes / 1e9
+        note(f"{quant.name}: {len(result.files)} file(s) ready, {fetched:.2f} GB fetched this run")
+    return result
+
+
+def _from_cache(planned: PlannedModel, *, reason: str, quiet: bool) -> DownloadResult:
+    """No Hub to ask: use the quant if every shard is in the cache, else say exactly what is missing."""
+    from nemolaunch.adapters.hub_download import DownloadResult
+    from nemolaunch.adapters.hub_listing import cached_quant_paths
+    from nemolaunch.errors import FilesMissingOffline
+
+    quant = planned.plan.quant
+    assert quant is not None
+    if planned.local_files is not None:
+        if not quiet:
+            warn(f"{reason}: using the {len(planned.local_files)} cached file(s) of {quant.name} as they are")
+        return DownloadResult(
+            commit=None, files=dict(zip(quant.files, planned.local_files, strict=True)), fetched_bytes=0, offline=True
+        )
+    missing = [path for path in quant.files if cached_quant_paths(planned.catalog.repo, [path]) is None]
+    raise FilesMissingOffline(repo_id=planned.catalog.repo, reason=reason, missing=missing, target="the HF cache")
+
+
+class _ProgressRenderer:
+    """Turns download events into one bar for the whole quant (bytes, speed, ETA) and a line per shard.
+
+    On a terminal: rich bars. Elsewhere (a log, CI): one plain line per finished shard.
+    """
+
+    def __init__(self, *, quiet: bool, label: str) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.quiet = quiet
+        self.label = label
+        self.interactive = err_console.is_terminal and not quiet
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            disable=not self.interactive,
+        )
+        self.total_task: int | None = None
+        self.file_tasks: dict[str, int] = {}
+        self.done: dict[str, int] = {}
+
+    def __enter__(self) -> _ProgressRenderer:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    def on_event(self, event: DownloadEvent) -> None:
+        from nemolaunch.core import download_plan as ev
+
+        if self.quiet:
+            return
+        if isinstance(event, ev.DownloadPlanned):
+            self.done = {planned.path: planned.on_disk for planned in event.files}
+            self.total_task = self.progress.add_task(
+                f"[bold]{self.label}", total=event.total_bytes, completed=event.on_disk_bytes
+            )
+            for planned in event.files:
+                self.file_tasks[planned.path] = self.progress.add_task(
+                    f"  {Path(planned.path).name}", total=planned.size, completed=planned.on_disk
+                )
+            if not self.interactive:
+                note(f"downloading {self.label}: {len(event.files)} file(s), {event.total_bytes / 1e9:.2f} GB "
+                     f"into {event.target} ({event.on_disk_bytes / 1e9:.2f} GB already there)")
+        elif isinstance(event, ev.FileProgress):
+            self._advance(event.path, event.done)
+        elif isinstance(event, ev.FileStarted):
+            self._advance(event.path, event.resume_from)
+            if event.resume_from:
+                self._say(f"resuming {event.path} from {event.resume_from / 1e9:.2f} GB")
+        elif isinstance(event, ev.FileRetrying):
+            self._say(f"retrying {event.path} (attempt {event.attempt}, {event.reason}) "
+                      f"from {event.resume_from / 1e9:.2f} GB in {event.wait_s:.0f}s")
+        elif isinstance(event, ev.XetFallback):
+            warn(f"Xet transfer failed for {event.path} ({event.reason}): falling back to plain HTTP")
+        elif isinstance(event, ev.ChecksumRefetch):
+            warn(f"{event.path} failed its sha256 check: deleted, fetching it again")
+        elif isinstance(event, ev.OrphansRemoved):
+            self._say(f"removed {len(event.paths)} abandoned partial file(s), {event.nbytes / 1e9:.2f} GB")
+        elif isinstance(event, ev.WaitingForLock):
+            self._say(f"waiting for another download of {event.path} to finish")
+        elif isinstance(event, ev.UsingCache):
+            warn(f"using only what is on disk: {event.reason}")
+        elif isinstance(event, ev.FileReady):
+            self._advance(event.path, None)
+            if not self.interactive:
+                note(f"ready: {event.path}")
+
+    def _advance(self, path: str, done: int | None) -> None:
+        task = self.file_tasks.get(path)
+        if task is None:
+            return
+        size = self.progress.tasks[task].total or 0
+        done = int(size) if done is None else done
+        self.done[path] = done
+        self.progress.update(task, completed=done)
+        if self.total_task is not None:
+            self.progress.update(self.total_task, completed=sum(self.done.values()))
+
+    def _say(self, message: str) -> None:
+        if self.interactive:
+            self.progress.console.print(message, markup=False)
+        else:
+            note(message)

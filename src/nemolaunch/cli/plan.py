@@ -1,0 +1,91 @@
+"""`nemolaunch plan`: which quant this machine should run, how it is placed, and why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from nemolaunch.cli.output import err_console, print_command, print_json
+
+if TYPE_CHECKING:
+    from nemolaunch.cli.planning import PlannedModel
+
+HardwareOption = Annotated[
+    Path | None,
+    typer.Option("--hardware", help="Plan for the machine in this JSON file (see `doctor --json`)."),
+]
+QuantOption = Annotated[str | None, typer.Option("--quant", "-q", help="Use this quant, whatever the plan says.")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Launch even when the forecast says it does not fit.")]
+ParallelOption = Annotated[
+    int, typer.Option("--parallel", help="Server slots; each keeps its own Mamba state (llama-server's default: 4).")
+]
+#: llama-server's own default number of slots; the forecast counts one Mamba state per slot.
+DEFAULT_PARALLEL = 4
+
+
+def plan_command(
+    model: Annotated[
+        str | None, typer.Argument(help="REPO[:QUANT] on the Hub [default: the Nemotron 3 Ultra GGUF repo].")
+    ] = None,
+    ctx_size: Annotated[
+        int | None, typer.Option("--ctx-size", "-c", help="Context size in tokens [default: 32768].")
+    ] = None,
+    quant: QuantOption = None,
+    force: ForceOption = False,
+    parallel: ParallelOption = DEFAULT_PARALLEL,
+    hardware: HardwareOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the plan as one JSON object on stdout.")] = False,
+) -> None:
+    """Show every quant of the model against this machine's memory, the one to run, and the command."""
+    from nemolaunch.cli.planning import (
+        nothing_fits,
+        plan_model,
+        read_model_spec,
+        render_plan_table,
+        render_plan_words,
+    )
+    from nemolaunch.errors import BadOption
+
+    spec = read_model_spec(model)
+    if spec.reference is None:
+        raise BadOption(
+            option="MODEL", value=model, hint="plan takes a Hub repository (owner/name[:QUANT]), not a local file"
+        )
+    planned = plan_model(
+        spec.reference, quant=quant, ctx_size=ctx_size, force=force, parallel=parallel, hardware_file=hardware
+    )
+    plan = planned.plan
+    argv = planned_server_argv(planned, parallel=parallel) if plan.quant else None
+    if json_output:
+        print_json({**plan.to_json(), "command": argv, "local": planned.local_files is not None})
+    else:
+        render_plan_table(plan)
+        render_plan_words(plan)
+        if argv is not None:
+            where = "" if planned.local_files else "  (after `nemolaunch download`)"
+            err_console.print(f"[bold]Command:[/]{where}")
+            print_command(argv)
+    if not plan.launchable:
+        raise nothing_fits(plan)
+
+
+def planned_server_argv(planned: PlannedModel, *, parallel: int) -> list[str]:
+    """The llama-server command the plan would run: the downloaded first shard, or its path in the repo."""
+    from nemolaunch.adapters.llamacpp import find_binary
+    from nemolaunch.core.launch import ServerLaunch, alias_for_repo, server_argv
+    from nemolaunch.errors import NemolaunchError
+
+    plan = planned.plan
+    assert plan.quant is not None
+    try:
+        binary = str(find_binary("llama-server").path)
+    except NemolaunchError:
+        binary = "llama-server"
+    model = planned.local_files[0] if planned.local_files else Path(plan.quant.files[0])
+    alias = alias_for_repo(planned.catalog.repo)
+    extra = ("--parallel", str(parallel)) if parallel != DEFAULT_PARALLEL else ()
+    return server_argv(
+        ServerLaunch(binary=binary, model=model, ctx_size=plan.ctx_size, alias=alias, extra_args=extra)
+    )

@@ -1,0 +1,190 @@
+"""What `plan`, `serve`, `run` and `download` share: reading the request, planning, showing the plan.
+
+Gathering facts (probe or ``--hardware FILE``), the catalog (hub, cache or
+built-in) and the architecture is I/O through adapters; ``plan_launch`` is the
+pure decision; rendering is here, for people, on stderr, so that stdout can
+carry a command line or JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nemolaunch import ULTRA_REPO
+from nemolaunch.cli.output import err_console, warn
+from nemolaunch.errors import BadOption, NothingFits
+
+if TYPE_CHECKING:
+    from nemolaunch.core.catalog import Catalog, ModelReference
+    from nemolaunch.core.forecast import ArchitectureFacts
+    from nemolaunch.core.hardware import HardwareFacts
+    from nemolaunch.core.planner import Plan
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """``--model`` read: a local GGUF file, or a Hub repository with an optional quant."""
+
+    local: Path | None = None
+    reference: ModelReference | None = None
+
+
+def read_model_spec(text: str | None) -> ModelSpec:
+    from nemolaunch.core.catalog import ModelReference, parse_model_reference
+
+    if text is None:
+        return ModelSpec(reference=ModelReference(repo=ULTRA_REPO))
+    path = Path(text).expanduser()
+    # A path that exists, or that names a .gguf file, is local; anything else is owner/repo[:QUANT].
+    if path.exists() or text.lower().endswith(".gguf") or text.startswith((".", "/", "~")):
+        return ModelSpec(local=path)
+    return ModelSpec(reference=parse_model_reference(text))
+
+
+@dataclass(frozen=True)
+class PlannedModel:
+    plan: Plan
+    catalog: Catalog
+    facts: HardwareFacts
+    local_files: tuple[Path, ...] | None  # every file of the chosen quant, when all are downloaded
+
+
+def plan_model(
+    reference: ModelReference,
+    *,
+    quant: str | None,
+    ctx_size: int | None,
+    force: bool,
+    parallel: int,
+    hardware_file: Path | None,
+) -> PlannedModel:
+    """Plan ``reference`` for this machine (or the one in ``hardware_file``), warning as it goes."""
+    from nemolaunch.adapters.hub_listing import cached_quant_paths, load_catalog
+    from nemolaunch.core.forecast import DEFAULT_CTX_SIZE
+    from nemolaunch.core.planner import PlanRequest, plan_launch
+
+    if reference.quant and quant and reference.quant.upper() != quant.upper():
+        raise BadOption(
+            option="--quant", value=quant, hint=f"the model names {reference.quant}; give the quant only once"
+        )
+    if parallel < 1:
+        raise BadOption(option="--parallel", value=parallel, hint="use 1 or more slots")
+    facts = _hardware(hardware_file)
+    lookup = load_catalog(reference.repo)
+    for message in lookup.warnings:
+        warn(message)
+    catalog = lookup.catalog
+    architecture = _architecture(catalog)
+    request = PlanRequest(
+        quant=reference.quant or quant,
+        ctx_size=ctx_size if ctx_size is not None else _default_ctx(architecture, DEFAULT_CTX_SIZE),
+        force=force,
+        parallel=parallel,
+    )
+    plan = plan_launch(facts, catalog, request, architecture)
+    local = cached_quant_paths(catalog.repo, plan.quant.files) if plan.quant else None
+    return PlannedModel(plan=plan, catalog=catalog, facts=facts, local_files=local)
+
+
+def require_launchable(planned: PlannedModel) -> None:
+    """Refuse, after showing why, a plan that neither fits nor was forced."""
+    plan = planned.plan
+    if plan.launchable:
+        if not plan.fits and plan.quant is not None:
+            warn(f"{plan.quant.name} does not fit the forecast; launching anyway (--force)")
+        return
+    render_plan_words(plan)
+    raise nothing_fits(plan)
+
+
+def nothing_fits(plan: Plan) -> NothingFits:
+    """The error for a plan with nothing to launch: the named quant, or the smallest recommended one."""
+    smallest = next((item for item in plan.assessments if not item.quant.below_quality_floor), None)
+    named = plan.quant or (smallest.quant if smallest else None)
+    return NothingFits(
+        model=plan.model,
+        smallest=named.name if named else "every quant",
+        shortfall=_gb(plan.shortfall_bytes or 0),
+        budget=f"{_gb(plan.budget.total_bytes)} {plan.budget.kind} budget",
+    )
+
+
+def _hardware(hardware_file: Path | None) -> HardwareFacts:
+    if hardware_file is not None:
+        from nemolaunch.core.hardware import load_hardware_facts
+
+        return load_hardware_facts(hardware_file.expanduser())
+    from nemolaunch.adapters.hardware_probe import probe_hardware
+
+    probe = probe_hardware()
+    for message in probe.warnings:
+        warn(message)
+    return probe.facts
+
+
+def _architecture(catalog: Catalog) -> ArchitectureFacts | None:
+    """From a downloaded first shard of any quant (they share the architecture), else built-in facts."""
+    from nemolaunch.adapters.gguf_header import read_architecture
+    from nemolaunch.adapters.hub_listing import cached_quant_paths
+    from nemolaunch.core.forecast import builtin_architecture
+    from nemolaunch.errors import NemolaunchError
+
+    for quant in reversed(catalog.quants):
+        cached = cached_quant_paths(catalog.repo, quant.files[:1])
+        if cached:
+            try:
+                found = read_architecture(cached[0])
+            except NemolaunchError:
+                continue  # a damaged shard is the download's business; plan from what else is known
+            if found is not None:
+                return found
+    return builtin_architecture(catalog.repo)
+
+
+def _default_ctx(architecture: ArchitectureFacts | None, default: int) -> int:
+    return min(default, architecture.n_ctx_train) if architecture is not None else default
+
+
+def _gb(size: int) -> str:
+    return f"{size / 1e9:.1f} GB"
+
+
+def render_plan_table(plan: Plan) -> None:
+    from rich.table import Table
+
+    budget = plan.budget.total_bytes
+    table = Table(title=f"{plan.model} — {plan.ctx_size} tokens of context, catalog from {plan.source}")
+    for column, justify in (("", "left"), ("quant", "left"), ("bits", "right"), ("size", "right"),
+                            ("forecast", "right"), ("fits", "center"), (f"of {_gb(budget)} budget", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    chosen = plan.quant.name if plan.quant else None
+    for item in plan.assessments:
+        share = item.forecast.total / budget if budget else float("inf")
+        width = 24
+        filled = min(width, round(share * width))
+        bar = "█" * filled + "·" * (width - filled)
+        colour = "green" if item.fits else "red"
+        bits = f"{item.quant.bits_per_weight:.2f}" if item.quant.bits_per_weight else "?"
+        table.add_row(
+            "➜" if item.quant.name == chosen else "",
+            item.quant.name + (" (below floor)" if item.quant.below_quality_floor else ""),
+            bits,
+            _gb(item.quant.size_bytes),
+            _gb(item.forecast.total),
+            "yes" if item.fits else "no",
+            f"[{colour}]{bar}[/] {share:.0%}",
+        )
+    err_console.print(table)
+
+
+def render_plan_words(plan: Plan) -> None:
+    for reason in plan.reasons:
+        err_console.print(f"• {reason}", markup=False)
+    for message in plan.warnings:
+        warn(message)
+    if plan.ways_out:
+        err_console.print("[bold]Ways out:[/]")
+        for way in plan.ways_out:
+            err_console.print(f"  – {way.text}", markup=False)

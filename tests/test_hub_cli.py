@@ -1,0 +1,230 @@
+"""plan, download and serve of a Hub model through the real CLI, against the fake Hub on loopback.
+
+The model is the tiny Nemotron-architecture GGUF split into three shards by the real
+llama-gguf-split, published as quant UD-Q2_K_XL beside a single-file Q8_0 and side files.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, nemolaunch_argv, run_nemolaunch
+from fakehub import FakeHub, fake_hub_fixture  # noqa: F401  (fixture)
+from test_smoke import stop_with_sigint, wait_for_health
+
+REPO = "acme/Tiny-Nemotron-GGUF"
+SPLIT_QUANT = "UD-Q2_K_XL"
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory, llama_bin_dir: Path) -> dict[str, bytes]:
+    """The repository's files: the tiny model as 3 real split shards, a single-file quant, and side files."""
+    from nemolaunch.tiny_model import write_tiny_model
+
+    folder = tmp_path_factory.mktemp("publish")
+    whole = write_tiny_model(folder / "tiny.gguf")
+    split = subprocess.run(
+        [str(llama_bin_dir / "llama-gguf-split"), "--split", "--split-max-tensors", "15", str(whole),
+         str(folder / "Tiny-Nemotron-UD-Q2_K_XL")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert split.returncode == 0, split.stderr
+    files = {
+        f"{SPLIT_QUANT}/Tiny-Nemotron-{SPLIT_QUANT}-{index:05d}-of-00003.gguf": (
+            folder / f"Tiny-Nemotron-UD-Q2_K_XL-{index:05d}-of-00003.gguf"
+        ).read_bytes()
+        for index in (1, 2, 3)
+    }
+    files["Q8_0/Tiny-Nemotron-Q8_0.gguf"] = whole.read_bytes() + b""  # a second quant, never asked for
+    files["mmproj-F16.gguf"] = b"GGUF side file"
+    files["README.md"] = b"# Tiny Nemotron\n"
+    return files
+
+
+@pytest.fixture
+def hub(fake_hub: FakeHub, published: dict[str, bytes]) -> FakeHub:
+    fake_hub.add_repo(REPO, published)
+    return fake_hub
+
+
+@pytest.fixture
+def big_machine(tmp_path: Path) -> Path:
+    """Recorded facts of a 64 GB CPU machine: everything tiny fits."""
+    path = tmp_path / "machine.json"
+    path.write_text(
+        json.dumps(
+            {
+                "os": "linux",
+                "arch": "x86_64",
+                "cpu": {"model": "Test CPU", "physical_cores": 8, "logical_cores": 16, "flags": ["avx2"]},
+                "memory": {"total_bytes": 64 * 2**30, "available_bytes": 60 * 2**30},
+                "disk": {"path": str(tmp_path), "free_bytes": 500 * 2**30},
+                "gpus": [],
+            }
+        )
+    )
+    return path
+
+
+def test_plan_lists_the_hubs_quants_with_real_sizes(hub: FakeHub, big_machine: Path, tmp_path: Path) -> None:
+    result = run_nemolaunch("plan", REPO, "--hardware", str(big_machine), "--json", env=hub.env(tmp_path / "hf"))
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["source"] == "hub"
+    by_name = {quant["name"]: quant for quant in plan["quants"]}
+    assert set(by_name) == {SPLIT_QUANT, "Q8_0"}  # mmproj and README are not quants
+    split_size = sum(len(v) for k, v in hub.repos[REPO].files.items() if k.startswith(SPLIT_QUANT))
+    assert by_name[SPLIT_QUANT]["size_bytes"] == split_size
+    assert plan["quant"] == "Q8_0" and plan["fits"] is True  # the better quant fits
+    assert plan["local"] is False
+    assert plan["command"][plan["command"].index("--model") + 1] == "Q8_0/Tiny-Nemotron-Q8_0.gguf"
+
+
+def test_download_fetches_exactly_one_quant_then_nothing(hub: FakeHub, big_machine: Path, tmp_path: Path) -> None:
+    env = hub.env(tmp_path / "hf")
+    first = run_nemolaunch("download", f"{REPO}:{SPLIT_QUANT}", "--hardware", str(big_machine), "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    result = json.loads(first.stdout)
+    shards = [f"{SPLIT_QUANT}/Tiny-Nemotron-{SPLIT_QUANT}-{index:05d}-of-00003.gguf" for index in (1, 2, 3)]
+    assert sorted(result["files"]) == shards
+    for name, local in result["files"].items():
+        assert Path(local).read_bytes() == hub.repos[REPO].files[name]
+        assert str(tmp_path / "hf" / "hub") in local  # the shared HF cache
+    served = {path for record in hub.requests if record.file for path in [record.file]}
+    assert not any("Q8_0" in path or "mmproj" in path for path in served)
+
+    hub.reset_counters()
+    again = run_nemolaunch("download", f"{REPO}:{SPLIT_QUANT}", "--hardware", str(big_machine), "--json", env=env)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["fetched_bytes"] == 0
+    assert all(hub.served(REPO, name) == 0 for name in result["files"])
+
+    # huggingface_hub itself finds the same files in the cache and fetches nothing.
+    hub.reset_counters()
+    shared = subprocess.run(
+        [nemolaunch_argv()[0], "-c",
+         f"from huggingface_hub import hf_hub_download; print(hf_hub_download({REPO!r}, "
+         f"{f'{SPLIT_QUANT}/Tiny-Nemotron-{SPLIT_QUANT}-00002-of-00003.gguf'!r}))"],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert shared.returncode == 0, shared.stderr
+    assert shared.stdout.strip() == result["files"][f"{SPLIT_QUANT}/Tiny-Nemotron-{SPLIT_QUANT}-00002-of-00003.gguf"]
+    assert sum(hub.served(REPO, name) for name in result["files"]) == 0
+
+
+def test_serve_goes_from_an_empty_cache_to_an_answer(
+    hub: FakeHub, big_machine: Path, tmp_path: Path, llama_bin_dir: Path, port: int,
+    processes: list[subprocess.Popen[str]],
+) -> None:  # fmt: skip
+    env = hub.env(tmp_path / "hf")
+    process = subprocess.Popen(
+        nemolaunch_argv(
+            "serve", f"{REPO}:{SPLIT_QUANT}", "--port", str(port), "--hardware", str(big_machine),
+            "--llama-cpp", str(llama_bin_dir), "--", "--threads", "1",
+        ),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    processes.append(process)
+    wait_for_health(port, process)
+    cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
+    model = Path(cmdline[cmdline.index(b"--model") + 1].decode())
+    assert model.name == f"Tiny-Nemotron-{SPLIT_QUANT}-00001-of-00003.gguf"
+    assert str(tmp_path / "hf" / "hub") in str(model)
+    assert cmdline[cmdline.index(b"--alias") + 1] == REPO.encode()
+
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+    reply = client.chat.completions.create(model=REPO, messages=[{"role": "user", "content": "hi"}], max_tokens=8)
+    assert reply.choices and reply.usage is not None and reply.usage.completion_tokens > 0
+    stop_with_sigint(process)
+    output = process.stdout.read() if process.stdout else ""
+    assert f"plan: {REPO}:{SPLIT_QUANT}" in output
+
+
+def test_no_download_refuses_and_offline_names_what_is_missing(
+    hub: FakeHub, big_machine: Path, tmp_path: Path, llama_bin_dir: Path
+) -> None:
+    env = hub.env(tmp_path / "hf")
+    refused = run_nemolaunch(
+        "serve", f"{REPO}:{SPLIT_QUANT}", "--no-download", "--hardware", str(big_machine), "--dry-run", env=env
+    )
+    assert refused.returncode == 3
+    assert f"{REPO}:{SPLIT_QUANT} is not downloaded yet: run `nemolaunch download" in refused.stderr
+
+    # Offline the catalog comes from the cache, which has nothing of this repo yet.
+    offline_env = {**env, "HF_HUB_OFFLINE": "1"}
+    offline = run_nemolaunch("download", f"{REPO}:{SPLIT_QUANT}", "--hardware", str(big_machine), env=offline_env)
+    assert offline.returncode != 0
+    assert "nemolaunch: error:" in offline.stderr and "Traceback" not in offline.stderr
+
+    assert run_nemolaunch("download", f"{REPO}:{SPLIT_QUANT}", "--hardware", str(big_machine), env=env).returncode == 0
+    hub.reset_counters()
+    cached = run_nemolaunch(
+        "serve", f"{REPO}:{SPLIT_QUANT}", "--hardware", str(big_machine), "--llama-cpp", str(llama_bin_dir),
+        "--dry-run", env=offline_env,
+    )  # fmt: skip
+    assert cached.returncode == 0, cached.stderr
+    assert f"Tiny-Nemotron-{SPLIT_QUANT}-00001-of-00003.gguf" in cached.stdout
+    assert hub.requests == []  # offline means offline
+
+
+@pytest.mark.parametrize(
+    ("model", "code", "words"),
+    [
+        (f"{REPO}:IQ9_ZZZ", 3, "Q8_0"),  # unknown quant lists those that exist
+        ("acme/No-Such-Repo-GGUF", 3, "acme/No-Such-Repo-GGUF was not found"),
+        ("acme/:Q4", 2, "acme/:Q4"),
+    ],
+)
+def test_bad_models(hub: FakeHub, big_machine: Path, tmp_path: Path, model: str, code: int, words: str) -> None:
+    result = run_nemolaunch("plan", model, "--hardware", str(big_machine), env=hub.env(tmp_path / "hf"))
+    assert result.returncode == code, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("nemolaunch: error:")]
+    assert len(errors) == 1 and words in errors[0]
+
+
+def test_repo_without_gguf(hub: FakeHub, big_machine: Path, tmp_path: Path) -> None:
+    hub.add_repo("acme/Plain-Model", {"README.md": b"# no gguf here\n", "model.safetensors": b"\0" * 64})
+    result = run_nemolaunch("plan", "acme/Plain-Model", "--hardware", str(big_machine), env=hub.env(tmp_path / "hf"))
+    assert result.returncode == 3
+    assert "acme/Plain-Model" in result.stderr and "GGUF" in result.stderr
+
+
+GOLDEN = {
+    "b200x4.json": ("UD-Q8_K_XL", "gpu"),
+    "h100x8.json": ("UD-Q8_K_XL", "gpu"),
+    "rtx4090_256gb.json": ("UD-IQ3_XXS", "gpu+cpu-experts"),
+    "mac_studio_m3_ultra_512gb.json": ("UD-Q5_K_XL", "metal"),
+    "cpu_epyc_384gb.json": ("UD-Q4_K_XL", "cpu"),
+    "h200_shared.json": ("UD-Q4_K_XL", "gpu+cpu-experts"),
+    "rtx3090x2_128gb.json": (None, None),
+    "mac_m3_ultra_256gb.json": (None, None),
+    "laptop_64gb.json": (None, None),
+}
+
+
+@pytest.mark.parametrize("machine", sorted(GOLDEN))
+def test_ultra_plan_for_recorded_machines(machine: str, tmp_path: Path) -> None:
+    """`plan --hardware FILE --json` through the CLI, offline: the built-in Ultra catalog."""
+    from conftest import cli_env
+
+    env = cli_env(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    facts = REPO_ROOT / "tests" / "fixtures" / "hardware" / machine
+    result = run_nemolaunch("plan", "--hardware", str(facts), "--json", env=env)
+    plan = json.loads(result.stdout)  # stdout is the one JSON object, even when nothing fits
+    quant, placement = GOLDEN[machine]
+    assert (plan["quant"], plan["placement"]) == (quant, placement)
+    assert plan["source"] == "builtin"
+    assert plan["fits"] is (quant is not None)
+    assert result.returncode == (0 if quant else 6)
+    if quant is None:
+        assert plan["command"] is None and plan["ways_out"]
+        assert "nemolaunch: error: no recommended quant" in result.stderr
+    else:
+        assert "--n-cpu-moe" not in plan["command"]
+        assert plan["forecast_bytes"] <= plan["budget_bytes"]
