@@ -16,11 +16,9 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
 .venv/bin/python -m pip install --quiet -e . 2>&1 | grep -v '^WARNING: Location' >&2 || true
 
-# Build llama.cpp unless one is already usable (NEMOLAUNCH_LLAMA_CPP, an earlier build, PATH).
-if ! .venv/bin/nemolaunch doctor --json | .venv/bin/python -c 'import json,sys; sys.exit("error" in json.load(sys.stdin)["llama_cpp"])'; then
-    source_archive="$(PYTHON=.venv/bin/python bash scripts/fetch_llamacpp_source.sh)"
-    .venv/bin/nemolaunch build --source "$source_archive"
-fi
+# Build llama.cpp for this machine (a no-op in well under a second once built).
+source_archive="$(PYTHON=.venv/bin/python bash scripts/fetch_llamacpp_source.sh)"
+.venv/bin/nemolaunch build --source "$source_archive"
 
 model="${1:-}"
 if [[ $# -gt 0 ]]; then

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, cli_env, run_nemolaunch
 from nemolaunch.adapters.builder import BuildRequest, script_argv, source_key
 from nemolaunch.adapters.llamacpp import Build, best_build, find_binary, parse_version
 from nemolaunch.errors import LlamaCppDirInvalid, LlamaCppNotFound
+
+from conftest import REPO_ROOT, cli_env, run_nemolaunch
 
 SCRIPT = REPO_ROOT / "scripts" / "build_llamacpp.sh"
 

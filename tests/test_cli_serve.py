@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env, run_nemolaunch
 from nemolaunch import ULTRA_ALIAS
+
+from conftest import cli_env, run_nemolaunch
 
 
 def _one_error_line(stderr: str) -> str:

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fakehub import FakeHub, FakeRepo, Fault, fake_hub_fixture  # noqa: F401  (fixture)
 from nemolaunch import errors
+
+from fakehub import FakeHub, FakeRepo, Fault, fake_hub_fixture  # noqa: F401  (fixture)
 
 DRIVER = Path(__file__).with_name("download_driver.py")
 REPO = "unsloth/Tiny-Nemotron-GGUF"

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env, nemolaunch_argv, run_nemolaunch
 from nemolaunch.tiny_model import TINY_MODEL_CONTEXT_LENGTH
+
+from conftest import cli_env, nemolaunch_argv, run_nemolaunch
 
 HEALTH_TIMEOUT_S = 120
 

@@ -1,69 +1,99 @@
-"""`nemolaunch doctor`: what this machine has for running llama.cpp, in one look."""
+"""`nemolaunch doctor`: what this machine has for running llama.cpp, in one look.
+
+`--json` prints exactly the hardware facts that `--hardware FILE` reads, so a
+machine's facts can be recorded once and planned for anywhere.
+"""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from nemolaunch import __version__
-from nemolaunch.cli.output import console, print_json
+from nemolaunch.cli.output import console, warn
+from nemolaunch.cli.plan import HardwareOption
+
+if TYPE_CHECKING:
+    from nemolaunch.core.hardware import HardwareFacts
+
+BUILD_TOOLS = ("cmake", "c++", "nvcc", "git", "ccache")
 
 
 def doctor_command(
+    hardware: HardwareOption = None,
     llama_cpp: Annotated[
         Path | None,
         typer.Option("--llama-cpp", help="Folder holding llama.cpp's binaries [env: NEMOLAUNCH_LLAMA_CPP]."),
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the hardware facts as JSON (what --hardware FILE reads).")
+    ] = False,
 ) -> None:
-    """Show nemolaunch's version, the llama.cpp build it would use, build tools, memory and cores."""
-    import psutil
+    """Show this machine's CPU, memory, GPUs (free VRAM), disk, the llama.cpp build and build tools."""
     from rich.table import Table
 
     from nemolaunch.adapters.llamacpp import binary_version, find_binary
     from nemolaunch.errors import NemolaunchError
 
-    report: dict[str, object] = {"nemolaunch": __version__}
+    facts, driver = _facts(hardware)
+    if json_output:
+        print(facts.to_json())
+        return
+    table = Table(title=f"nemolaunch {__version__}" + (f" — facts from {hardware}" if hardware else ""))
+    table.add_column("what", style="bold")
+    table.add_column("found")
+    table.add_row("system", f"{facts.os} {facts.arch}")
+    cpu = facts.cpu
+    simd = ", ".join(flag for flag in cpu.flags if flag.startswith(("avx", "amx", "neon", "sve"))) or "none listed"
+    table.add_row(
+        "cpu", f"{cpu.model or 'unknown'}: {cpu.physical_cores} physical / {cpu.logical_cores} logical cores; {simd}"
+    )
+    table.add_row(
+        "memory", f"{_gib(facts.memory.total_bytes)} total, {_gib(facts.memory.available_bytes)} available"
+    )
+    if facts.disk is not None:
+        table.add_row("disk", f"{_gib(facts.disk.free_bytes)} free at {facts.disk.path}")
+    if not facts.gpus:
+        table.add_row("gpu", "none (CPU only)")
+    for gpu in facts.gpus:
+        detail = f"{gpu.name}: {_gib(gpu.free_bytes)} free of {_gib(gpu.total_bytes)}"
+        if gpu.compute_capability:
+            detail += f", compute {gpu.compute_capability}"
+        if gpu.unified:
+            detail += ", unified memory (counted once)"
+        table.add_row(f"gpu {gpu.index} ({gpu.backend})", detail)
+    if driver:
+        table.add_row("nvidia driver", driver)
     try:
         found = find_binary("llama-server", explicit_dir=llama_cpp)
         version = binary_version(found.path)
-        report["llama_cpp"] = {
-            "path": str(found.path),
-            "origin": found.origin,
-            "backend": found.backend,
-            "version": version.number,
-            "commit": version.commit,
-            "built_with": version.built_with,
-        }
-    except NemolaunchError as exc:
-        report["llama_cpp"] = {"error": str(exc)}
-    report["tools"] = {tool: shutil.which(tool) for tool in ("cmake", "c++", "nvcc", "git", "ccache")}
-    memory = psutil.virtual_memory()
-    report["memory"] = {"total_bytes": memory.total, "available_bytes": memory.available}
-    report["cpu"] = {"physical_cores": psutil.cpu_count(logical=False), "logical_cores": psutil.cpu_count()}
-    if json_output:
-        print_json(report)
-        return
-    table = Table(title=f"nemolaunch {__version__}", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("found")
-    llama = report["llama_cpp"]
-    assert isinstance(llama, dict)
-    if "error" in llama:
-        table.add_row("llama.cpp", f"[red]{llama['error']}[/]")
-    else:
         table.add_row(
             "llama.cpp",
-            f"{llama['path']} (from {llama['origin']}; version {llama['version']} ({llama['commit']}); "
-            f"backend {llama['backend'] or 'unknown'})",
+            f"{found.path} (from {found.origin}; version {version.number} ({version.commit}); "
+            f"backend {found.backend or 'unknown'})",
         )
-    tools = report["tools"]
-    assert isinstance(tools, dict)
-    for tool, where in tools.items():
-        table.add_row(tool, where or "[yellow]not found[/]")
-    table.add_row("memory", f"{memory.total / 2**30:.1f} GiB total, {memory.available / 2**30:.1f} GiB available")
-    table.add_row("cores", f"{report['cpu']['physical_cores']} physical, {report['cpu']['logical_cores']} logical")  # type: ignore[index]
+    except NemolaunchError as exc:
+        table.add_row("llama.cpp", f"[red]{exc}[/]")
+    for tool in BUILD_TOOLS:
+        table.add_row(tool, shutil.which(tool) or "[yellow]not found[/]")
     console.print(table)
+
+
+def _facts(hardware: Path | None) -> tuple[HardwareFacts, str | None]:
+    if hardware is not None:
+        from nemolaunch.core.hardware import load_hardware_facts
+
+        return load_hardware_facts(hardware.expanduser()), None
+    from nemolaunch.adapters.hardware_probe import probe_hardware
+
+    probe = probe_hardware()
+    for message in probe.warnings:
+        warn(message)
+    return probe.facts, probe.cuda_driver_version
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB"
