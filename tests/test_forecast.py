@@ -63,16 +63,18 @@ def test_forecast_for_ultra_q4_on_one_cuda_gpu() -> None:
     assert forecast.recurrent == 413_270_016
     # 2 devices (GPU + CPU) × 512 tokens × (131072 vocab + 16 × 8192) × 4 bytes
     assert forecast.compute == 2 * 512 * 262_144 * 4 == 1_073_741_824
-    # 5 % of 301 847 624 576 (rounded) + 1 GiB + 512 MiB for the CUDA context
-    assert forecast.margin == 15_092_381_229 + GiB + 512 * MiB == 16_702_993_965
-    assert forecast.total == 318_550_618_541
+    assert forecast.runtime == 18 * MiB  # llama-server itself, measured by benchmarks/forecast_vs_rss.py
+    # 5 % of 301_866_498_944 (rounded) + 1 GiB + 512 MiB for the CUDA context
+    assert forecast.margin == 15_093_324_947 + GiB + 512 * MiB == 16_703_937_683
+    assert forecast.total == 318_570_436_627
     assert forecast.breakdown() == {
         "weights": 298_750_000_000,
         "kv": 1_610_612_736,
         "recurrent": 413_270_016,
         "compute": 1_073_741_824,
-        "margin": 16_702_993_965,
-        "total": 318_550_618_541,
+        "runtime": 18 * MiB,
+        "margin": 16_703_937_683,
+        "total": 318_570_436_627,
     }
     assert forecast.notes == ("architecture from built-in figures (approximate), not a GGUF header",)
 
@@ -82,7 +84,7 @@ def test_forecast_on_a_cpu_with_four_slots_and_a_long_context() -> None:
     assert forecast.kv == 262_144 * 49_152 == 12_884_901_888
     assert forecast.recurrent == 4 * 413_270_016
     assert forecast.compute == 536_870_912  # the CPU alone
-    subtotal = 100_000_000_000 + 12_884_901_888 + 1_653_080_064 + 536_870_912
+    subtotal = 100_000_000_000 + 12_884_901_888 + 1_653_080_064 + 536_870_912 + 18 * MiB
     assert forecast.margin == round(subtotal * 0.05) + GiB
     assert forecast.total == subtotal + round(subtotal * 0.05) + GiB
 
@@ -91,7 +93,7 @@ def test_forecast_without_architecture_uses_the_rough_rule() -> None:
     forecast = forecast_memory(50_000_000_000, None, gpu_devices=2, cuda_devices=2)
     assert (forecast.kv, forecast.recurrent) == (0, 0)
     assert forecast.compute == 3 * GiB
-    assert forecast.margin == round((50_000_000_000 + 3 * GiB) * 0.10) + GiB + 2 * 512 * MiB
+    assert forecast.margin == round((50_000_000_000 + 3 * GiB + 18 * MiB) * 0.10) + GiB + 2 * 512 * MiB
     assert "architecture unknown" in forecast.notes[0]
 
 

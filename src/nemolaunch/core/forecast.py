@@ -1,6 +1,6 @@
 """How much memory llama-server needs for a quant at a context size, with the reasons.
 
-total = weights + kv + recurrent + compute + margin, where
+total = weights + kv + recurrent + compute + runtime + margin, where
 
 * weights   = the GGUF files' total size: llama.cpp loads tensors as stored.
 * kv        = ctx_size × Σ over attention layers of n_head_kv(l) × (key_length + value_length)
@@ -16,8 +16,11 @@ total = weights + kv + recurrent + compute + margin, where
               reserves its own graph buffer, sized for a full micro-batch of
               logits (n_ubatch × n_vocab floats) plus the activations of the widest
               layers (a heuristic 16 × n_embd floats per token).
+* runtime   = llama-server's own footprint (code, tokenizer, HTTP server, prompt
+              cache bookkeeping): peak RSS minus the buffers llama.cpp reports,
+              measured on the tiny model by benchmarks/forecast_vs_rss.py.
 * margin    = 5 % of the above (allocator rounding, estimate error)
-              + 1 GiB (the process itself, host-side buffers, the HTTP server)
+              + 1 GiB (long prompts' host buffers, page cache pressure, what the estimate misses)
               + 512 MiB per CUDA GPU (the CUDA context and cuBLAS workspace,
               which NVML's free memory does not yet account for).
 
@@ -43,6 +46,7 @@ DEFAULT_UBATCH = 512  # llama.cpp's default --ubatch-size
 RECURRENT_STATE_BYTES = 4  # llama.cpp keeps Mamba conv and SSM states in f32
 COMPUTE_ACTIVATION_WIDTH = 16  # activations per token, in multiples of n_embd (heuristic)
 UNKNOWN_COMPUTE_PER_DEVICE = 1 * GiB
+RUNTIME_BYTES = 18 * MiB  # see benchmarks/forecast_vs_rss.py
 MARGIN_FRACTION = 0.05
 UNKNOWN_ARCHITECTURE_MARGIN_FRACTION = 0.10
 MARGIN_FIXED_BYTES = 1 * GiB
@@ -245,12 +249,18 @@ class Forecast:
     kv: int
     recurrent: int
     compute: int
+    runtime: int
     margin: int
     notes: tuple[str, ...] = ()
 
     @property
+    def predicted(self) -> int:
+        """What llama-server is expected to use: everything but the safety margin."""
+        return self.weights + self.kv + self.recurrent + self.compute + self.runtime
+
+    @property
     def total(self) -> int:
-        return self.weights + self.kv + self.recurrent + self.compute + self.margin
+        return self.predicted + self.margin
 
     def breakdown(self) -> dict[str, int]:
         return {
@@ -258,6 +268,7 @@ class Forecast:
             "kv": self.kv,
             "recurrent": self.recurrent,
             "compute": self.compute,
+            "runtime": self.runtime,
             "margin": self.margin,
             "total": self.total,
         }
@@ -295,8 +306,14 @@ def forecast_memory(
         fraction = MARGIN_FRACTION
         if architecture.source == "builtin":
             notes.append("architecture from built-in figures (approximate), not a GGUF header")
-    subtotal = weights_bytes + kv + recurrent + compute
+    subtotal = weights_bytes + kv + recurrent + compute + RUNTIME_BYTES
     margin = round(subtotal * fraction) + MARGIN_FIXED_BYTES + cuda_devices * CUDA_CONTEXT_BYTES
     return Forecast(
-        weights=weights_bytes, kv=kv, recurrent=recurrent, compute=compute, margin=margin, notes=tuple(notes)
+        weights=weights_bytes,
+        kv=kv,
+        recurrent=recurrent,
+        compute=compute,
+        runtime=RUNTIME_BYTES,
+        margin=margin,
+        notes=tuple(notes),
     )

@@ -503,7 +503,7 @@ def _forecast_reason(item: QuantAssessment, ctx_size: int) -> str:
     return (
         f"{item.quant.name} needs {_gb(f.total)} at {ctx_size} tokens of context: weights {_gb(f.weights)}, "
         f"KV cache {_gb(f.kv)}, Mamba state {_gb(f.recurrent)}, compute buffers {_gb(f.compute)}, "
-        f"safety margin {_gb(f.margin)}"
+        f"llama-server itself {f.runtime / 1e6:.0f} MB, safety margin {_gb(f.margin)}"
     )
 
 
