@@ -9,12 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python="${PYTHON:-python3}"
-if [[ ! -x .venv/bin/python ]]; then
-    "$python" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
-.venv/bin/python -m pip install --quiet -e . 2>&1 | grep -v '^WARNING: Location' >&2 || true
+bash scripts/install_venv.sh
 
 # Build llama.cpp for this machine (a no-op in well under a second once built).
 source_archive="$(PYTHON=.venv/bin/python bash scripts/fetch_llamacpp_source.sh)"

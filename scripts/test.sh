@@ -9,13 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python="${PYTHON:-python3}"
-if [[ ! -x .venv/bin/python ]]; then
-    "$python" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
-.venv/bin/python -m pip install --quiet -e '.[test]' 2>&1 | grep -v '^WARNING: Location' >&2 || true
-.venv/bin/python -c 'import nemolaunch, typer, gguf, openai, huggingface_hub' # the install really worked
+bash scripts/install_venv.sh test
 
 source_archive="$(PYTHON=.venv/bin/python bash scripts/fetch_llamacpp_source.sh)"
 start=$(date +%s)
