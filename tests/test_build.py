@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -234,3 +235,38 @@ def test_a_failing_build_shows_the_log_tail_and_exits_5(tmp_path: Path) -> None:
     assert errors == [f"nemolaunch: error: building llama.cpp failed (exit 5): the full log is {prefix}/build.log"]
     assert not (prefix / "build-stamp.txt").exists()
     assert not (prefix / "bin").exists()
+
+
+def test_interrupting_a_build_stops_every_process_under_it(tmp_path: Path) -> None:
+    """Ctrl-C during `nemolaunch build`: no compiler (or anything else it started) is left running."""
+    import signal
+
+    tree = fake_llama_cpp_tree(tmp_path / "src")
+    # A compile step that takes long enough to be interrupted, and records its pid.
+    pid_file = tmp_path / "compiler.pid"
+    (tree / "slow.sh").write_text(f"echo $$ > {pid_file}\nexec sleep 120\n")
+    (tree / "CMakeLists.txt").write_text(
+        (tree / "CMakeLists.txt").read_text()
+        + "add_custom_target(slow ALL COMMAND sh ${CMAKE_SOURCE_DIR}/slow.sh)\n"
+        + "add_dependencies(llama-server slow)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nemolaunch", "build", "--backend", "cpu", "--source", str(tree),
+         "--prefix", str(tmp_path / "prefix")],
+        env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pid_file.exists(), "the slow step never started"
+    time.sleep(0.2)
+    sleeper = int(pid_file.read_text())
+    assert Path(f"/proc/{sleeper}").exists()
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{sleeper}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{sleeper}").exists(), "a build step outlived Ctrl-C"
+    assert not (tmp_path / "prefix" / "build-stamp.txt").exists()

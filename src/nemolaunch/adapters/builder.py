@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 import re
+import signal
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,8 +94,15 @@ def run_build(
     # One build per prefix at a time: a second `nemolaunch build` waits rather than corrupts.
     with (request.prefix / ".lock").open("w") as lock, log_path.open("w") as log:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        # Its own process group, so that stopping the build stops cmake, make and every compiler under it.
         process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env=env,
+            start_new_session=True,
         )
         assert process.stdout is not None
         up_to_date = False
@@ -114,13 +123,8 @@ def run_build(
                     up_to_date = True
             code = process.wait()
         except BaseException:
-            # Ctrl-C or any failure here must not leave the compiler running.
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            # Ctrl-C or any failure here must not leave a compiler running.
+            _stop_group(process)
             raise
     if code == 0:
         return BuildResult(prefix=request.prefix, log=log_path, up_to_date=up_to_date)
@@ -132,6 +136,17 @@ def run_build(
     if code == _SCRIPT_USAGE:
         raise BuildUsage(reason=reason)
     raise BuildFailed(log=str(log_path), exit_code=code)
+
+
+def _stop_group(process: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        process.wait()
 
 
 def log_tail(log: Path, lines: int = 25) -> list[str]:
