@@ -93,7 +93,6 @@ _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _MAX_ATTEMPTS_WITHOUT_PROGRESS = 5
 _RETRY_WAIT_MAX_S = 30.0
 _PROGRESS_EVERY_S = 0.2
-_CHUNK_BYTES = 1 << 20
 _STATE_FILE_NAME = "nemolaunch-verified.json"
 
 
@@ -653,8 +652,7 @@ class _Run:
                 have = 0
             with partial.open("ab" if have else "wb") as out:
                 last_report = 0.0
-                # 1 MiB writes: small chunks cost a Python round trip each at hundreds of MB/s.
-                for chunk in response.iter_bytes(chunk_size=_CHUNK_BYTES):
+                for chunk in response.iter_bytes():
                     if self.stop.is_set():
                         raise _Stopped
                     out.write(chunk)
