@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import glob
-import hashlib
 import json
 import os
 import shutil
@@ -39,12 +37,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 # FakeHub lives with the tests, not in the package: put tests/ on the path to import it from there.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import fakehub
-from fakehub import FakeHub
+from fakehub import FakeHub, gguf_shard
 
 REPO = "bench/Bench-Model-GGUF"
 QUANT = "UD-Q2_K_XL"
@@ -66,49 +61,10 @@ class Timing:
 
 
 # --- the published quant -----------------------------------------------------------------------------
-def gguf_shard(index: int, count: int, payload_bytes: int) -> bytes:
-    """A real GGUF split part, as gguf-split writes them (the download checks split.count against the name).
-
-    The same recipe as ``gguf_shard`` in tests/test_download.py: split.* keys and one tensor of random
-    bytes (random so that nothing on the way could make it cheaper by compressing it).
-    """
-    from gguf import GGUFWriter
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "part.gguf"
-        writer = GGUFWriter(str(path), "nemotron_h_moe")
-        writer.add_uint16("split.no", index - 1)
-        writer.add_uint16("split.count", count)
-        writer.add_int32("split.tensors.count", count)
-        writer.add_tensor(f"blk.{index}.weight", np.frombuffer(os.urandom(payload_bytes), dtype=np.int8).copy())
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        return path.read_bytes()
-
-
 def quant_files(total_bytes: int, count: int) -> dict[str, bytes]:
     stem = f"{QUANT}/Bench-Model-{QUANT}"
     payload = total_bytes // count
     return {f"{stem}-{i:05d}-of-{count:05d}.gguf": gguf_shard(i, count, payload) for i in range(1, count + 1)}
-
-
-def cache_fakehub_hashes() -> None:
-    """Hash each file once instead of on every request.
-
-    FakeHub recomputes sha256 (and the git blob sha1) of the whole file on each resolve, CDN and
-    listing request, and the CDN hashes every file to find the one asked for: about 0.1 s per 100 MB,
-    in the benchmark's own process, on the timed path. nemolaunch's listing asks for the hashes of
-    every file, curl does not, so without this the ratio would partly measure the fake server.
-    """
-    sha256 = functools.cache(lambda content: hashlib.sha256(content).hexdigest())
-
-    def sha256_of(self: fakehub.FakeRepo, path: str) -> str:
-        return sha256(self.files[path])
-
-    fakehub.FakeRepo.sha256_of = sha256_of  # type: ignore[method-assign]
-    fakehub.git_blob_sha1 = functools.cache(fakehub.git_blob_sha1)
 
 
 # --- running things ------------------------------------------------------------------------------------
@@ -277,16 +233,11 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=2, help="number of split parts")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each timing; the median is reported")
     parser.add_argument("--kill-seconds", type=float, default=4.0, help="how long the throttled download takes")
-    parser.add_argument(
-        "--hash-per-request", action="store_true", help="let FakeHub rehash files on every request, as in the tests"
-    )
     parser.add_argument("--workdir", type=Path, default=None, help="where downloads go [default: a temp folder]")
     args = parser.parse_args()
     if shutil.which("curl") is None:
         print("curl is not on PATH", file=sys.stderr)
         return 2
-    if not args.hash_per_request:
-        cache_fakehub_hashes()
 
     published = quant_files(int(args.size_mb * MB), args.shards)
     total = sum(map(len, published.values()))

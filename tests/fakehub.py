@@ -30,10 +30,11 @@ import json
 import os
 import re
 import socket
+import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -45,9 +46,32 @@ _CHUNK = 1024 * 1024
 _NON_LFS_SUFFIXES = (".md", ".json", ".txt", ".gitattributes")
 
 
+_DIGESTS: dict[tuple[str, int], tuple[bytes, str]] = {}
+
+
+def _cached_digest(kind: str, content: bytes, compute: Callable[[bytes], str]) -> str:
+    """Hash each file's bytes once: every listing and download asks again, and 100 MB cost 0.1 s.
+
+    Keyed by the bytes object's identity, and checked against it, so a test that swaps a
+    file's content gets the new hash.
+    """
+    key = (kind, id(content))
+    cached = _DIGESTS.get(key)
+    if cached is None or cached[0] is not content:
+        cached = (content, compute(content))
+        _DIGESTS[key] = cached
+    return cached[1]
+
+
+def sha256_hex(content: bytes) -> str:
+    return _cached_digest("sha256", content, lambda data: hashlib.sha256(data).hexdigest())
+
+
 def git_blob_sha1(content: bytes) -> str:
     """The git object id of a file, which the Hub uses as the etag of non-LFS files."""
-    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+    return _cached_digest(
+        "git-blob", content, lambda data: hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    )
 
 
 def fake_commit_sha(seed: str) -> str:
@@ -67,6 +91,29 @@ class Fault:
     corrupt: bool = False  # flip the file's middle byte: right size, wrong content
     status: int | None = None  # answer this status instead of the bytes
     times: int | None = 1
+
+
+# --- what a repository publishes ------------------------------------------------------
+def gguf_shard(index: int, count: int, payload_bytes: int, *, header_count: int | None = None) -> bytes:
+    """A real GGUF split part, as gguf-split writes them: split.* keys and one tensor of random bytes.
+
+    Random, so that nothing on the way can make it cheaper by compressing it.
+    """
+    import numpy as np
+    from gguf import GGUFWriter
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "part.gguf"
+        writer = GGUFWriter(str(path), "nemotron_h_moe")
+        writer.add_uint16("split.no", index - 1)
+        writer.add_uint16("split.count", count if header_count is None else header_count)
+        writer.add_int32("split.tensors.count", count)
+        writer.add_tensor(f"blk.{index}.weight", np.frombuffer(os.urandom(payload_bytes), dtype=np.int8).copy())
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return path.read_bytes()
 
 
 @dataclass
@@ -90,7 +137,7 @@ class FakeRepo:
         return self.declared_sizes.get(path, len(self.files[path]))
 
     def sha256_of(self, path: str) -> str:
-        return hashlib.sha256(self.files[path]).hexdigest()
+        return sha256_hex(self.files[path])
 
     def etag_of(self, path: str) -> str:
         return self.sha256_of(path) if self.is_lfs(path) else git_blob_sha1(self.files[path])

@@ -13,19 +13,17 @@ import queue
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from nemolaunch import errors
 
-from fakehub import FakeHub, FakeRepo, Fault, fake_hub_fixture  # noqa: F401  (fixture)
+from fakehub import FakeHub, FakeRepo, Fault, fake_hub_fixture, gguf_shard  # noqa: F401  (fixture)
 
 DRIVER = Path(__file__).with_name("download_driver.py")
 REPO = "unsloth/Tiny-Nemotron-GGUF"
@@ -34,24 +32,6 @@ OTHER_QUANT = "Q8_0"
 
 
 # --- test data ----------------------------------------------------------------------------------
-def gguf_shard(index: int, count: int, payload_bytes: int, *, header_count: int | None = None) -> bytes:
-    """A real GGUF split part, as gguf-split writes them: split.* keys and one tensor of random bytes."""
-    from gguf import GGUFWriter
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "part.gguf"
-        writer = GGUFWriter(str(path), "nemotron_h_moe")
-        writer.add_uint16("split.no", index - 1)
-        writer.add_uint16("split.count", count if header_count is None else header_count)
-        writer.add_int32("split.tensors.count", count)
-        writer.add_tensor(f"blk.{index}.weight", np.frombuffer(os.urandom(payload_bytes), dtype=np.int8).copy())
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        return path.read_bytes()
-
-
 def quant_files(quant: str, count: int, payload_bytes: int) -> dict[str, bytes]:
     stem = f"{quant}/Tiny-Nemotron-{quant}"
     return {f"{stem}-{i:05d}-of-{count:05d}.gguf": gguf_shard(i, count, payload_bytes) for i in range(1, count + 1)}
