@@ -228,3 +228,38 @@ def test_ultra_plan_for_recorded_machines(machine: str, tmp_path: Path) -> None:
     else:
         assert "--n-cpu-moe" not in plan["command"]
         assert plan["forecast_bytes"] <= plan["budget_bytes"]
+
+
+def test_ctrl_c_during_download_then_resume(hub: FakeHub, big_machine: Path, tmp_path: Path) -> None:
+    """Ctrl-C mid-download: exit 130, one line, no partial file under a final name; the next run resumes."""
+    import signal
+    import time
+
+    env = hub.env(tmp_path / "hf")
+    hub.rate_bytes_per_s = 300_000  # ~2 s per shard: slow enough to interrupt half way
+    process = subprocess.Popen(
+        nemolaunch_argv("download", f"{REPO}:{SPLIT_QUANT}", "--hardware", str(big_machine)),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    blobs = tmp_path / "hf" / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and sum(p.stat().st_size for p in blobs.glob("*.incomplete")) < 200_000:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("nemolaunch: error:")]
+    assert len(errors) == 1 and "run the same command again to resume" in errors[0]
+    assert not list((tmp_path / "hf" / "hub").rglob("*-of-00003.gguf"))  # nothing under a final name
+    on_disk = sum(p.stat().st_size for p in blobs.glob("*.incomplete"))
+    assert on_disk > 0
+
+    hub.rate_bytes_per_s = None
+    hub.reset_counters()
+    again = run_nemolaunch("download", f"{REPO}:{SPLIT_QUANT}", "--hardware", str(big_machine), "--json", env=env)
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout)
+    total = sum(len(hub.repos[REPO].files[name]) for name in result["files"])
+    assert result["fetched_bytes"] == total - on_disk  # only what was missing
+    for name, local in result["files"].items():
+        assert Path(local).read_bytes() == hub.repos[REPO].files[name]
