@@ -144,6 +144,11 @@ def test_serve_goes_from_an_empty_cache_to_an_answer(
     stop_with_sigint(process)
     output = process.stdout.read() if process.stdout else ""
     assert f"plan: {REPO}:{SPLIT_QUANT}" in output
+    # Not a terminal: one plain line per finished shard, no progress bars.
+    ready = [line for line in output.splitlines() if line.startswith("ready: ")]
+    shards = [f"{SPLIT_QUANT}/Tiny-Nemotron-{SPLIT_QUANT}-{index:05d}-of-00003.gguf" for index in (1, 2, 3)]
+    assert sorted(ready) == [f"ready: {shard}" for shard in shards]
+    assert "━" not in output
 
 
 def test_no_download_refuses_and_offline_names_what_is_missing(
