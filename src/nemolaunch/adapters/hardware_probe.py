@@ -145,6 +145,7 @@ def _read_cuda_devices(nvml: Any, environ: Mapping[str, str], unified_memory: Me
             capability = None
         try:
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            total, free, unified = int(memory.total), int(memory.free), False
         except nvml.NVMLError as exc:
             # Boards whose GPU shares the system RAM (GB10 / DGX Spark) report
             # no memory of their own: the RAM is the GPU's memory.
@@ -153,27 +154,16 @@ def _read_cuda_devices(nvml: Any, environ: Mapping[str, str], unified_memory: Me
             if unified_memory is None:
                 warnings.append(f"GPU {index} ({name}) reports no memory size: left out of the plan")
                 continue
-            gpus.append(
-                GpuFacts(
-                    backend="cuda",
-                    index=index,
-                    name=name,
-                    total_bytes=unified_memory.total_bytes,
-                    free_bytes=unified_memory.available_bytes,
-                    compute_capability=capability,
-                    unified=True,
-                )
-            )
-            continue
+            total, free, unified = unified_memory.total_bytes, unified_memory.available_bytes, True
         gpus.append(
             GpuFacts(
                 backend="cuda",
                 index=index,
                 name=name,
-                total_bytes=int(memory.total),
-                free_bytes=int(memory.free),
+                total_bytes=total,
+                free_bytes=free,
                 compute_capability=capability,
-                unified=False,
+                unified=unified,
             )
         )
     return CudaProbe(gpus=tuple(gpus), driver_version=driver_version, warnings=tuple(warnings))

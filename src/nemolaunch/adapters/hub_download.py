@@ -481,15 +481,19 @@ class _Run:
                 return remote.sha256
         return self._hash_and_record(remote, data)
 
-    def _hash_and_record(self, remote: RemoteFile, data: Path) -> str:
+    def _hash(self, remote: RemoteFile, path: Path) -> str:
+        """The sha256 of ``path`` (which holds ``remote``'s bytes), with progress; Ctrl-C stops it."""
         try:
-            actual = sha256_of_file(
-                data,
+            return sha256_of_file(
+                path,
                 on_progress=lambda hashed: self.emit(VerifyProgress(remote.path, hashed, remote.size)),
                 should_stop=self.stop.is_set,
             )
         except HashStopped:
             raise _Stopped from None
+
+    def _hash_and_record(self, remote: RemoteFile, data: Path) -> str:
+        actual = self._hash(remote, data)
         if actual == remote.sha256:
             self._record(data, actual)
             self.emit(FileVerified(path=remote.path, from_record=False))
@@ -517,7 +521,7 @@ class _Run:
             self._remove_orphans(remote)
             partial = self.layout.partial_path(remote)
             self._stream_into(remote, partial)
-            actual = self._hash_and_record_partial(remote, partial)
+            actual = self._hash_and_sync_partial(remote, partial)
             if actual != remote.sha256:
                 partial.unlink(missing_ok=True)
                 return actual
@@ -527,15 +531,8 @@ class _Run:
             self._record(data, actual)
             return actual
 
-    def _hash_and_record_partial(self, remote: RemoteFile, partial: Path) -> str:
-        try:
-            actual = sha256_of_file(
-                partial,
-                on_progress=lambda hashed: self.emit(VerifyProgress(remote.path, hashed, remote.size)),
-                should_stop=self.stop.is_set,
-            )
-        except HashStopped:
-            raise _Stopped from None
+    def _hash_and_sync_partial(self, remote: RemoteFile, partial: Path) -> str:
+        actual = self._hash(remote, partial)
         if actual == remote.sha256:
             # Make the bytes durable before the rename publishes them under the final name.
             with partial.open("rb") as handle:
