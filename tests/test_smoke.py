@@ -69,6 +69,21 @@ def stop_with_sigint(process: subprocess.Popen[str], *, grace_s: float = 15) -> 
         return notes
 
 
+def start_serve(model: Path | str, llama_bin_dir: Path, port: int, *, env: dict[str, str]) -> subprocess.Popen[str]:
+    """`nemolaunch serve MODEL` on ``port`` with one thread, its output captured."""
+    return subprocess.Popen(
+        nemolaunch_argv(
+            "serve", "--model", str(model), "--port", str(port), "--llama-cpp", str(llama_bin_dir),
+            "--", "--threads", "1",
+        ),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )  # fmt: skip
+
+
 def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -86,17 +101,7 @@ def test_serve_answers_the_openai_client_and_stops_on_ctrl_c(
 ) -> None:
     from openai import OpenAI
 
-    process = subprocess.Popen(
-        nemolaunch_argv(
-            "serve", "--model", str(tiny_model), "--port", str(port), "--llama-cpp", str(llama_bin_dir),
-            "--", "--threads", "1",
-        ),
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )  # fmt: skip
+    process = start_serve(tiny_model, llama_bin_dir, port, env=cli_env())
     processes.append(process)
     seconds = wait_for_health(port, process)
     print(f"time to /health: {seconds:.2f}s")
@@ -141,17 +146,7 @@ def test_serve_enforces_the_key_from_the_environment(
     tiny_model: Path, llama_bin_dir: Path, port: int, processes: list[subprocess.Popen[str]]
 ) -> None:
     secret = "sk-test-env-key-789"
-    process = subprocess.Popen(
-        nemolaunch_argv(
-            "serve", "--model", str(tiny_model), "--port", str(port), "--llama-cpp", str(llama_bin_dir),
-            "--", "--threads", "1",
-        ),
-        env=cli_env(NEMOLAUNCH_API_KEY=secret),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )  # fmt: skip
+    process = start_serve(tiny_model, llama_bin_dir, port, env=cli_env(NEMOLAUNCH_API_KEY=secret))
     processes.append(process)
     wait_for_health(port, process)
     cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
