@@ -268,3 +268,21 @@ def test_ctrl_c_during_download_then_resume(hub: FakeHub, big_machine: Path, tmp
     assert result["fetched_bytes"] == total - on_disk  # only what was missing
     for name, local in result["files"].items():
         assert Path(local).read_bytes() == hub.repos[REPO].files[name]
+
+
+def test_a_busy_port_is_reported_before_anything_is_planned_or_fetched(
+    hub: FakeHub, big_machine: Path, tmp_path: Path, llama_bin_dir: Path
+) -> None:
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        result = run_nemolaunch(
+            "serve", f"{REPO}:{SPLIT_QUANT}", "--port", str(busy), "--hardware", str(big_machine),
+            "--llama-cpp", str(llama_bin_dir), env=hub.env(tmp_path / "hf"),
+        )  # fmt: skip
+    assert result.returncode == 4
+    assert f"port {busy} on 127.0.0.1 is already in use" in result.stderr
+    assert hub.requests == []  # not even a listing

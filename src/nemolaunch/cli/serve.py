@@ -8,6 +8,7 @@ directly and no nemolaunch process is left behind.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import sys
@@ -103,11 +104,11 @@ def serve_command(
     MODEL may also come first, without --model: `nemolaunch serve REPO:QUANT --port 8001`.
     """
     model, passthrough = _model_and_passthrough(model, ctx.args)
-    resolved = _resolve_model(
-        model, quant=quant, force=force, hardware=hardware, ctx_size=ctx_size, no_download=no_download
+    # The cheap checks first: nobody should wait for a 300 GB download to hear the port is taken.
+    resolve = functools.partial(
+        _resolve_model, model, quant=quant, force=force, hardware=hardware, ctx_size=ctx_size, no_download=no_download
     )
-    model_file = resolved.model_file
-    context = _context_size(ctx_size, model_file.context_length)
+    resolved = resolve() if _is_local(model) else None
     sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
     key_file = _check_api_key_file(api_key_file)
     env_key = os.environ.get(API_KEY_ENV)
@@ -121,6 +122,9 @@ def serve_command(
         )
     _check_port(host=host, port=port, dry_run=dry_run)
     binary = _find_binary("llama-server", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
+    resolved = resolved or resolve()
+    model_file = resolved.model_file
+    context = _context_size(ctx_size, model_file.context_length)
     launch = ServerLaunch(
         binary=binary,
         model=model_file.path,
@@ -185,14 +189,16 @@ def run_command(
 ) -> None:
     """Chat with a model in the terminal through llama-cli (args after -- go to llama-cli)."""
     model, passthrough = _model_and_passthrough(model, ctx.args)
-    model_file = _resolve_model(
-        model, quant=quant, force=force, hardware=hardware, ctx_size=ctx_size, no_download=no_download
-    ).model_file
-    context = _context_size(ctx_size, model_file.context_length)
+    resolve = functools.partial(
+        _resolve_model, model, quant=quant, force=force, hardware=hardware, ctx_size=ctx_size, no_download=no_download
+    )
+    resolved = resolve() if _is_local(model) else None
     sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
     if n_predict is not None and n_predict < -1:
         raise BadOption(option="--n-predict", value=n_predict, hint="use a positive count, or -1 for no limit")
     binary = _find_binary("llama-cli", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
+    model_file = (resolved or resolve()).model_file
+    context = _context_size(ctx_size, model_file.context_length)
     launch = CliLaunch(
         binary=binary,
         model=model_file.path,
@@ -234,6 +240,13 @@ def _model_and_passthrough(
             hint="name one model (MODEL or --model); put llama.cpp's own options after --",
         )
     return leading[0], passthrough
+
+
+def _is_local(model: str | None) -> bool:
+    """A local file is checked before anything else; a Hub model (planned, maybe downloaded) after."""
+    from nemolaunch.cli.planning import read_model_spec
+
+    return read_model_spec(model).local is not None
 
 
 @dataclass(frozen=True)
