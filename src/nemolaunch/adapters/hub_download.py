@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import queue
 import re
@@ -392,6 +393,21 @@ def _from_disk_only(
 
 
 # --- one download run: per-file work, in worker threads ---------------------------------------------
+class _StreamDigest:
+    """A sha256 that knows how many bytes it has taken in."""
+
+    def __init__(self) -> None:
+        self._sha256 = hashlib.sha256()
+        self.count = 0
+
+    def update(self, data: bytes) -> None:
+        self._sha256.update(data)
+        self.count += len(data)
+
+    def hexdigest(self) -> str:
+        return self._sha256.hexdigest()
+
+
 class _Stopped(Exception):
     """Ctrl-C was pressed: a worker leaves its partial file as it is."""
 
@@ -429,6 +445,9 @@ class _Run:
         self.state = VerifiedState.load(layout.state_path, layout.state_root)
         self.fetched_bytes = 0
         self._lock = threading.Lock()
+        # sha256 of each partial file's bytes as they were written, so a finished download needs
+        # no second read of 50 GB shards (a resumed one hashes only the prefix it found on disk).
+        self._stream_digests: dict[str, _StreamDigest] = {}
 
     # --- a file, start to finish ---------------------------------------------------------------
     def materialize(self, remote: RemoteFile) -> Path:
@@ -531,8 +550,27 @@ class _Run:
             self._record(data, actual)
             return actual
 
+    def _digest_of_prefix(self, remote: RemoteFile, partial: Path, have: int) -> _StreamDigest:
+        """The running sha256 of ``partial``'s first ``have`` bytes, hashing from disk only what it lacks."""
+        digest = self._stream_digests.get(remote.path)
+        if digest is None or digest.count != have:
+            digest = _StreamDigest()
+            if have:
+                with partial.open("rb") as handle:
+                    for block in iter(lambda: handle.read(min(1 << 20, have - digest.count)), b""):
+                        digest.update(block)
+                        if digest.count == have:
+                            break
+            self._stream_digests[remote.path] = digest
+        return digest
+
     def _hash_and_sync_partial(self, remote: RemoteFile, partial: Path) -> str:
-        actual = self._hash(remote, partial)
+        digest = self._stream_digests.pop(remote.path, None)
+        if digest is not None and digest.count == remote.size == _size_or_zero(partial):
+            actual = digest.hexdigest()
+            self.emit(VerifyProgress(remote.path, remote.size, remote.size))
+        else:
+            actual = self._hash(remote, partial)
         if actual == remote.sha256:
             # Make the bytes durable before the rename publishes them under the final name.
             with partial.open("rb") as handle:
@@ -647,12 +685,14 @@ class _Run:
             if have and not _range_starts_at(response, have):
                 # The server ignored the Range (or answered another one): start over, never splice.
                 have = 0
+            digest = self._digest_of_prefix(remote, partial, have)
             with partial.open("ab" if have else "wb") as out:
                 last_report = 0.0
                 for chunk in response.iter_bytes():
                     if self.stop.is_set():
                         raise _Stopped
                     out.write(chunk)
+                    digest.update(chunk)
                     have += len(chunk)
                     with self._lock:
                         self.fetched_bytes += len(chunk)
