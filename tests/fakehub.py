@@ -248,6 +248,8 @@ class FakeHub:
             HF_HUB_DISABLE_XET="1",
             HF_HUB_DISABLE_PROGRESS_BARS="1",
             HF_HUB_DISABLE_UPDATE_CHECK="1",
+            # nemolaunch's own cache (remote GGUF headers) is per test too, like the HF cache.
+            XDG_CACHE_HOME=str(hf_home / "xdg-cache"),
         )
         env.update(extra)
         return env

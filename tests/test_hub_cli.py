@@ -94,8 +94,12 @@ def test_download_fetches_exactly_one_quant_then_nothing(hub: FakeHub, big_machi
     for name, local in result["files"].items():
         assert Path(local).read_bytes() == hub.repos[REPO].files[name]
         assert str(tmp_path / "hf" / "hub") in local  # the shared HF cache
-    served = {path for record in hub.requests if record.file for path in [record.file]}
-    assert not any("Q8_0" in path or "mmproj" in path for path in served)
+    # Other files are at most read for their GGUF header (a Range from byte 0, for the plan), never stored.
+    others = [record for record in hub.requests if record.file and record.file not in result["files"]]
+    assert all(record.method == "GET" and (record.range or "").startswith("bytes=0-") for record in others)
+    assert not any("mmproj" in (record.file or "") for record in hub.requests)
+    stored = {path.name for path in (tmp_path / "hf" / "hub").rglob("*.gguf")}
+    assert stored == {Path(name).name for name in result["files"]}
 
     hub.reset_counters()
     again = run_nemolaunch("download", f"{REPO}:{SPLIT_QUANT}", "--hardware", str(big_machine), "--json", env=env)
@@ -286,3 +290,29 @@ def test_a_busy_port_is_reported_before_anything_is_planned_or_fetched(
     assert result.returncode == 4
     assert f"port {busy} on 127.0.0.1 is already in use" in result.stderr
     assert hub.requests == []  # not even a listing
+
+
+def test_plan_reads_the_architecture_from_the_hub_without_the_weights(
+    fake_hub: FakeHub, published: dict[str, bytes], big_machine: Path, tmp_path: Path
+) -> None:
+    """The forecast counts the KV cache and Mamba state from the header, fetched by a Range request."""
+    # A 40 MB file whose header is the tiny model's: reading all of it would be noticed.
+    whole = published["Q8_0/Tiny-Nemotron-Q8_0.gguf"] + bytes(40_000_000)
+    fake_hub.add_repo("acme/Big-GGUF", {"Big-Q8_0.gguf": whole, "README.md": b"# big\n"})
+    env = fake_hub.env(tmp_path / "hf")
+    first = run_nemolaunch("plan", "acme/Big-GGUF", "--hardware", str(big_machine), "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    plan = json.loads(first.stdout)
+    # The tiny model: one attention layer with 1 KV head of 64+64 dims, f16, at its 4096-token context.
+    assert plan["forecast"]["kv"] == 4096 * 1 * (64 + 64) * 2
+    # One Mamba2 layer per slot (4 slots): (3 x (128 + 2 x 2 x 128) + 128 x 128) floats.
+    assert plan["forecast"]["recurrent"] == 4 * (3 * (128 + 2 * 2 * 128) + 128 * 128) * 4
+    assert plan["ctx_size"] == 4096  # the default, capped at the model's training context
+    served = fake_hub.served("acme/Big-GGUF", "Big-Q8_0.gguf")
+    assert 0 < served <= 8 * 1024 * 1024 < len(whole)
+    assert not list((tmp_path / "hf" / "hub").rglob("*.gguf"))  # nothing went into the model cache
+
+    fake_hub.reset_counters()
+    again = run_nemolaunch("plan", "acme/Big-GGUF", "--hardware", str(big_machine), "--json", env=env)
+    assert json.loads(again.stdout)["forecast"] == plan["forecast"]
+    assert fake_hub.served("acme/Big-GGUF", "Big-Q8_0.gguf") == 0  # the header came from the cache

@@ -10,9 +10,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nemolaunch.core.forecast import ArchitectureFacts, architecture_from_metadata
 from nemolaunch.errors import ModelFileMissing, NotGGUF, TruncatedGGUF
+
+if TYPE_CHECKING:
+    from gguf import GGUFReader
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,10 @@ def read_gguf_header(path: Path) -> GGUFHeader:
         reader = GGUFReader(path)
     except (ValueError, IndexError, OSError) as exc:
         raise TruncatedGGUF(path=str(path), reason=_truncation_reason(exc)) from exc
+    return _header_of(reader)
+
+
+def _header_of(reader: GGUFReader) -> GGUFHeader:
     metadata: dict[str, object] = {}
     for key in _GENERAL_KEYS:
         if key in reader.fields:
@@ -60,11 +68,43 @@ def read_gguf_header(path: Path) -> GGUFHeader:
 
 def read_architecture(path: Path) -> ArchitectureFacts | None:
     """Architecture facts from ``path``'s header; None when it lacks what the forecast needs."""
-    header = read_gguf_header(path)
+    return architecture_of(read_gguf_header(path), where=str(path))
+
+
+def header_from_prefix(prefix: bytes, file_size: int) -> GGUFHeader | None:
+    """The header of a GGUF file of ``file_size`` bytes from its first bytes only; None if they are too few.
+
+    The ``gguf`` reader wants a whole file, so the prefix goes into a sparse file of the full size:
+    the reader maps it and parses the header without touching the (absent) tensor data. The parse
+    is trusted only when everything it read lies inside the prefix (``data_offset`` within it):
+    past the prefix a sparse file reads as zeros, which would otherwise parse as nonsense.
+    """
+    import tempfile
+
+    from gguf import GGUFReader
+
+    if prefix[:4] != GGUF_MAGIC:
+        return None
+    with tempfile.TemporaryDirectory(prefix="nemolaunch-header-") as folder:
+        sparse = Path(folder) / "head.gguf"
+        with sparse.open("wb") as handle:
+            handle.write(prefix)
+            handle.truncate(max(file_size, len(prefix)))
+        try:
+            reader = GGUFReader(sparse)
+        except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError) as exc:
+            log.debug("a %d-byte prefix is not enough for the header: %s", len(prefix), exc)
+            return None
+        if reader.data_offset > len(prefix):
+            return None
+        return _header_of(reader)
+
+
+def architecture_of(header: GGUFHeader, *, where: str) -> ArchitectureFacts | None:
     try:
         return architecture_from_metadata(header.metadata, token_count=header.token_count)
     except ValueError as exc:
-        log.debug("%s: no architecture facts for the forecast: %s", path, exc)
+        log.debug("%s: no architecture facts for the forecast: %s", where, exc)
         return None
 
 

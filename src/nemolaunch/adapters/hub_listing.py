@@ -237,3 +237,27 @@ def cached_quant_paths(repo: str, files: Iterable[str], *, cache_dir: Path | Non
         if all(path.is_file() for path in paths):
             return paths
     return None
+
+
+def fetch_file_prefix(repo: str, path: str, nbytes: int, *, timeout_s: float = 30.0) -> bytes:
+    """The first ``nbytes`` of ``path`` in ``repo`` (an HTTP Range request through huggingface_hub's session).
+
+    A server that ignores the Range is read only as far as needed.
+    """
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    headers = build_hf_headers()
+    headers["Range"] = f"bytes=0-{nbytes - 1}"
+    headers["Accept-Encoding"] = "identity"
+    data = bytearray()
+    url = hf_hub_url(repo, path)
+    with get_session().stream("GET", url, headers=headers, follow_redirects=True, timeout=timeout_s) as response:
+        if response.status_code >= 400:
+            response.read()
+            hf_raise_for_status(response)
+        for chunk in response.iter_bytes():
+            data += chunk
+            if len(data) >= nbytes:
+                break
+    return bytes(data[:nbytes])

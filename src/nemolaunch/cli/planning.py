@@ -125,9 +125,14 @@ def _hardware(hardware_file: Path | None) -> HardwareFacts:
 
 
 def _architecture(catalog: Catalog) -> ArchitectureFacts | None:
-    """From a downloaded first shard of any quant (they share the architecture), else built-in facts."""
+    """The model's architecture, from the best source at hand (every quant shares it).
+
+    A downloaded first shard; else the header of the smallest quant's first shard, read from the
+    Hub without its weights (and cached); else built-in facts for the Ultra.
+    """
     from nemolaunch.adapters.gguf_header import read_architecture
     from nemolaunch.adapters.hub_listing import cached_quant_paths
+    from nemolaunch.adapters.remote_header import remote_architecture
     from nemolaunch.core.forecast import builtin_architecture
     from nemolaunch.errors import NemolaunchError
 
@@ -140,6 +145,11 @@ def _architecture(catalog: Catalog) -> ArchitectureFacts | None:
                 continue  # a damaged shard is the download's business; plan from what else is known
             if found is not None:
                 return found
+    if catalog.source == "hub" and catalog.quants:
+        smallest = min(catalog.quants, key=lambda quant: quant.size_bytes)
+        found = remote_architecture(catalog.repo, smallest.files[0], file_size=smallest.size_bytes)
+        if found is not None:
+            return found
     return builtin_architecture(catalog.repo)
 
 
