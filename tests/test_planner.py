@@ -194,7 +194,7 @@ def test_named_quant_that_does_not_fit() -> None:
 def test_forced_quant_that_does_not_fit_is_launchable_with_a_warning() -> None:
     result = plan("rtx4090_256gb", quant="UD-Q8_K_XL", force=True)
     assert (result.fits, result.launchable) == (False, True)
-    assert any("launching anyway because it was forced" in warning for warning in result.warnings)
+    assert any("forced: it would be launched anyway" in warning for warning in result.warnings)
 
 
 def test_named_quant_below_the_floor_is_allowed_with_a_warning() -> None:
@@ -203,14 +203,17 @@ def test_named_quant_below_the_floor_is_allowed_with_a_warning() -> None:
     assert any("below UD-Q2_K_XL" in warning for warning in result.warnings)
 
 
-def test_force_without_a_quant_takes_the_best_that_fits_even_below_the_floor() -> None:
+def test_force_without_a_quant_stays_at_the_floor_even_when_a_lower_quant_would_fit() -> None:
+    # The issue: never below UD-Q2_K_XL unless the user names a quant; --force only launches what does not fit.
     result = plan("mac_m3_ultra_256gb", force=True)
-    assert (result.quant.name, result.fits, result.launchable) == ("UD-IQ1_S", True, True)  # type: ignore[union-attr]
+    assert (result.quant.name, result.fits, result.launchable) == ("UD-Q2_K_XL", False, True)  # type: ignore[union-attr]
+    assert any(way.quant == "UD-IQ1_S" for way in plan("mac_m3_ultra_256gb").ways_out)  # offered by name instead
 
 
-def test_force_when_nothing_fits_takes_the_smallest() -> None:
+def test_force_when_nothing_fits_takes_the_smallest_recommended_quant() -> None:
     result = plan("rtx3090x2_128gb", force=True)
-    assert (result.quant.name, result.fits, result.launchable) == ("UD-IQ1_S", False, True)  # type: ignore[union-attr]
+    # Never below the quality floor unless a quant is named, forced or not.
+    assert (result.quant.name, result.fits, result.launchable) == ("UD-Q2_K_XL", False, True)  # type: ignore[union-attr]
     assert result.shortfall_bytes == 254_287_521_997 - 179_649_839_104
 
 
@@ -280,3 +283,13 @@ def test_catalog_with_only_incomplete_quants() -> None:
     with pytest.raises(NoCompleteQuant) as caught:
         plan_launch(machine("cpu_epyc_384gb"), catalog, PlanRequest(), None)
     assert caught.value.incomplete == ["Q8_0"]
+
+
+def test_past_the_quality_ceiling_the_quant_that_spills_least_wins() -> None:
+    """8xH100 at the full 1M context: no 8-bit-or-more quant stays in GPU memory, so the smallest of them
+    (Q8_0) is chosen, not BF16, which would spill twice as many experts for no better answers."""
+    result = plan("h100x8", ctx_size=1_048_576, parallel=4)
+    assert result.quant is not None and result.quant.name == "Q8_0"
+    assert result.placement == "gpu+cpu-experts"
+    # With room on the GPUs, the dynamic 8-bit quant is preferred over plain Q8_0.
+    assert plan("b200x4").quant.name == "UD-Q8_K_XL"  # type: ignore[union-attr]

@@ -219,11 +219,19 @@ class SplitCountMismatch(NemolaunchError):
 
 # --- launching a planned model -------------------------------------------------
 class NothingFits(NemolaunchError):
-    """model, shortfall (human size), smallest (quant name), budget (human size)"""
+    """model, shortfall (human size), smallest (quant name), budget (human size), hint (what to do)"""
 
 
 class ModelNotDownloaded(NemolaunchError):
     """reference (repo:quant)"""
+
+
+class QuantDoesNotFit(NemolaunchError):
+    """reference (repo:quant), shortfall, budget, hint"""
+
+
+class NotCachedOffline(NemolaunchError):
+    """repo, quant (or "any quant"), reason, cached (list of cached quant names)"""
 
 
 @dataclass(frozen=True)
@@ -375,8 +383,15 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
     ),
     NothingFits: ErrorSpec(
         EXIT_DOES_NOT_FIT,
-        "no recommended quant of {model} fits: {smallest} is {shortfall} over this machine's {budget}; "
-        "see the ways out above, or name a quant with --quant (and --force to launch anyway)",
+        "no recommended quant of {model} fits: {smallest} is {shortfall} over this machine's {budget}; {hint}",
+    ),
+    QuantDoesNotFit: ErrorSpec(
+        EXIT_DOES_NOT_FIT, "{reference} does not fit: it is {shortfall} over this machine's {budget}; {hint}"
+    ),
+    NotCachedOffline: ErrorSpec(
+        EXIT_NOT_FOUND,
+        "{reason}, and the HF cache holds no complete {quant} of {repo} (cached: {cached_list}): "
+        "connect to the Hub to list and download it",
     ),
     ModelNotDownloaded: ErrorSpec(
         EXIT_NOT_FOUND,

@@ -87,10 +87,10 @@ def header_from_prefix(prefix: bytes, file_size: int) -> GGUFHeader | None:
         return None
     with tempfile.TemporaryDirectory(prefix="nemolaunch-header-") as folder:
         sparse = Path(folder) / "head.gguf"
-        with sparse.open("wb") as handle:
-            handle.write(prefix)
-            handle.truncate(max(file_size, len(prefix)))
         try:
+            with sparse.open("wb") as handle:
+                handle.write(prefix)
+                handle.truncate(max(file_size, len(prefix)))
             reader = GGUFReader(sparse)
         except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError) as exc:
             log.debug("a %d-byte prefix is not enough for the header: %s", len(prefix), exc)

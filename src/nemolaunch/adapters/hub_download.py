@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from nemolaunch import __version__
-from nemolaunch.adapters.hub_listing import check_endpoint_resolves
+from nemolaunch.adapters.hub_listing import check_hub_reachable
 from nemolaunch.adapters.verify import HashStopped, VerifiedState, check_split_headers, sha256_of_file
 from nemolaunch.core.download_plan import (
     DEFAULT_DISK_MARGIN_BYTES,
@@ -132,7 +132,7 @@ def fetch_listing(
     from huggingface_hub import HfApi
 
     hub = _endpoint(endpoint)
-    check_endpoint_resolves(hub)
+    check_hub_reachable(hub)
     resolved_token = _resolve_token(token)
     try:
         info = HfApi(endpoint=hub).model_info(

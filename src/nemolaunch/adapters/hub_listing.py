@@ -26,6 +26,8 @@ from nemolaunch.errors import (
     HubRequestFailed,
     HubRevisionNotFound,
     HubUnreachable,
+    NoGGUFInRepo,
+    NotCachedOffline,
 )
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ _TRUE_VALUES = {"1", "on", "yes", "true"}
 class CatalogLookup:
     catalog: Catalog
     warnings: tuple[str, ...] = ()
+    offline_reason: str | None = None  # why the Hub was not asked, when it was not
 
 
 def hub_offline(environ: Mapping[str, str]) -> bool:
@@ -62,18 +65,30 @@ def load_catalog(
     environ = os.environ if environ is None else environ
     warnings: list[str] = []
     hub: list[ListingEntry] | None = None
+    offline_reason: str | None = None
+    unreachable: HubUnreachable | None = None
     if hub_offline(environ):
+        offline_reason = "HF_HUB_OFFLINE is set"
         warnings.append("HF_HUB_OFFLINE is set: quants listed from the local cache or built-in figures")
     else:
         try:
             hub = list_hub_files(repo, api=api)
         except HubUnreachable as exc:
+            unreachable = exc
+            offline_reason = f"the Hub is unreachable ({exc.reason})"
             warnings.append(f"the Hugging Face Hub could not be reached ({exc.reason}): using the local cache")
     cache = None if hub is not None else list_cached_files(repo, cache_dir=cache_dir)
-    catalog = select_catalog(repo, hub=hub, cache=cache)
+    try:
+        catalog = select_catalog(repo, hub=hub, cache=cache)
+    except NoGGUFInRepo:
+        if unreachable is not None:
+            raise unreachable from None  # the cache knew nothing: the real trouble is the network
+        if offline_reason is not None:
+            raise NotCachedOffline(repo=repo, quant="quant", reason=offline_reason, cached=[]) from None
+        raise
     if catalog.source == "builtin":
         warnings.append(f"no listing of {repo} in the cache: using built-in approximate sizes")
-    return CatalogLookup(catalog=catalog, warnings=tuple(warnings))
+    return CatalogLookup(catalog=catalog, warnings=tuple(warnings), offline_reason=offline_reason)
 
 
 def list_hub_files(repo: str, *, api: Any | None = None) -> list[ListingEntry]:
@@ -94,7 +109,7 @@ def list_hub_files(repo: str, *, api: Any | None = None) -> list[ListingEntry]:
     client = api if api is not None else HfApi()
     endpoint = str(getattr(client, "endpoint", None) or constants.ENDPOINT).rstrip("/")
     if api is None:
-        check_endpoint_resolves(endpoint)
+        check_hub_reachable(endpoint)
     try:
         return to_entries(client.list_repo_tree(repo, recursive=True))
     except GatedRepoError as exc:  # before RepositoryNotFoundError, its parent class
@@ -113,19 +128,34 @@ def list_hub_files(repo: str, *, api: Any | None = None) -> list[ListingEntry]:
         raise HubUnreachable(endpoint=endpoint, reason=_first_line(exc)) from exc
 
 
-def check_endpoint_resolves(endpoint: str) -> None:
-    """Fail at once, as HubUnreachable, when the Hub's host name does not resolve.
+def check_hub_reachable(endpoint: str, *, environ: Mapping[str, str] | None = None) -> None:
+    """Fail at once, as HubUnreachable, when the Hub's host does not resolve or refuses connections.
 
-    huggingface_hub retries a failed name lookup five times with backoff (about 23 s);
-    no retry brings back a network that has no DNS, so one lookup decides.
+    huggingface_hub retries a failed connection five times with backoff (about 23 s); no retry
+    brings back a network without DNS or a port nobody listens on, so one quick look decides.
+    Behind a proxy only the proxy can tell, so nothing is checked then.
     """
-    host = urlsplit(endpoint).hostname
+    environ = os.environ if environ is None else environ
+    if any(environ.get(name) for name in _PROXY_VARIABLES):
+        return
+    parts = urlsplit(endpoint)
+    host = parts.hostname
     if not host:
         return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        socket.getaddrinfo(host, None)
+        with socket.create_connection((host, port), timeout=_CONNECT_CHECK_S):
+            pass
     except socket.gaierror as exc:
         raise HubUnreachable(endpoint=endpoint, reason=f"{host} does not resolve ({exc.strerror})") from exc
+    except ConnectionRefusedError as exc:
+        raise HubUnreachable(endpoint=endpoint, reason=f"{host}:{port} refused the connection") from exc
+    except OSError:
+        return  # a timeout or an odd network: let huggingface_hub try, with its retries
+
+
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+_CONNECT_CHECK_S = 5.0
 
 
 def to_entries(items: Iterable[Any]) -> list[ListingEntry]:

@@ -52,6 +52,8 @@ def download_command(
     spec = read_model_spec(model)
     if spec.reference is None:
         raise BadOption(option="MODEL", value=model, hint="download takes a Hub repository (owner/name[:QUANT])")
+    if local_dir is not None:
+        _check_local_dir(local_dir)
     named = spec.reference.quant or quant
     planned = plan_model(
         spec.reference,
@@ -61,7 +63,7 @@ def download_command(
         parallel=DEFAULT_PARALLEL,
         hardware_file=hardware,
     )
-    require_launchable(planned)
+    require_launchable(planned, action="download")
     result = download_planned(
         planned,
         local_dir=local_dir,
@@ -106,8 +108,9 @@ def download_planned(
     assert quant is not None
     if workers < 1:
         raise BadOption(option="--workers", value=workers, hint="use 1 or more")
-    if stall_timeout <= 0:
+    if not stall_timeout > 0 or stall_timeout == float("inf"):
         raise BadOption(option="--stall-timeout", value=stall_timeout, hint="use a positive number of seconds")
+
     offline_reason = "HF_HUB_OFFLINE is set" if hub_offline(os.environ) else None
     listing = None
     if offline_reason is None:
@@ -137,6 +140,18 @@ def download_planned(
         fetched = result.fetched_bytes / 1e9
         note(f"{quant.name}: {len(result.files)} file(s) ready, {fetched:.2f} GB fetched this run")
     return result
+
+
+def _check_local_dir(local_dir: Path) -> None:
+    from nemolaunch.errors import BadOption
+
+    for folder in (local_dir, *local_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise BadOption(
+                    option="--local-dir", value=str(local_dir), hint=f"{folder} is a file, not a folder"
+                )
+            return
 
 
 def _from_cache(planned: PlannedModel, *, reason: str, quiet: bool) -> DownloadResult:

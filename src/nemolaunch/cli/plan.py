@@ -68,7 +68,7 @@ def plan_command(
             err_console.print(f"[bold]Command:[/]{where}")
             print_command(argv)
     if not plan.launchable:
-        raise nothing_fits(plan)
+        raise nothing_fits(plan, action="plan")
 
 
 def planned_server_argv(planned: PlannedModel, *, parallel: int) -> list[str]:

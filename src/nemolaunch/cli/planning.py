@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING
 
 from nemolaunch import ULTRA_REPO
 from nemolaunch.cli.output import err_console, warn
-from nemolaunch.errors import BadOption, NothingFits
+from nemolaunch.errors import (
+    BadOption,
+    NemolaunchError,
+    NotCachedOffline,
+    NothingFits,
+    QuantDoesNotFit,
+    UnknownQuant,
+)
 
 if TYPE_CHECKING:
     from nemolaunch.core.catalog import Catalog, ModelReference
@@ -71,7 +78,7 @@ def plan_model(
         )
     if parallel < 1:
         raise BadOption(option="--parallel", value=parallel, hint="use 1 or more slots")
-    facts = _hardware(hardware_file)
+    facts = hardware_facts(hardware_file)
     lookup = load_catalog(reference.repo)
     for message in lookup.warnings:
         warn(message)
@@ -83,35 +90,55 @@ def plan_model(
         force=force,
         parallel=parallel,
     )
-    plan = plan_launch(facts, catalog, request, architecture)
+    try:
+        plan = plan_launch(facts, catalog, request, architecture)
+    except UnknownQuant:
+        if lookup.offline_reason is not None and catalog.source == "cache":
+            # Offline the cache lists only what was downloaded: the quant may well exist on the Hub.
+            raise NotCachedOffline(
+                repo=catalog.repo, quant=request.quant, reason=lookup.offline_reason, cached=catalog.names
+            ) from None
+        raise
     local = cached_quant_paths(catalog.repo, plan.quant.files) if plan.quant else None
     return PlannedModel(plan=plan, catalog=catalog, facts=facts, local_files=local)
 
 
-def require_launchable(planned: PlannedModel) -> None:
-    """Refuse, after showing why, a plan that neither fits nor was forced."""
+def require_launchable(planned: PlannedModel, *, action: str) -> None:
+    """Refuse, after showing why, a plan that neither fits nor was forced; ``action`` is what comes next."""
     plan = planned.plan
     if plan.launchable:
         if not plan.fits and plan.quant is not None:
-            warn(f"{plan.quant.name} does not fit the forecast; launching anyway (--force)")
+            warn(f"{plan.quant.name} does not fit the forecast; going on to {action} it anyway")
         return
     render_plan_words(plan)
-    raise nothing_fits(plan)
+    raise nothing_fits(plan, action=action)
 
 
-def nothing_fits(plan: Plan) -> NothingFits:
-    """The error for a plan with nothing to launch: the named quant, or the smallest recommended one."""
+def nothing_fits(plan: Plan, *, action: str) -> NemolaunchError:
+    """The error for a plan with nothing to ``action``: the named quant, or the smallest recommended one."""
+    budget = f"{_gb(plan.budget.total_bytes)} {plan.budget.kind} budget"
+    if plan.quant is not None:  # named (or forced) and does not fit
+        hint = "pass --force to go on anyway" if action == "launch" else "see the ways out above"
+        return QuantDoesNotFit(
+            reference=f"{plan.model}:{plan.quant.name}", shortfall=_gb(plan.shortfall_bytes or 0), budget=budget,
+            hint=hint,
+        )  # fmt: skip
     smallest = next((item for item in plan.assessments if not item.quant.below_quality_floor), None)
-    named = plan.quant or (smallest.quant if smallest else None)
+    hint = {
+        "launch": "see the ways out above, or name a quant with --quant (and --force to launch it anyway)",
+        "download": "see the ways out above, or name the quant to download it anyway",
+    }.get(action, "see the ways out above, or name a quant with --quant")
     return NothingFits(
         model=plan.model,
-        smallest=named.name if named else "every quant",
+        smallest=smallest.quant.name if smallest else "every quant",
         shortfall=_gb(plan.shortfall_bytes or 0),
-        budget=f"{_gb(plan.budget.total_bytes)} {plan.budget.kind} budget",
+        budget=budget,
+        hint=hint,
     )
 
 
-def _hardware(hardware_file: Path | None) -> HardwareFacts:
+def hardware_facts(hardware_file: Path | None) -> HardwareFacts:
+    """The machine to plan for: the one in ``hardware_file``, else this one (probe warnings are shown)."""
     if hardware_file is not None:
         from nemolaunch.core.hardware import load_hardware_facts
 

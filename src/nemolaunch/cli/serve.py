@@ -106,7 +106,14 @@ def serve_command(
     model, passthrough = _model_and_passthrough(model, ctx.args)
     # The cheap checks first: nobody should wait for a 300 GB download to hear the port is taken.
     resolve = functools.partial(
-        _resolve_model, model, quant=quant, force=force, hardware=hardware, ctx_size=ctx_size, no_download=no_download
+        _resolve_model,
+        model,
+        quant=quant,
+        force=force,
+        hardware=hardware,
+        ctx_size=ctx_size,
+        no_download=no_download,
+        dry_run=dry_run,
     )
     resolved = resolve() if _is_local(model) else None
     sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
@@ -123,11 +130,12 @@ def serve_command(
     _check_port(host=host, port=port, dry_run=dry_run)
     binary = _find_binary("llama-server", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
     resolved = resolved or resolve()
-    model_file = resolved.model_file
-    context = _context_size(ctx_size, model_file.context_length)
+    context = _context_size(ctx_size, resolved)
+    if resolved.model_file is not None:
+        _check_local_fit(resolved.model_file, ctx_size=context, hardware=hardware, force=force)
     launch = ServerLaunch(
         binary=binary,
-        model=model_file.path,
+        model=resolved.path,
         ctx_size=context,
         alias=alias or resolved.alias,
         host=host,
@@ -190,18 +198,27 @@ def run_command(
     """Chat with a model in the terminal through llama-cli (args after -- go to llama-cli)."""
     model, passthrough = _model_and_passthrough(model, ctx.args)
     resolve = functools.partial(
-        _resolve_model, model, quant=quant, force=force, hardware=hardware, ctx_size=ctx_size, no_download=no_download
+        _resolve_model,
+        model,
+        quant=quant,
+        force=force,
+        hardware=hardware,
+        ctx_size=ctx_size,
+        no_download=no_download,
+        dry_run=dry_run,
     )
     resolved = resolve() if _is_local(model) else None
     sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
     if n_predict is not None and n_predict < -1:
         raise BadOption(option="--n-predict", value=n_predict, hint="use a positive count, or -1 for no limit")
     binary = _find_binary("llama-cli", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
-    model_file = (resolved or resolve()).model_file
-    context = _context_size(ctx_size, model_file.context_length)
+    resolved = resolved or resolve()
+    context = _context_size(ctx_size, resolved)
+    if resolved.model_file is not None:
+        _check_local_fit(resolved.model_file, ctx_size=context, hardware=hardware, force=force)
     launch = CliLaunch(
         binary=binary,
-        model=model_file.path,
+        model=resolved.path,
         ctx_size=context,
         sampling=sampling,
         prompt=prompt,
@@ -251,8 +268,11 @@ def _is_local(model: str | None) -> bool:
 
 @dataclass(frozen=True)
 class _ResolvedModel:
-    model_file: ModelFile
+    path: Path  # what llama.cpp is given: a file, or (a dry run of a Hub model) its path in the repo
     alias: str  # the default served name
+    max_ctx: int | None  # the training context, when the header is at hand
+    default_ctx: int  # --ctx-size when none is given
+    model_file: ModelFile | None = None  # the checked local file, when there is one
 
 
 def _resolve_model(
@@ -263,30 +283,40 @@ def _resolve_model(
     hardware: Path | None,
     ctx_size: int | None,
     no_download: bool,
+    dry_run: bool,
 ) -> _ResolvedModel:
-    """A local file as given; a Hub model planned for this machine, downloaded unless --no-download."""
+    """A local file as given; a Hub model planned for this machine, downloaded unless --no-download.
+
+    A dry run never downloads: it shows the command with the shard's path in the repository.
+    """
     from nemolaunch.adapters.gguf_files import inspect_model
     from nemolaunch.cli.planning import plan_model, read_model_spec, require_launchable
 
     spec = read_model_spec(model)
     if spec.local is not None:
+        if quant is not None:
+            raise BadOption(option="--quant", value=quant, hint="it picks a quant of a Hub model, not of a local file")
         model_file = inspect_model(spec.local)
         if model_file.path != spec.local.expanduser():
             note(f"using the split model's first shard: {model_file.path}")
-        return _ResolvedModel(model_file, default_alias(model_file.path, general_name=model_file.general_name))
+        return _local(model_file)
     assert spec.reference is not None
     planned = plan_model(
         spec.reference, quant=quant, ctx_size=ctx_size, force=force, parallel=DEFAULT_PARALLEL, hardware_file=hardware
     )
-    require_launchable(planned)
+    require_launchable(planned, action="launch")
     chosen = planned.plan.quant
     assert chosen is not None
-    note(f"plan: {planned.catalog.repo}:{chosen.name} ({planned.plan.placement}), "
-         f"{chosen.size_bytes / 1e9:.1f} GB of files")
+    reference = f"{planned.catalog.repo}:{chosen.name}"
+    note(f"plan: {reference} ({planned.plan.placement}), {chosen.size_bytes / 1e9:.1f} GB of files")
+    alias = alias_for_repo(planned.catalog.repo)
     if planned.local_files is not None:
         first = planned.local_files[0]
     elif no_download:
-        raise ModelNotDownloaded(reference=f"{planned.catalog.repo}:{chosen.name}")
+        raise ModelNotDownloaded(reference=reference)
+    elif dry_run:
+        note(f"{reference} is not downloaded yet: without --dry-run it is fetched first")
+        return _ResolvedModel(Path(chosen.files[0]), alias, max_ctx=None, default_ctx=planned.plan.ctx_size)
     else:
         from nemolaunch.cli.download import download_planned
 
@@ -294,7 +324,52 @@ def _resolve_model(
             planned, local_dir=None, workers=4, stall_timeout=60.0, verify=False, xet=False, quiet=False
         )
         first = result.files[chosen.files[0]]
-    return _ResolvedModel(inspect_model(first), alias_for_repo(planned.catalog.repo))
+    resolved = _local(inspect_model(first))
+    return _ResolvedModel(resolved.path, alias, resolved.max_ctx, resolved.default_ctx, resolved.model_file)
+
+
+def _local(model_file: ModelFile) -> _ResolvedModel:
+    maximum = model_file.context_length
+    return _ResolvedModel(
+        path=model_file.path,
+        alias=default_alias(model_file.path, general_name=model_file.general_name),
+        max_ctx=maximum,
+        default_ctx=min(DEFAULT_CTX_SIZE, maximum) if maximum else DEFAULT_CTX_SIZE,
+        model_file=model_file,
+    )
+
+
+def _check_local_fit(model_file: ModelFile, *, ctx_size: int, hardware: Path | None, force: bool) -> None:
+    """A local file gets the same memory check as a planned quant; --force launches it anyway."""
+    from nemolaunch.adapters.gguf_header import read_architecture
+    from nemolaunch.cli.planning import hardware_facts
+    from nemolaunch.core.forecast import forecast_memory
+    from nemolaunch.core.planner import memory_budget
+    from nemolaunch.errors import NemolaunchError, QuantDoesNotFit
+
+    budget = memory_budget(hardware_facts(hardware))
+    try:
+        architecture = read_architecture(model_file.path)
+    except NemolaunchError:
+        architecture = None
+    forecast = forecast_memory(
+        model_file.size_bytes,
+        architecture,
+        ctx_size=ctx_size,
+        parallel=DEFAULT_PARALLEL,
+        gpu_devices=budget.gpu_devices,
+        cuda_devices=budget.cuda_devices,
+    )
+    if forecast.total <= budget.total_bytes:
+        return
+    shortfall = f"{(forecast.total - budget.total_bytes) / 1e9:.1f} GB"
+    where = f"{budget.total_bytes / 1e9:.1f} GB {budget.kind} budget"
+    if force:
+        warn(f"{model_file.path.name} needs {shortfall} more than this machine's {where}; launching anyway (--force)")
+        return
+    raise QuantDoesNotFit(
+        reference=str(model_file.path), shortfall=shortfall, budget=where, hint="pass --force to launch it anyway"
+    )
 
 
 def _check_port(*, host: str, port: int, dry_run: bool) -> None:
@@ -309,12 +384,13 @@ def _check_port(*, host: str, port: int, dry_run: bool) -> None:
         warn(str(exc))  # a dry run only shows the command; it may be meant for later
 
 
-def _context_size(requested: int | None, maximum: int | None) -> int:
+def _context_size(requested: int | None, resolved: _ResolvedModel) -> int:
     if requested is None:
-        # Never pass 0 (llama.cpp's "the training context": 1M tokens for the Ultra).
-        return min(DEFAULT_CTX_SIZE, maximum) if maximum else DEFAULT_CTX_SIZE
+        # Never 0 (llama.cpp's "the training context": 1M tokens for the Ultra).
+        return resolved.default_ctx
     if requested <= 0:
         raise BadOption(option="--ctx-size", value=requested, hint="give a positive number of tokens, e.g. 32768")
+    maximum = resolved.max_ctx
     if maximum and requested > maximum:
         raise BadOption(
             option="--ctx-size", value=requested, hint=f"this model was trained for at most {maximum} tokens"

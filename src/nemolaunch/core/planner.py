@@ -242,9 +242,10 @@ def plan_launch(
         if chosen is not None:
             reasons.append(f"{chosen.quant.name} is the highest-quality quant that fits")
         elif request.force:
-            chosen = _best(item for item in assessments if item.fits) or min(
-                assessments, key=lambda item: item.quant.size_bytes
-            )
+            # Forced, but still never below the quality floor unless a quant is named: the smallest
+            # recommended quant, launched although it does not fit.
+            recommended = [item for item in assessments if not item.quant.below_quality_floor] or list(assessments)
+            chosen = min(recommended, key=lambda item: item.quant.size_bytes)
             warnings.append(f"no quant at or above {_floor_name()} fits; forced to {chosen.quant.name}")
         else:
             reasons.append(f"no quant at or above {_floor_name()} fits in {_gb(budget.total_bytes)}")
@@ -259,7 +260,7 @@ def plan_launch(
             needed = chosen.forecast.total - budget.total_bytes
             message = f"{chosen.quant.name} needs {_gb(needed)} more than the budget"
             if request.force:
-                warnings.append(f"{message}; launching anyway because it was forced (expect swapping or OOM)")
+                warnings.append(f"{message}; forced: it would be launched anyway (expect swapping or running out)")
             else:
                 reasons.append(message)
     warnings.extend(_disk_warnings(chosen, facts, catalog))
@@ -311,10 +312,14 @@ def _assess(
     return QuantAssessment(quant, forecast, total <= budget.total_bytes, budget.placement_for(total))
 
 
-def _rank(item: QuantAssessment) -> tuple[float, bool, float, int]:
+def _rank(item: QuantAssessment) -> tuple[float, bool, float]:
     bits = item.quant.bits_per_weight or 0.0
     all_in_fast_memory = item.placement != "gpu+cpu-experts"
-    return (min(bits, QUALITY_CEILING_BPW), all_in_fast_memory, bits, item.quant.size_bytes)
+    # Past the ceiling more bits are not better answers, only more bytes: when they must spill
+    # experts to RAM anyway, the smaller file (less spilled, faster tokens) wins among those.
+    spills = not all_in_fast_memory and bits >= QUALITY_CEILING_BPW
+    tiebreak = -float(item.quant.size_bytes) if spills else bits
+    return (min(bits, QUALITY_CEILING_BPW), all_in_fast_memory, tiebreak)
 
 
 def _best(items: Iterable[QuantAssessment]) -> QuantAssessment | None:
