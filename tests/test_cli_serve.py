@@ -196,3 +196,39 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     result = run_nemolaunch("--debug", "serve", "--model", str(tmp_path / "nope.gguf"))
     assert result.returncode == 3
     assert "Traceback" in result.stderr and "ModelFileMissing" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--", "--port", "9"], "use nemolaunch's own --port"),
+        (["--", "-c", "99"], "use nemolaunch's own --ctx-size"),
+        (["--", "--api-key", "sk-in-argv"], "use --api-key-file FILE or NEMOLAUNCH_API_KEY, not argv"),
+        (["--prot", "18001"], "nemolaunch has no such option"),
+        (["--temp", "nan"], "--temp nan is not valid"),
+        (["--alias", ""], "--alias '' is not valid"),
+    ],
+)
+def test_passthrough_and_option_mistakes(model: Path, extra: list[str], words: str) -> None:
+    result = run_nemolaunch("serve", str(model), "--dry-run", *extra)
+    assert result.returncode == 2
+    line = _one_error_line(result.stderr)
+    assert words in line
+    assert "sk-in-argv" not in result.stdout + result.stderr
+
+
+def test_local_model_too_big_for_the_machine(model: Path, tmp_path: Path, llama_bin_dir: Path) -> None:
+    tiny_machine = tmp_path / "tiny.json"
+    tiny_machine.write_text(
+        '{"os": "linux", "arch": "x86_64", "cpu": {}, "memory": {"total_bytes": 1000000, "available_bytes": 500000},'
+        ' "gpus": []}'
+    )
+    refused = run_nemolaunch("serve", str(model), "--hardware", str(tiny_machine), "--dry-run")
+    assert refused.returncode == 6
+    assert "does not fit" in _one_error_line(refused.stderr) and "--force" in refused.stderr
+    forced = run_nemolaunch(
+        "serve", str(model), "--hardware", str(tiny_machine), "--force", "--llama-cpp", str(llama_bin_dir), "--dry-run"
+    )
+    assert forced.returncode == 0 and "launching anyway (--force)" in forced.stderr
+    quant = run_nemolaunch("serve", str(model), "--quant", "Q4_K_M", "--dry-run")
+    assert quant.returncode == 2 and "not of a local file" in quant.stderr

@@ -171,9 +171,11 @@ def test_run_answers_one_turn_and_exits(tiny_model: Path, llama_bin_dir: Path) -
         timeout=180,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    command = shlex.split(result.stdout.splitlines()[0])
+    # The command goes to stderr, so that stdout is llama-cli's own output.
+    command = shlex.split(result.stderr.splitlines()[0])
     assert Path(command[0]).name == "llama-cli"
     assert "--single-turn" in command
+    assert "llama-cli" not in result.stdout.splitlines()[0]
     # llama-cli echoes the prompt and then its (random) answer before exiting.
     assert "Hello" in result.stdout
 

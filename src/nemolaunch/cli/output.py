@@ -26,7 +26,10 @@ def print_json(payload: object) -> None:
     sys.stdout.flush()
 
 
-def print_command(argv: list[str]) -> None:
-    # Plain print: rich must not re-wrap or colour what a person will paste.
-    sys.stdout.write(shlex.join(argv) + "\n")
-    sys.stdout.flush()
+def print_command(argv: list[str], *, to_stderr: bool = False) -> None:
+    """The exact command line, shell-quoted: on stdout when it is the result (a dry run), else on stderr,
+    so that what the launched program prints on stdout stays its own."""
+    # Plain write: rich must not re-wrap or colour what a person will paste.
+    stream = sys.stderr if to_stderr else sys.stdout
+    stream.write(shlex.join(argv) + "\n")
+    stream.flush()

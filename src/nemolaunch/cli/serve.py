@@ -9,6 +9,7 @@ directly and no nemolaunch process is left behind.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import stat
 import sys
@@ -104,6 +105,11 @@ def serve_command(
     MODEL may also come first, without --model: `nemolaunch serve REPO:QUANT --port 8001`.
     """
     model, passthrough = _model_and_passthrough(model, ctx.args)
+    _check_passthrough(passthrough, _MANAGED_SERVER_OPTIONS)
+    if not host.strip():
+        raise BadOption(option="--host", value="''", hint="give an address such as 127.0.0.1 or 0.0.0.0")
+    if alias is not None and not alias.strip():
+        raise BadOption(option="--alias", value="''", hint="give a name, or leave --alias out")
     # The cheap checks first: nobody should wait for a 300 GB download to hear the port is taken.
     resolve = functools.partial(
         _resolve_model,
@@ -162,7 +168,7 @@ def serve_command(
             }
         )
     else:
-        print_command(argv)
+        print_command(argv, to_stderr=not dry_run)
     if not json_output:
         err_console.print(f"OpenAI-compatible API at {base_url} serving model [bold]{launch.alias}[/]:")
         err_console.print(
@@ -197,6 +203,7 @@ def run_command(
 ) -> None:
     """Chat with a model in the terminal through llama-cli (args after -- go to llama-cli)."""
     model, passthrough = _model_and_passthrough(model, ctx.args)
+    _check_passthrough(passthrough, _MANAGED_CLI_OPTIONS)
     resolve = functools.partial(
         _resolve_model,
         model,
@@ -209,7 +216,7 @@ def run_command(
     )
     resolved = resolve() if _is_local(model) else None
     sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
-    if n_predict is not None and n_predict < -1:
+    if n_predict is not None and (n_predict == 0 or n_predict < -1):
         raise BadOption(option="--n-predict", value=n_predict, hint="use a positive count, or -1 for no limit")
     binary = _find_binary("llama-cli", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
     resolved = resolved or resolve()
@@ -229,10 +236,37 @@ def run_command(
     if json_output:
         print_json({"command": argv, "dry_run": dry_run})
     else:
-        print_command(argv)
+        print_command(argv, to_stderr=not dry_run)
     if dry_run:
         return
     _exec(argv, dict(os.environ))
+
+
+#: Options nemolaunch sets itself; after `--` they would silently override what it checked and announced.
+_MANAGED_SERVER_OPTIONS = {
+    "-m": "--model", "--model": "--model", "-c": "--ctx-size", "--ctx-size": "--ctx-size", "--port": "--port",
+    "--host": "--host", "-a": "--alias", "--alias": "--alias", "--temp": "--temp", "--top-p": "--top-p",
+    "--min-p": "--min-p", "--api-key-file": "--api-key-file",
+}  # fmt: skip
+_MANAGED_CLI_OPTIONS = {
+    key: value for key, value in _MANAGED_SERVER_OPTIONS.items() if value not in ("--port", "--host", "--alias")
+} | {"-p": "--prompt", "--prompt": "--prompt", "-n": "--n-predict", "--n-predict": "--n-predict"}
+
+
+def _check_passthrough(passthrough: tuple[str, ...], managed: dict[str, str]) -> None:
+    for word in passthrough:
+        option = word.split("=", 1)[0]
+        if option == "--api-key":
+            # On the command line a key is visible to every user of the machine (`ps`).
+            raise BadOption(
+                option="--api-key", value="(hidden)", hint=f"use --api-key-file FILE or {API_KEY_ENV}, not argv"
+            )
+        if option in managed:
+            raise BadOption(
+                option=option,
+                value="after --",
+                hint=f"use nemolaunch's own {managed[option]} (it checks the value and shows the URL)",
+            )
 
 
 def _model_and_passthrough(
@@ -249,6 +283,13 @@ def _model_and_passthrough(
     passthrough = tuple(extra[len(leading) :])
     if not leading:
         return model, passthrough
+    unknown = next((word for word in leading if word.startswith("-")), None)
+    if unknown is not None:
+        raise BadOption(
+            option="option",
+            value=unknown,
+            hint="nemolaunch has no such option (see --help); llama.cpp's own options go after --",
+        )
     if model is not None or len(leading) > 1:
         unexpected = leading[0] if model is not None else leading[1]
         raise BadOption(
@@ -399,7 +440,7 @@ def _context_size(requested: int | None, resolved: _ResolvedModel) -> int:
 
 
 def _sampling(*, temp: float, top_p: float, min_p: float) -> Sampling:
-    if temp < 0:
+    if not math.isfinite(temp) or temp < 0:
         raise BadOption(option="--temp", value=temp, hint="use 0 or more (NVIDIA recommends 1.0)")
     for option, value in (("--top-p", top_p), ("--min-p", min_p)):
         if not 0.0 <= value <= 1.0:
