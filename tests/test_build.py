@@ -88,6 +88,7 @@ def test_source_without_llama_cpp(tmp_path: Path) -> None:
     result = run_nemolaunch("build", "--backend", "cpu", "--source", str(junk), "--prefix", str(tmp_path / "p"))
     assert result.returncode == 2
     assert "holds no llama.cpp tree" in result.stderr
+    assert not (tmp_path / "p").exists()  # a refused build leaves no empty build folder
     archive = tmp_path / "junk.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(junk, arcname="junk")
@@ -100,6 +101,12 @@ def test_source_without_llama_cpp(tmp_path: Path) -> None:
 
 def test_bad_backend_and_jobs(tmp_path: Path) -> None:
     assert run_nemolaunch("build", "--backend", "rocm").returncode == 2
+    if sys.platform != "darwin":
+        metal = run_nemolaunch("build", "--backend", "metal", "--prefix", str(tmp_path / "m"))
+        assert metal.returncode == 2 and "Metal builds need macOS" in metal.stderr
+        assert not (tmp_path / "m").exists()
+    both = run_nemolaunch("build", "--source", str(tmp_path), "--ref", "b1234")
+    assert both.returncode == 2 and "with --source, leave it out" in both.stderr
     result = run_script("--backend", "cpu", "--jobs", "0", "--prefix", str(tmp_path), env=dict(os.environ))
     assert result.returncode == 2 and "--jobs must be a positive whole number" in result.stderr
 

@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 from collections.abc import Callable
@@ -88,6 +89,7 @@ def run_build(
     env: dict[str, str] | None = None,
 ) -> BuildResult:
     """Build (or find up to date) llama.cpp in ``request.prefix``; raise a BuildError on failure."""
+    created = not request.prefix.exists()
     request.prefix.mkdir(parents=True, exist_ok=True)
     log_path = request.prefix / "build.log"
     argv = script_argv(request, script=script or script_path())
@@ -129,6 +131,9 @@ def run_build(
     if code == 0:
         return BuildResult(prefix=request.prefix, log=log_path, up_to_date=up_to_date)
     reason = last_error or f"the build script exited with {code}"
+    if created and code in (_SCRIPT_USAGE, _SCRIPT_TOOL, _SCRIPT_SOURCE):
+        # Refused before building anything: leave no empty build folder behind (the reason is the message).
+        shutil.rmtree(request.prefix, ignore_errors=True)
     if code == _SCRIPT_TOOL:
         raise BuildToolMissing(reason=reason)
     if code == _SCRIPT_SOURCE:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nemolaunch.adapters.gguf_header import read_gguf_header
-from nemolaunch.errors import ModelFileMissing, ShardsMissing
+from nemolaunch.errors import BadOption, ModelFileMissing, ShardsMissing
 
 SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
@@ -50,6 +50,10 @@ def inspect_model(path: Path) -> ModelFile:
     which is the one llama.cpp must be given.
     """
     path = path.expanduser()
+    if path.is_dir():
+        raise BadOption(
+            option="--model", value=str(path), hint="it is a folder; name the .gguf file (any shard of a split model)"
+        )
     if not path.is_file():
         raise ModelFileMissing(path=str(path))
     shards = split_shards(path) or (path,)

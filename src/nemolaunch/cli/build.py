@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 from typing import Annotated
 
@@ -65,6 +66,10 @@ def run_build_with_progress(
         raise BadOption(option="--backend", value=backend, hint=f"use one of {', '.join(BACKENDS)}")
     if jobs is not None and jobs < 1:
         raise BadOption(option="--jobs", value=jobs, hint="use 1 or more")
+    if backend == "metal" and platform.system() != "Darwin":
+        raise BadOption(option="--backend", value=backend, hint="Metal builds need macOS; use cpu or cuda here")
+    if source is not None and ref is not None:
+        raise BadOption(option="--ref", value=ref, hint="it picks a git commit to clone; with --source, leave it out")
     if source is None and os.environ.get(SOURCE_ENV):
         source = Path(os.environ[SOURCE_ENV])
     if source is not None:

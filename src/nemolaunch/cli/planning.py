@@ -44,8 +44,9 @@ def read_model_spec(text: str | None) -> ModelSpec:
     if text is None:
         return ModelSpec(reference=ModelReference(repo=ULTRA_REPO))
     path = Path(text).expanduser()
-    # A path that exists, or that names a .gguf file, is local; anything else is owner/repo[:QUANT].
-    if path.exists() or text.lower().endswith(".gguf") or text.startswith((".", "/", "~")):
+    # A file, a name ending in .gguf, or an explicit path is local; anything else is owner/repo[:QUANT]
+    # (so a folder ./acme/Model-GGUF in the current directory does not hide the Hub repository).
+    if path.is_file() or text.lower().endswith(".gguf") or text.startswith((".", "/", "~")):
         return ModelSpec(local=path)
     return ModelSpec(reference=parse_model_reference(text))
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nemolaunch.errors import HardwareFileInvalid, HardwareFileMissing, HardwareFileNotJson
 
@@ -34,6 +34,12 @@ class CpuFacts(_Facts):
 class MemoryFacts(_Facts):
     total_bytes: int = Field(ge=0)
     available_bytes: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _available_within_total(self) -> MemoryFacts:
+        if self.available_bytes > self.total_bytes:
+            raise ValueError("available_bytes is larger than total_bytes")
+        return self
 
 
 class DiskFacts(_Facts):
@@ -56,6 +62,12 @@ class GpuFacts(_Facts):
     # True when the GPU's memory is the system RAM (Apple silicon, GB10-class
     # boards): it must not be counted twice, as RAM and as VRAM.
     unified: bool = False
+
+    @model_validator(mode="after")
+    def _free_within_total(self) -> GpuFacts:
+        if self.free_bytes > self.total_bytes:
+            raise ValueError("free_bytes is larger than total_bytes")
+        return self
 
 
 class HardwareFacts(_Facts):
@@ -87,6 +99,8 @@ def parse_hardware_facts(text: str, *, source: str) -> HardwareFacts:
 def load_hardware_facts(path: Path) -> HardwareFacts:
     """The machine described by a ``--hardware`` file."""
     path = path.expanduser()
+    if path.is_dir():
+        raise HardwareFileNotJson(path=str(path), detail="it is a folder, not a file")
     if not path.is_file():
         raise HardwareFileMissing(path=str(path))
     try:
