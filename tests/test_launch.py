@@ -86,3 +86,12 @@ def test_openai_snippet_never_contains_a_key() -> None:
     assert f'model="{ULTRA_ALIAS}"' in snippet
     assert 'os.environ["NEMOLAUNCH_API_KEY"]' in snippet
     compile(snippet, "snippet", "exec")  # it is valid Python a person can paste
+
+
+def test_openai_snippet_reads_a_key_file_by_name() -> None:
+    snippet = openai_snippet(
+        base_url="http://127.0.0.1:8001/v1", model="m", needs_key=True, key_file=Path("/home/me/.nemotron-key")
+    )
+    assert "open('/home/me/.nemotron-key').readline().strip()" in snippet
+    assert "NEMOLAUNCH_API_KEY" not in snippet
+    compile(snippet, "snippet", "exec")

@@ -42,9 +42,12 @@ def doctor_command(
     if json_output:
         print(facts.to_json())
         return
-    table = Table(title=f"nemolaunch {__version__}" + (f" — facts from {hardware}" if hardware else ""))
-    table.add_column("what", style="bold")
-    table.add_column("found")
+    title = f"nemolaunch {__version__}" + (
+        f" — machine facts from {hardware}; build tools and llama.cpp of this machine" if hardware else ""
+    )
+    table = Table(title=title)
+    table.add_column("what", style="bold", no_wrap=True)
+    table.add_column("found", overflow="fold")  # a path must stay whole enough to copy
     table.add_row("system", f"{facts.os} {facts.arch}")
     cpu = facts.cpu
     simd = ", ".join(flag for flag in cpu.flags if flag.startswith(("avx", "amx", "neon", "sve"))) or "none listed"

@@ -19,7 +19,10 @@ HardwareOption = Annotated[
 QuantOption = Annotated[str | None, typer.Option("--quant", "-q", help="Use this quant, whatever the plan says.")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Launch even when the forecast says it does not fit.")]
 ParallelOption = Annotated[
-    int, typer.Option("--parallel", help="Server slots; each keeps its own Mamba state (llama-server's default: 4).")
+    int,
+    typer.Option(
+        "--parallel", help="Server slots the forecast counts; each keeps its own Mamba state (llama-server picks 4)."
+    ),
 ]
 #: llama-server's own default number of slots; the forecast counts one Mamba state per slot.
 DEFAULT_PARALLEL = 4

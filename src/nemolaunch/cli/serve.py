@@ -172,7 +172,7 @@ def serve_command(
     if not json_output:
         err_console.print(f"OpenAI-compatible API at {base_url} serving model [bold]{launch.alias}[/]:")
         err_console.print(
-            openai_snippet(base_url=base_url, model=launch.alias, needs_key=has_key), markup=False
+            openai_snippet(base_url=base_url, model=launch.alias, needs_key=has_key, key_file=key_file), markup=False
         )
     if dry_run:
         return

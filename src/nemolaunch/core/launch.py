@@ -136,11 +136,17 @@ def client_base_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}/v1"
 
 
-def openai_snippet(*, base_url: str, model: str, needs_key: bool) -> str:
-    key = 'os.environ["NEMOLAUNCH_API_KEY"]' if needs_key else '"not-needed"'
+def openai_snippet(*, base_url: str, model: str, needs_key: bool, key_file: Path | None = None) -> str:
+    """Python a person can paste to talk to the server; it names where the key is, never the key."""
+    if key_file is not None:
+        key = f"open({str(key_file)!r}).readline().strip()"
+    elif needs_key:
+        key = 'os.environ["NEMOLAUNCH_API_KEY"]'
+    else:
+        key = '"not-needed"'
     lines = [
         "from openai import OpenAI",
-        *(["import os"] if needs_key else []),
+        *(["import os"] if needs_key and key_file is None else []),
         f'client = OpenAI(base_url="{base_url}", api_key={key})',
         "reply = client.chat.completions.create(",
         f'    model="{model}", messages=[{{"role": "user", "content": "Hello!"}}]',
