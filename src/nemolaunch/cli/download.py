@@ -11,6 +11,7 @@ import typer
 
 from nemolaunch.cli.output import err_console, note, print_json, warn
 from nemolaunch.cli.plan import DEFAULT_PARALLEL, HardwareOption, QuantOption
+from nemolaunch.core.download_plan import human_bytes
 
 if TYPE_CHECKING:
     from nemolaunch.adapters.hub_download import DownloadResult
@@ -137,8 +138,7 @@ def download_planned(
             prefer_xet=xet,
         )
     if not quiet:
-        fetched = result.fetched_bytes / 1e9
-        note(f"{quant.name}: {len(result.files)} file(s) ready, {fetched:.2f} GB fetched this run")
+        note(f"{quant.name}: {len(result.files)} file(s) ready, {human_bytes(result.fetched_bytes)} fetched this run")
     return result
 
 
@@ -226,23 +226,23 @@ class _ProgressRenderer:
                     f"  {Path(planned.path).name}", total=planned.size, completed=planned.on_disk
                 )
             if not self.interactive:
-                note(f"downloading {self.label}: {len(event.files)} file(s), {event.total_bytes / 1e9:.2f} GB "
-                     f"into {event.target} ({event.on_disk_bytes / 1e9:.2f} GB already there)")
+                note(f"downloading {self.label}: {len(event.files)} file(s), {human_bytes(event.total_bytes)} "
+                     f"into {event.target} ({human_bytes(event.on_disk_bytes)} already there)")
         elif isinstance(event, ev.FileProgress):
             self._advance(event.path, event.done)
         elif isinstance(event, ev.FileStarted):
             self._advance(event.path, event.resume_from)
             if event.resume_from:
-                self._say(f"resuming {event.path} from {event.resume_from / 1e9:.2f} GB")
+                self._say(f"resuming {event.path} from {human_bytes(event.resume_from)}")
         elif isinstance(event, ev.FileRetrying):
             self._say(f"retrying {event.path} (attempt {event.attempt}, {event.reason}) "
-                      f"from {event.resume_from / 1e9:.2f} GB in {event.wait_s:.0f}s")
+                      f"from {human_bytes(event.resume_from)} in {event.wait_s:.0f}s")
         elif isinstance(event, ev.XetFallback):
             warn(f"Xet transfer failed for {event.path} ({event.reason}): falling back to plain HTTP")
         elif isinstance(event, ev.ChecksumRefetch):
             warn(f"{event.path} failed its sha256 check: deleted, fetching it again")
         elif isinstance(event, ev.OrphansRemoved):
-            self._say(f"removed {len(event.paths)} abandoned partial file(s), {event.nbytes / 1e9:.2f} GB")
+            self._say(f"removed {len(event.paths)} abandoned partial file(s), {human_bytes(event.nbytes)}")
         elif isinstance(event, ev.WaitingForLock):
             self._say(f"waiting for another download of {event.path} to finish")
         elif isinstance(event, ev.UsingCache):

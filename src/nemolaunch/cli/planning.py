@@ -16,6 +16,7 @@ from nemolaunch import ULTRA_REPO
 from nemolaunch.cli.output import err_console, warn
 from nemolaunch.errors import (
     BadOption,
+    ContextSizeNotPositive,
     NemolaunchError,
     NotCachedOffline,
     NothingFits,
@@ -79,6 +80,8 @@ def plan_model(
         )
     if parallel < 1:
         raise BadOption(option="--parallel", value=parallel, hint="use 1 or more slots")
+    if ctx_size is not None and ctx_size <= 0:
+        raise ContextSizeNotPositive(ctx_size=ctx_size)  # before any listing or probing
     facts = hardware_facts(hardware_file)
     lookup = load_catalog(reference.repo)
     for message in lookup.warnings:
@@ -186,33 +189,42 @@ def _default_ctx(architecture: ArchitectureFacts | None, default: int) -> int:
 
 
 def _gb(size: int) -> str:
-    return f"{size / 1e9:.1f} GB"
+    from nemolaunch.core.download_plan import human_bytes
+
+    return human_bytes(size)
 
 
 def render_plan_table(plan: Plan) -> None:
     from rich.table import Table
 
     budget = plan.budget.total_bytes
-    table = Table(title=f"{plan.model} — {plan.ctx_size} tokens of context, catalog from {plan.source}")
-    for column, justify in (("", "left"), ("quant", "left"), ("bits", "right"), ("size", "right"),
-                            ("forecast", "right"), ("fits", "center"), (f"of {_gb(budget)} budget", "left")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    table = Table(
+        title=f"{plan.model}\n{plan.ctx_size} tokens of context · quants from {plan.source}",
+        caption="➜ chosen   ↓ below UD-Q2_K_XL: used only when named",
+    )
+    table.add_column("", no_wrap=True)
+    table.add_column("quant", no_wrap=True)
+    table.add_column("bits", justify="right", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("needs", justify="right", no_wrap=True)
+    table.add_column("fits", no_wrap=True)
+    table.add_column(f"of {_gb(budget)}", no_wrap=True)
     chosen = plan.quant.name if plan.quant else None
     for item in plan.assessments:
         share = item.forecast.total / budget if budget else float("inf")
-        width = 24
+        width = 10
         filled = min(width, round(share * width))
-        bar = "█" * filled + "·" * (width - filled)
         colour = "green" if item.fits else "red"
+        marker = "➜" if item.quant.name == chosen else ("↓" if item.quant.below_quality_floor else "")
         bits = f"{item.quant.bits_per_weight:.2f}" if item.quant.bits_per_weight else "?"
         table.add_row(
-            "➜" if item.quant.name == chosen else "",
-            item.quant.name + (" (below floor)" if item.quant.below_quality_floor else ""),
+            marker,
+            item.quant.name,
             bits,
             _gb(item.quant.size_bytes),
             _gb(item.forecast.total),
-            "yes" if item.fits else "no",
-            f"[{colour}]{bar}[/] {share:.0%}",
+            f"[{colour}]{'yes' if item.fits else 'no'}[/]",
+            f"[{colour}]{share:>5.0%} {'█' * filled}{'·' * (width - filled)}[/]",
         )
     err_console.print(table)
 

@@ -22,6 +22,7 @@ import typer
 from nemolaunch.adapters.gguf_files import ModelFile
 from nemolaunch.cli.output import console, err_console, note, print_command, print_json, warn
 from nemolaunch.cli.plan import DEFAULT_PARALLEL, ForceOption, HardwareOption, QuantOption
+from nemolaunch.core.download_plan import human_bytes
 from nemolaunch.core.launch import (
     DEFAULT_CTX_SIZE,
     DEFAULT_HOST,
@@ -349,7 +350,7 @@ def _resolve_model(
     chosen = planned.plan.quant
     assert chosen is not None
     reference = f"{planned.catalog.repo}:{chosen.name}"
-    note(f"plan: {reference} ({planned.plan.placement}), {chosen.size_bytes / 1e9:.1f} GB of files")
+    note(f"plan: {reference} ({planned.plan.placement}), {human_bytes(chosen.size_bytes)} of files")
     alias = alias_for_repo(planned.catalog.repo)
     if planned.local_files is not None:
         first = planned.local_files[0]
@@ -403,8 +404,8 @@ def _check_local_fit(model_file: ModelFile, *, ctx_size: int, hardware: Path | N
     )
     if forecast.total <= budget.total_bytes:
         return
-    shortfall = f"{(forecast.total - budget.total_bytes) / 1e9:.1f} GB"
-    where = f"{budget.total_bytes / 1e9:.1f} GB {budget.kind} budget"
+    shortfall = human_bytes(forecast.total - budget.total_bytes)
+    where = f"{human_bytes(budget.total_bytes)} {budget.kind} budget"
     if force:
         warn(f"{model_file.path.name} needs {shortfall} more than this machine's {where}; launching anyway (--force)")
         return
