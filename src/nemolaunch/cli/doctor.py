@@ -26,7 +26,9 @@ def doctor_command(
     hardware: HardwareOption = None,
     llama_cpp: Annotated[
         Path | None,
-        typer.Option("--llama-cpp", help="Folder holding llama.cpp's binaries [env: NEMOLAUNCH_LLAMA_CPP]."),
+        typer.Option(
+            "--llama-cpp", help="Folder holding llama.cpp's binaries, for the table [env: NEMOLAUNCH_LLAMA_CPP]."
+        ),
     ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the hardware facts as JSON (what --hardware FILE reads).")

@@ -77,7 +77,7 @@ def download_command(
     if json_output:
         print_json(
             {
-                "repo": planned.catalog.repo,
+                "model": planned.catalog.repo,
                 "quant": planned.plan.quant.name if planned.plan.quant else None,
                 "commit": result.commit,
                 "files": {name: str(path) for name, path in result.files.items()},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -60,7 +61,7 @@ def plan_command(
         spec.reference, quant=quant, ctx_size=ctx_size, force=force, parallel=parallel, hardware_file=hardware
     )
     plan = planned.plan
-    argv = planned_server_argv(planned, parallel=parallel) if plan.quant else None
+    argv = planned_server_argv(planned, parallel=parallel, this_machine=hardware is None) if plan.quant else None
     if json_output:
         print_json({**plan.to_json(), "command": argv, "local": planned.local_files is not None})
     else:
@@ -74,18 +75,21 @@ def plan_command(
         raise nothing_fits(plan, action="plan")
 
 
-def planned_server_argv(planned: PlannedModel, *, parallel: int) -> list[str]:
-    """The llama-server command the plan would run: the downloaded first shard, or its path in the repo."""
+def planned_server_argv(planned: PlannedModel, *, parallel: int, this_machine: bool) -> list[str]:
+    """The llama-server command the plan would run: the downloaded first shard, or its path in the repo.
+
+    For another machine (--hardware) the binary is plain `llama-server`: this machine's build is not its.
+    """
     from nemolaunch.adapters.llamacpp import find_binary
     from nemolaunch.core.launch import ServerLaunch, alias_for_repo, server_argv
     from nemolaunch.errors import NemolaunchError
 
     plan = planned.plan
     assert plan.quant is not None
-    try:
-        binary = str(find_binary("llama-server").path)
-    except NemolaunchError:
-        binary = "llama-server"
+    binary = "llama-server"  # for another machine, or before any build: the plain name says what would run
+    if this_machine:
+        with contextlib.suppress(NemolaunchError):
+            binary = str(find_binary("llama-server").path)
     model = planned.local_files[0] if planned.local_files else Path(plan.quant.files[0])
     alias = alias_for_repo(planned.catalog.repo)
     extra = ("--parallel", str(parallel)) if parallel != DEFAULT_PARALLEL else ()

@@ -74,6 +74,8 @@ def plan_model(
     from nemolaunch.core.forecast import DEFAULT_CTX_SIZE
     from nemolaunch.core.planner import PlanRequest, plan_launch
 
+    if quant is not None and not quant.strip():
+        raise BadOption(option="--quant", value="''", hint="name a quant such as UD-Q4_K_XL, or leave --quant out")
     if reference.quant and quant and reference.quant.upper() != quant.upper():
         raise BadOption(
             option="--quant", value=quant, hint=f"the model names {reference.quant}; give the quant only once"
