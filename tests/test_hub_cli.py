@@ -236,6 +236,7 @@ def test_ultra_plan_for_recorded_machines(machine: str, tmp_path: Path) -> None:
         assert "nemolaunch: error: no recommended quant" in result.stderr
     else:
         assert "--n-cpu-moe" not in plan["command"]
+        assert plan["command"][0] == "llama-server"  # another machine's plan does not name this machine's build
         assert plan["forecast_bytes"] <= plan["budget_bytes"]
 
 
