@@ -13,16 +13,14 @@ import math
 import os
 import stat
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from nemolaunch.adapters.gguf_files import ModelFile
-from nemolaunch.cli.output import console, err_console, note, print_command, print_json, warn
-from nemolaunch.cli.plan import DEFAULT_PARALLEL, ForceOption, HardwareOption, QuantOption
-from nemolaunch.core.download_plan import human_bytes
+from nemolaunch.cli.launch_model import check_local_fit, context_size, is_local, resolve_model
+from nemolaunch.cli.output import console, err_console, print_command, print_json, warn
+from nemolaunch.cli.plan import ForceOption, HardwareOption, QuantOption
 from nemolaunch.core.launch import (
     DEFAULT_CTX_SIZE,
     DEFAULT_HOST,
@@ -30,15 +28,13 @@ from nemolaunch.core.launch import (
     CliLaunch,
     Sampling,
     ServerLaunch,
-    alias_for_repo,
     cli_argv,
     client_base_url,
-    default_alias,
     is_loopback,
     openai_snippet,
     server_argv,
 )
-from nemolaunch.errors import ApiKeyFileEmpty, ApiKeyFileMissing, BadOption, ModelNotDownloaded
+from nemolaunch.errors import ApiKeyFileEmpty, ApiKeyFileMissing, BadOption
 
 API_KEY_ENV = "NEMOLAUNCH_API_KEY"
 #: The variable llama-server reads its key from (LLAMA_ARG_API_KEY is ignored by this build).
@@ -113,7 +109,7 @@ def serve_command(
         raise BadOption(option="--alias", value="''", hint="give a name, or leave --alias out")
     # The cheap checks first: nobody should wait for a 300 GB download to hear the port is taken.
     resolve = functools.partial(
-        _resolve_model,
+        resolve_model,
         model,
         quant=quant,
         force=force,
@@ -122,7 +118,7 @@ def serve_command(
         no_download=no_download,
         dry_run=dry_run,
     )
-    resolved = resolve() if _is_local(model) else None
+    resolved = resolve() if is_local(model) else None
     sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
     key_file = _check_api_key_file(api_key_file)
     env_key = os.environ.get(API_KEY_ENV)
@@ -137,9 +133,9 @@ def serve_command(
     _check_port(host=host, port=port, dry_run=dry_run)
     binary = _find_binary("llama-server", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
     resolved = resolved or resolve()
-    context = _context_size(ctx_size, resolved)
+    context = context_size(ctx_size, resolved)
     if resolved.model_file is not None:
-        _check_local_fit(resolved.model_file, ctx_size=context, hardware=hardware, force=force)
+        check_local_fit(resolved.model_file, ctx_size=context, hardware=hardware, force=force)
     launch = ServerLaunch(
         binary=binary,
         model=resolved.path,
@@ -206,7 +202,7 @@ def run_command(
     model, passthrough = _model_and_passthrough(model, ctx.args)
     _check_passthrough(passthrough, _MANAGED_CLI_OPTIONS)
     resolve = functools.partial(
-        _resolve_model,
+        resolve_model,
         model,
         quant=quant,
         force=force,
@@ -215,15 +211,15 @@ def run_command(
         no_download=no_download,
         dry_run=dry_run,
     )
-    resolved = resolve() if _is_local(model) else None
+    resolved = resolve() if is_local(model) else None
     sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
     if n_predict is not None and (n_predict == 0 or n_predict < -1):
         raise BadOption(option="--n-predict", value=n_predict, hint="use a positive count, or -1 for no limit")
     binary = _find_binary("llama-cli", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
     resolved = resolved or resolve()
-    context = _context_size(ctx_size, resolved)
+    context = context_size(ctx_size, resolved)
     if resolved.model_file is not None:
-        _check_local_fit(resolved.model_file, ctx_size=context, hardware=hardware, force=force)
+        check_local_fit(resolved.model_file, ctx_size=context, hardware=hardware, force=force)
     launch = CliLaunch(
         binary=binary,
         model=resolved.path,
@@ -301,119 +297,6 @@ def _model_and_passthrough(
     return leading[0], passthrough
 
 
-def _is_local(model: str | None) -> bool:
-    """A local file is checked before anything else; a Hub model (planned, maybe downloaded) after."""
-    from nemolaunch.cli.planning import read_model_spec
-
-    return read_model_spec(model).local is not None
-
-
-@dataclass(frozen=True)
-class _ResolvedModel:
-    path: Path  # what llama.cpp is given: a file, or (a dry run of a Hub model) its path in the repo
-    alias: str  # the default served name
-    max_ctx: int | None  # the training context, when the header is at hand
-    default_ctx: int  # --ctx-size when none is given
-    model_file: ModelFile | None = None  # the checked local file, when there is one
-
-
-def _resolve_model(
-    model: str | None,
-    *,
-    quant: str | None,
-    force: bool,
-    hardware: Path | None,
-    ctx_size: int | None,
-    no_download: bool,
-    dry_run: bool,
-) -> _ResolvedModel:
-    """A local file as given; a Hub model planned for this machine, downloaded unless --no-download.
-
-    A dry run never downloads: it shows the command with the shard's path in the repository.
-    """
-    from nemolaunch.adapters.gguf_files import inspect_model
-    from nemolaunch.cli.planning import plan_model, read_model_spec, require_launchable
-
-    spec = read_model_spec(model)
-    if spec.local is not None:
-        if quant is not None:
-            raise BadOption(option="--quant", value=quant, hint="it picks a quant of a Hub model, not of a local file")
-        model_file = inspect_model(spec.local)
-        if model_file.path != spec.local.expanduser():
-            note(f"using the split model's first shard: {model_file.path}")
-        return _local(model_file)
-    assert spec.reference is not None
-    planned = plan_model(
-        spec.reference, quant=quant, ctx_size=ctx_size, force=force, parallel=DEFAULT_PARALLEL, hardware_file=hardware
-    )
-    require_launchable(planned, action="launch")
-    chosen = planned.plan.quant
-    assert chosen is not None
-    reference = f"{planned.catalog.repo}:{chosen.name}"
-    note(f"plan: {reference} ({planned.plan.placement}), {human_bytes(chosen.size_bytes)} of files")
-    alias = alias_for_repo(planned.catalog.repo)
-    if planned.local_files is not None:
-        first = planned.local_files[0]
-    elif no_download:
-        raise ModelNotDownloaded(reference=reference)
-    elif dry_run:
-        note(f"{reference} is not downloaded yet: without --dry-run it is fetched first")
-        return _ResolvedModel(Path(chosen.files[0]), alias, max_ctx=None, default_ctx=planned.plan.ctx_size)
-    else:
-        from nemolaunch.cli.download import download_planned
-
-        result = download_planned(
-            planned, local_dir=None, workers=4, stall_timeout=60.0, verify=False, xet=False, quiet=False
-        )
-        first = result.files[chosen.files[0]]
-    resolved = _local(inspect_model(first))
-    return _ResolvedModel(resolved.path, alias, resolved.max_ctx, resolved.default_ctx, resolved.model_file)
-
-
-def _local(model_file: ModelFile) -> _ResolvedModel:
-    maximum = model_file.context_length
-    return _ResolvedModel(
-        path=model_file.path,
-        alias=default_alias(model_file.path, general_name=model_file.general_name),
-        max_ctx=maximum,
-        default_ctx=min(DEFAULT_CTX_SIZE, maximum) if maximum else DEFAULT_CTX_SIZE,
-        model_file=model_file,
-    )
-
-
-def _check_local_fit(model_file: ModelFile, *, ctx_size: int, hardware: Path | None, force: bool) -> None:
-    """A local file gets the same memory check as a planned quant; --force launches it anyway."""
-    from nemolaunch.adapters.gguf_header import read_architecture
-    from nemolaunch.cli.planning import hardware_facts
-    from nemolaunch.core.forecast import forecast_memory
-    from nemolaunch.core.planner import memory_budget
-    from nemolaunch.errors import NemolaunchError, QuantDoesNotFit
-
-    budget = memory_budget(hardware_facts(hardware))
-    try:
-        architecture = read_architecture(model_file.path)
-    except NemolaunchError:
-        architecture = None
-    forecast = forecast_memory(
-        model_file.size_bytes,
-        architecture,
-        ctx_size=ctx_size,
-        parallel=DEFAULT_PARALLEL,
-        gpu_devices=budget.gpu_devices,
-        cuda_devices=budget.cuda_devices,
-    )
-    if forecast.total <= budget.total_bytes:
-        return
-    shortfall = human_bytes(forecast.total - budget.total_bytes)
-    where = f"{human_bytes(budget.total_bytes)} {budget.kind} budget"
-    if force:
-        warn(f"{model_file.path.name} needs {shortfall} more than this machine's {where}; launching anyway (--force)")
-        return
-    raise QuantDoesNotFit(
-        reference=str(model_file.path), shortfall=shortfall, budget=where, hint="pass --force to launch it anyway"
-    )
-
-
 def _check_port(*, host: str, port: int, dry_run: bool) -> None:
     from nemolaunch.adapters.ports import check_port
     from nemolaunch.errors import PortInUse
@@ -424,20 +307,6 @@ def _check_port(*, host: str, port: int, dry_run: bool) -> None:
         if not dry_run:
             raise
         warn(str(exc))  # a dry run only shows the command; it may be meant for later
-
-
-def _context_size(requested: int | None, resolved: _ResolvedModel) -> int:
-    if requested is None:
-        # Never 0 (llama.cpp's "the training context": 1M tokens for the Ultra).
-        return resolved.default_ctx
-    if requested <= 0:
-        raise BadOption(option="--ctx-size", value=requested, hint="give a positive number of tokens, e.g. 32768")
-    maximum = resolved.max_ctx
-    if maximum and requested > maximum:
-        raise BadOption(
-            option="--ctx-size", value=requested, hint=f"this model was trained for at most {maximum} tokens"
-        )
-    return requested
 
 
 def _sampling(*, temp: float, top_p: float, min_p: float) -> Sampling:

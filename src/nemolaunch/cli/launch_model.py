@@ -1,0 +1,144 @@
+"""Which file `serve` and `run` hand to llama.cpp, and the checks that go with it.
+
+A local GGUF is checked as it is; a Hub model is planned for this machine and downloaded (never
+in a dry run); either way the memory forecast is held against the machine before launch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from nemolaunch.adapters.gguf_files import ModelFile
+from nemolaunch.cli.output import note, warn
+from nemolaunch.cli.plan import DEFAULT_PARALLEL
+from nemolaunch.core.download_plan import human_bytes
+from nemolaunch.core.launch import DEFAULT_CTX_SIZE, alias_for_repo, default_alias
+from nemolaunch.errors import BadOption, ModelNotDownloaded
+
+
+def is_local(model: str | None) -> bool:
+    """A local file is checked before anything else; a Hub model (planned, maybe downloaded) after."""
+    from nemolaunch.cli.planning import read_model_spec
+
+    return read_model_spec(model).local is not None
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    path: Path  # what llama.cpp is given: a file, or (a dry run of a Hub model) its path in the repo
+    alias: str  # the default served name
+    max_ctx: int | None  # the training context, when the header is at hand
+    default_ctx: int  # --ctx-size when none is given
+    model_file: ModelFile | None = None  # the checked local file, when there is one
+
+
+def resolve_model(
+    model: str | None,
+    *,
+    quant: str | None,
+    force: bool,
+    hardware: Path | None,
+    ctx_size: int | None,
+    no_download: bool,
+    dry_run: bool,
+) -> ResolvedModel:
+    """A local file as given; a Hub model planned for this machine, downloaded unless --no-download.
+
+    A dry run never downloads: it shows the command with the shard's path in the repository.
+    """
+    from nemolaunch.adapters.gguf_files import inspect_model
+    from nemolaunch.cli.planning import plan_model, read_model_spec, require_launchable
+
+    spec = read_model_spec(model)
+    if spec.local is not None:
+        if quant is not None:
+            raise BadOption(option="--quant", value=quant, hint="it picks a quant of a Hub model, not of a local file")
+        model_file = inspect_model(spec.local)
+        if model_file.path != spec.local.expanduser():
+            note(f"using the split model's first shard: {model_file.path}")
+        return _local(model_file)
+    assert spec.reference is not None
+    planned = plan_model(
+        spec.reference, quant=quant, ctx_size=ctx_size, force=force, parallel=DEFAULT_PARALLEL, hardware_file=hardware
+    )
+    require_launchable(planned, action="launch")
+    chosen = planned.plan.quant
+    assert chosen is not None
+    reference = f"{planned.catalog.repo}:{chosen.name}"
+    note(f"plan: {reference} ({planned.plan.placement}), {human_bytes(chosen.size_bytes)} of files")
+    alias = alias_for_repo(planned.catalog.repo)
+    if planned.local_files is not None:
+        first = planned.local_files[0]
+    elif no_download:
+        raise ModelNotDownloaded(reference=reference)
+    elif dry_run:
+        note(f"{reference} is not downloaded yet: without --dry-run it is fetched first")
+        return ResolvedModel(Path(chosen.files[0]), alias, max_ctx=None, default_ctx=planned.plan.ctx_size)
+    else:
+        from nemolaunch.cli.download import download_planned
+
+        result = download_planned(
+            planned, local_dir=None, workers=4, stall_timeout=60.0, verify=False, xet=False, quiet=False
+        )
+        first = result.files[chosen.files[0]]
+    resolved = _local(inspect_model(first))
+    return ResolvedModel(resolved.path, alias, resolved.max_ctx, resolved.default_ctx, resolved.model_file)
+
+
+def _local(model_file: ModelFile) -> ResolvedModel:
+    maximum = model_file.context_length
+    return ResolvedModel(
+        path=model_file.path,
+        alias=default_alias(model_file.path, general_name=model_file.general_name),
+        max_ctx=maximum,
+        default_ctx=min(DEFAULT_CTX_SIZE, maximum) if maximum else DEFAULT_CTX_SIZE,
+        model_file=model_file,
+    )
+
+
+def check_local_fit(model_file: ModelFile, *, ctx_size: int, hardware: Path | None, force: bool) -> None:
+    """A local file gets the same memory check as a planned quant; --force launches it anyway."""
+    from nemolaunch.adapters.gguf_header import read_architecture
+    from nemolaunch.cli.planning import hardware_facts
+    from nemolaunch.core.forecast import forecast_memory
+    from nemolaunch.core.planner import memory_budget
+    from nemolaunch.errors import NemolaunchError, QuantDoesNotFit
+
+    budget = memory_budget(hardware_facts(hardware))
+    try:
+        architecture = read_architecture(model_file.path)
+    except NemolaunchError:
+        architecture = None
+    forecast = forecast_memory(
+        model_file.size_bytes,
+        architecture,
+        ctx_size=ctx_size,
+        parallel=DEFAULT_PARALLEL,
+        gpu_devices=budget.gpu_devices,
+        cuda_devices=budget.cuda_devices,
+    )
+    if forecast.total <= budget.total_bytes:
+        return
+    shortfall = human_bytes(forecast.total - budget.total_bytes)
+    where = f"{human_bytes(budget.total_bytes)} {budget.kind} budget"
+    if force:
+        warn(f"{model_file.path.name} needs {shortfall} more than this machine's {where}; launching anyway (--force)")
+        return
+    raise QuantDoesNotFit(
+        reference=str(model_file.path), shortfall=shortfall, budget=where, hint="pass --force to launch it anyway"
+    )
+
+
+def context_size(requested: int | None, resolved: ResolvedModel) -> int:
+    if requested is None:
+        # Never 0 (llama.cpp's "the training context": 1M tokens for the Ultra).
+        return resolved.default_ctx
+    if requested <= 0:
+        raise BadOption(option="--ctx-size", value=requested, hint="give a positive number of tokens, e.g. 32768")
+    maximum = resolved.max_ctx
+    if maximum and requested > maximum:
+        raise BadOption(
+            option="--ctx-size", value=requested, hint=f"this model was trained for at most {maximum} tokens"
+        )
+    return requested
