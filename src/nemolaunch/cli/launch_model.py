@@ -17,6 +17,45 @@ from nemolaunch.core.launch import DEFAULT_CTX_SIZE, alias_for_repo, default_ali
 from nemolaunch.errors import BadOption, ModelNotDownloaded
 
 
+@dataclass(frozen=True)
+class ModelRequest:
+    """What `serve` and `run` were asked to launch, resolved in two steps.
+
+    ``check_local`` first (a local file is as cheap to check as the port), ``resolve`` after the
+    other cheap checks, so nobody waits for a 300 GB download to hear the port is taken.
+    """
+
+    model: str | None
+    quant: str | None
+    force: bool
+    hardware: Path | None
+    ctx_size: int | None
+    no_download: bool
+    dry_run: bool
+
+    def check_local(self) -> ResolvedModel | None:
+        return self._resolve() if is_local(self.model) else None
+
+    def resolve(self, early: ResolvedModel | None) -> tuple[ResolvedModel, int]:
+        """The model and the context size to launch it with, held against the machine's memory."""
+        resolved = early or self._resolve()
+        context = context_size(self.ctx_size, resolved)
+        if resolved.model_file is not None:
+            check_local_fit(resolved.model_file, ctx_size=context, hardware=self.hardware, force=self.force)
+        return resolved, context
+
+    def _resolve(self) -> ResolvedModel:
+        return resolve_model(
+            self.model,
+            quant=self.quant,
+            force=self.force,
+            hardware=self.hardware,
+            ctx_size=self.ctx_size,
+            no_download=self.no_download,
+            dry_run=self.dry_run,
+        )
+
+
 def is_local(model: str | None) -> bool:
     """A local file is checked before anything else; a Hub model (planned, maybe downloaded) after."""
     from nemolaunch.cli.planning import read_model_spec

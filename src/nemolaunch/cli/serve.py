@@ -8,7 +8,6 @@ directly and no nemolaunch process is left behind.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import stat
@@ -18,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from nemolaunch.cli.launch_model import check_local_fit, context_size, is_local, resolve_model
+from nemolaunch.cli.launch_model import ModelRequest
 from nemolaunch.cli.output import console, err_console, print_command, print_json, warn
 from nemolaunch.cli.plan import ForceOption, HardwareOption, QuantOption
 from nemolaunch.core.launch import (
@@ -107,18 +106,11 @@ def serve_command(
         raise BadOption(option="--host", value="''", hint="give an address such as 127.0.0.1 or 0.0.0.0")
     if alias is not None and not alias.strip():
         raise BadOption(option="--alias", value="''", hint="give a name, or leave --alias out")
-    # The cheap checks first: nobody should wait for a 300 GB download to hear the port is taken.
-    resolve = functools.partial(
-        resolve_model,
-        model,
-        quant=quant,
-        force=force,
-        hardware=hardware,
-        ctx_size=ctx_size,
-        no_download=no_download,
+    request = ModelRequest(
+        model=model, quant=quant, force=force, hardware=hardware, ctx_size=ctx_size, no_download=no_download,
         dry_run=dry_run,
-    )
-    resolved = resolve() if is_local(model) else None
+    )  # fmt: skip
+    early = request.check_local()
     sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
     key_file = _check_api_key_file(api_key_file)
     env_key = os.environ.get(API_KEY_ENV)
@@ -132,10 +124,7 @@ def serve_command(
         )
     _check_port(host=host, port=port, dry_run=dry_run)
     binary = _find_binary("llama-server", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
-    resolved = resolved or resolve()
-    context = context_size(ctx_size, resolved)
-    if resolved.model_file is not None:
-        check_local_fit(resolved.model_file, ctx_size=context, hardware=hardware, force=force)
+    resolved, context = request.resolve(early)
     launch = ServerLaunch(
         binary=binary,
         model=resolved.path,
@@ -201,25 +190,16 @@ def run_command(
     """Chat with a model in the terminal through llama-cli (args after -- go to llama-cli)."""
     model, passthrough = _model_and_passthrough(model, ctx.args)
     _check_passthrough(passthrough, _MANAGED_CLI_OPTIONS)
-    resolve = functools.partial(
-        resolve_model,
-        model,
-        quant=quant,
-        force=force,
-        hardware=hardware,
-        ctx_size=ctx_size,
-        no_download=no_download,
+    request = ModelRequest(
+        model=model, quant=quant, force=force, hardware=hardware, ctx_size=ctx_size, no_download=no_download,
         dry_run=dry_run,
-    )
-    resolved = resolve() if is_local(model) else None
+    )  # fmt: skip
+    early = request.check_local()
     sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
     if n_predict is not None and (n_predict == 0 or n_predict < -1):
         raise BadOption(option="--n-predict", value=n_predict, hint="use a positive count, or -1 for no limit")
     binary = _find_binary("llama-cli", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
-    resolved = resolved or resolve()
-    context = context_size(ctx_size, resolved)
-    if resolved.model_file is not None:
-        check_local_fit(resolved.model_file, ctx_size=context, hardware=hardware, force=force)
+    resolved, context = request.resolve(early)
     launch = CliLaunch(
         binary=binary,
         model=resolved.path,
