@@ -56,3 +56,13 @@ def test_bad_hardware_files(tmp_path: Path, content: str | None, code: int, word
     assert result.returncode == code
     errors = [line for line in result.stderr.splitlines() if line.startswith("nemolaunch: error:")]
     assert len(errors) == 1 and words in errors[0], result.stderr
+
+
+def test_plan_for_a_machine_with_no_memory(tmp_path: Path) -> None:
+    path = tmp_path / "empty.json"
+    path.write_text(
+        '{"os": "linux", "arch": "x86_64", "cpu": {}, "memory": {"total_bytes": 0, "available_bytes": 0}, "gpus": []}'
+    )
+    result = run_nemolaunch("plan", "--hardware", str(path), env=cli_env(HF_HUB_OFFLINE="1"))
+    assert result.returncode == 6
+    assert "Traceback" not in result.stderr

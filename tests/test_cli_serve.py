@@ -232,3 +232,29 @@ def test_local_model_too_big_for_the_machine(model: Path, tmp_path: Path, llama_
     assert forced.returncode == 0 and "launching anyway (--force)" in forced.stderr
     quant = run_nemolaunch("serve", str(model), "--quant", "Q4_K_M", "--dry-run")
     assert quant.returncode == 2 and "not of a local file" in quant.stderr
+
+
+def test_messages_print_brackets_as_they_are(tmp_path: Path) -> None:
+    """A path or alias with "[red]" or "[/]" is data, not a style tag: printed as is, never a crash."""
+    result = run_nemolaunch("serve", "--model", str(tmp_path / "a[red]b[/].gguf"), "--dry-run")
+    assert result.returncode == 3
+    assert "a[red]b[/].gguf does not exist" in _one_error_line(result.stderr)
+
+
+def test_relative_llama_cpp_folder_runs_that_binary(model: Path, llama_bin_dir: Path) -> None:
+    result = run_nemolaunch("serve", str(model), "--llama-cpp", ".", "--dry-run", cwd=llama_bin_dir)
+    assert result.returncode == 0, result.stderr
+    assert shlex.split(result.stdout)[0] == str(llama_bin_dir / "llama-server")  # absolute, never a PATH lookup
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--json"], "add --dry-run to print the launch as JSON"),
+        (["--dry-run", "--", "-hf", "someone/Other-GGUF"], "use nemolaunch's own --model REPO:QUANT"),
+    ],
+)
+def test_json_needs_dry_run_and_no_model_swaps(model: Path, extra: list[str], words: str) -> None:
+    result = run_nemolaunch("serve", str(model), *extra)
+    assert result.returncode == 2
+    assert words in _one_error_line(result.stderr)

@@ -226,6 +226,10 @@ class ModelNotDownloaded(NemolaunchError):
     """reference (repo:quant)"""
 
 
+class LaunchFailed(NemolaunchError):
+    """binary, reason"""
+
+
 class QuantDoesNotFit(NemolaunchError):
     """reference (repo:quant), shortfall, budget, hint"""
 
@@ -384,6 +388,9 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
     NothingFits: ErrorSpec(
         EXIT_DOES_NOT_FIT,
         "no recommended quant of {model} fits: {smallest} is {shortfall} over this machine's {budget}; {hint}",
+    ),
+    LaunchFailed: ErrorSpec(
+        EXIT_ENVIRONMENT, "could not start {binary} ({reason}): rebuild it with `nemolaunch build`"
     ),
     QuantDoesNotFit: ErrorSpec(
         EXIT_DOES_NOT_FIT, "{reference} does not fit: it is {shortfall} over this machine's {budget}; {hint}"

@@ -94,22 +94,40 @@ def run_build(
     log_path = request.prefix / "build.log"
     argv = script_argv(request, script=script or script_path())
     # One build per prefix at a time: a second `nemolaunch build` waits rather than corrupts.
-    with (request.prefix / ".lock").open("w") as lock, log_path.open("w") as log:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        # Its own process group, so that stopping the build stops cmake, make and every compiler under it.
-        process = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-            env=env,
-            start_new_session=True,
-        )
+    with (request.prefix / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # before the log is truncated: a running build keeps its log
+        code, up_to_date, last_error = _run_script(argv, log_path, env=env, on_progress=on_progress)
+    if code == 0:
+        return BuildResult(prefix=request.prefix, log=log_path, up_to_date=up_to_date)
+    reason = last_error or f"the build script exited with {code}"
+    if created and code in (_SCRIPT_USAGE, _SCRIPT_TOOL, _SCRIPT_SOURCE):
+        # Refused before building anything: leave no empty build folder behind (the reason is the message).
+        shutil.rmtree(request.prefix, ignore_errors=True)
+    if code == _SCRIPT_TOOL:
+        raise BuildToolMissing(reason=reason)
+    if code == _SCRIPT_SOURCE:
+        raise BuildSourceInvalid(reason=reason)
+    if code == _SCRIPT_USAGE:
+        raise BuildUsage(reason=reason)
+    raise BuildFailed(log=str(log_path), exit_code=code)
+
+
+def _run_script(
+    argv: list[str],
+    log_path: Path,
+    *,
+    env: dict[str, str] | None,
+    on_progress: Callable[[int, str], None] | None,
+) -> tuple[int, bool, str | None]:
+    """Run the build script, teeing its output into the log; its exit code, up-to-date flag, last error."""
+    up_to_date = False
+    last_error: str | None = None
+    highest = 0
+    # Its own process group, so that stopping the build stops cmake, make and every compiler under it.
+    with log_path.open("w") as log, subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env, start_new_session=True
+    ) as process:
         assert process.stdout is not None
-        up_to_date = False
-        last_error: str | None = None
-        highest = 0
         try:
             for line in process.stdout:
                 log.write(line)
@@ -128,19 +146,7 @@ def run_build(
             # Ctrl-C or any failure here must not leave a compiler running.
             _stop_group(process)
             raise
-    if code == 0:
-        return BuildResult(prefix=request.prefix, log=log_path, up_to_date=up_to_date)
-    reason = last_error or f"the build script exited with {code}"
-    if created and code in (_SCRIPT_USAGE, _SCRIPT_TOOL, _SCRIPT_SOURCE):
-        # Refused before building anything: leave no empty build folder behind (the reason is the message).
-        shutil.rmtree(request.prefix, ignore_errors=True)
-    if code == _SCRIPT_TOOL:
-        raise BuildToolMissing(reason=reason)
-    if code == _SCRIPT_SOURCE:
-        raise BuildSourceInvalid(reason=reason)
-    if code == _SCRIPT_USAGE:
-        raise BuildUsage(reason=reason)
-    raise BuildFailed(log=str(log_path), exit_code=code)
+    return code, up_to_date, last_error
 
 
 def _stop_group(process: subprocess.Popen[str]) -> None:

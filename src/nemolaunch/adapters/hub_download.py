@@ -147,8 +147,9 @@ def fetch_listing(
             files.append(RemoteFile(sibling.rfilename, int(sibling.lfs.size), str(sibling.lfs.sha256).lower()))
         else:
             others.append(sibling.rfilename)
-    if not info.sha:
-        raise HubRequestFailed(repo_id=repo_id, status="no commit", reason="the listing names no commit")
+    if not info.sha or not _COMMIT_SHA.fullmatch(info.sha):
+        # The commit becomes a folder name in the cache: only a real hash may (a mirror could send "../x").
+        raise HubRequestFailed(repo_id=repo_id, status=200, reason=f"the listing names no valid commit ({info.sha!r})")
     return RepoListing(
         repo_id=repo_id,
         revision=revision,

@@ -117,7 +117,8 @@ def _in_dir(folder: Path, binary: str, *, source: str) -> Path:
     # Accept the build prefix as well as its bin/ folder.
     for candidate in (folder / binary, folder / "bin" / binary):
         if _executable(candidate):
-            return candidate
+            # Absolute: `--llama-cpp .` must not become the bare name that exec looks up on PATH.
+            return candidate.absolute()
     raise LlamaCppDirInvalid(path=str(folder), source=source, binary=binary)
 
 
@@ -151,8 +152,12 @@ def parse_version(text: str) -> BinaryVersion:
 
 
 def binary_version(path: Path, *, timeout_s: float = 20.0) -> BinaryVersion:
-    completed = subprocess.run(
-        [str(path), "--version"], capture_output=True, text=True, timeout=timeout_s, check=False
-    )
+    try:
+        completed = subprocess.run(
+            [str(path), "--version"], capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        # A binary that will not start, or hangs initialising a GPU: report it, do not crash the report.
+        return BinaryVersion(number=None, commit=None, built_with=None, raw=f"no answer ({exc})")
     # llama.cpp prints its version to stderr, after any backend device lines.
     return parse_version(completed.stderr + completed.stdout)

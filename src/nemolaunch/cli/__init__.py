@@ -14,7 +14,7 @@ import typer
 
 from nemolaunch import __version__
 from nemolaunch.cli import build, doctor, download, plan, serve, tiny
-from nemolaunch.cli.output import err_console
+from nemolaunch.cli.output import err_console, styled
 from nemolaunch.errors import NemolaunchError, describe
 
 app = typer.Typer(
@@ -69,8 +69,5 @@ def main() -> None:
         code, message = describe(exc)
         if _Flags.debug:
             traceback.print_exc()
-        err_console.print(f"[bold red]nemolaunch: error:[/] {message}", highlight=False, markup=True)
+        err_console.print(styled(("nemolaunch: error: ", "bold red"), message))
         sys.exit(code)
-    except KeyboardInterrupt:
-        err_console.print("nemolaunch: interrupted")
-        sys.exit(130)

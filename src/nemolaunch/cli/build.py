@@ -88,11 +88,11 @@ def run_build_with_progress(
         err_console.print(f"Building llama.cpp ({backend}) into {request.prefix}")
         err_console.print(f"Full log: {request.prefix / 'build.log'}")
     progress = Progress(
-        TextColumn("[bold]llama.cpp[/]"),
+        TextColumn("llama.cpp", style="bold"),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}%"),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[step]}"),
+        TextColumn("{task.fields[step]}", markup=False),  # compiler lines may hold "["
         console=err_console,
         transient=True,
         disable=quiet,

@@ -36,6 +36,7 @@ def doctor_command(
 ) -> None:
     """Show this machine's CPU, memory, GPUs (free VRAM), disk, the llama.cpp build and build tools."""
     from rich.table import Table
+    from rich.text import Text
 
     from nemolaunch.adapters.llamacpp import binary_version, find_binary
     from nemolaunch.errors import NemolaunchError
@@ -81,9 +82,9 @@ def doctor_command(
             f"backend {found.backend or 'unknown'})",
         )
     except NemolaunchError as exc:
-        table.add_row("llama.cpp", f"[red]{exc}[/]")
+        table.add_row("llama.cpp", Text(str(exc), style="red"))
     for tool in BUILD_TOOLS:
-        table.add_row(tool, shutil.which(tool) or "[yellow]not found[/]")
+        table.add_row(tool, shutil.which(tool) or Text("not found", style="yellow"))
     console.print(table)
 
 

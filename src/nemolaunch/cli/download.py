@@ -192,7 +192,7 @@ class _ProgressRenderer:
         self.label = label
         self.interactive = err_console.is_terminal and not quiet
         self.progress = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
@@ -219,7 +219,7 @@ class _ProgressRenderer:
         if isinstance(event, ev.DownloadPlanned):
             self.done = {planned.path: planned.on_disk for planned in event.files}
             self.total_task = self.progress.add_task(
-                f"[bold]{self.label}", total=event.total_bytes, completed=event.on_disk_bytes
+                self.label, total=event.total_bytes, completed=event.on_disk_bytes
             )
             for planned in event.files:
                 self.file_tasks[planned.path] = self.progress.add_task(

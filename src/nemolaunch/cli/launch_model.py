@@ -40,8 +40,8 @@ class ModelRequest:
         """The model and the context size to launch it with, held against the machine's memory."""
         resolved = early or self._resolve()
         context = context_size(self.ctx_size, resolved)
-        if resolved.model_file is not None:
-            check_local_fit(resolved.model_file, ctx_size=context, hardware=self.hardware, force=self.force)
+        if resolved.user_file is not None:
+            check_local_fit(resolved.user_file, ctx_size=context, hardware=self.hardware, force=self.force)
         return resolved, context
 
     def _resolve(self) -> ResolvedModel:
@@ -69,7 +69,8 @@ class ResolvedModel:
     alias: str  # the default served name
     max_ctx: int | None  # the training context, when the header is at hand
     default_ctx: int  # --ctx-size when none is given
-    model_file: ModelFile | None = None  # the checked local file, when there is one
+    # A file the user named: it gets the memory check here (a planned quant was checked by its plan).
+    user_file: ModelFile | None = None
 
 
 def resolve_model(
@@ -122,7 +123,7 @@ def resolve_model(
         )
         first = result.files[chosen.files[0]]
     resolved = _local(inspect_model(first))
-    return ResolvedModel(resolved.path, alias, resolved.max_ctx, resolved.default_ctx, resolved.model_file)
+    return ResolvedModel(resolved.path, alias, resolved.max_ctx, resolved.default_ctx)
 
 
 def _local(model_file: ModelFile) -> ResolvedModel:
@@ -132,7 +133,7 @@ def _local(model_file: ModelFile) -> ResolvedModel:
         alias=default_alias(model_file.path, general_name=model_file.general_name),
         max_ctx=maximum,
         default_ctx=min(DEFAULT_CTX_SIZE, maximum) if maximum else DEFAULT_CTX_SIZE,
-        model_file=model_file,
+        user_file=model_file,
     )
 
 

@@ -7,14 +7,22 @@ import shlex
 import sys
 
 from rich.console import Console
+from rich.text import Text
 
 # soft_wrap: a long command line stays one line, so it can be copied and pasted.
-console = Console(soft_wrap=True, highlight=False)
-err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+# markup=False: messages carry paths, aliases and file names, and a "[" in them must print as
+# itself, never be read as a style tag. Styled words are built as Text.
+console = Console(soft_wrap=True, highlight=False, markup=False)
+err_console = Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """Plain strings and (text, style) pairs as one Text: styles without markup parsing."""
+    return Text.assemble(*parts)
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", markup=True)
+    err_console.print(styled(("warning: ", "yellow"), message))
 
 
 def note(message: str) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from nemolaunch.cli.output import err_console, print_command, print_json
+from nemolaunch.cli.output import err_console, print_command, print_json, styled
 
 if TYPE_CHECKING:
     from nemolaunch.cli.planning import PlannedModel
@@ -69,7 +69,7 @@ def plan_command(
         render_plan_words(plan)
         if argv is not None:
             where = "" if planned.local_files else "  (after `nemolaunch download`)"
-            err_console.print(f"[bold]Command:[/]{where}")
+            err_console.print(styled(("Command:", "bold"), where))
             print_command(argv)
     if not plan.launchable:
         raise nothing_fits(plan, action="plan")

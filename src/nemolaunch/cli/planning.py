@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nemolaunch import ULTRA_REPO
-from nemolaunch.cli.output import err_console, warn
+from nemolaunch.cli.output import err_console, styled, warn
 from nemolaunch.errors import (
     BadOption,
     ContextSizeNotPositive,
@@ -198,6 +198,7 @@ def _gb(size: int) -> str:
 
 def render_plan_table(plan: Plan) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     budget = plan.budget.total_bytes
     table = Table(
@@ -215,7 +216,7 @@ def render_plan_table(plan: Plan) -> None:
     for item in plan.assessments:
         share = item.forecast.total / budget if budget else float("inf")
         width = 10
-        filled = min(width, round(share * width))
+        filled = min(width, round(share * width)) if budget else width
         colour = "green" if item.fits else "red"
         marker = "➜" if item.quant.name == chosen else ("↓" if item.quant.below_quality_floor else "")
         bits = f"{item.quant.bits_per_weight:.2f}" if item.quant.bits_per_weight else "?"
@@ -225,8 +226,8 @@ def render_plan_table(plan: Plan) -> None:
             bits,
             _gb(item.quant.size_bytes),
             _gb(item.forecast.total),
-            f"[{colour}]{'yes' if item.fits else 'no'}[/]",
-            f"[{colour}]{share:>5.0%} {'█' * filled}{'·' * (width - filled)}[/]",
+            Text("yes" if item.fits else "no", style=colour),
+            Text(f"{share:>5.0%} {'█' * filled}{'·' * (width - filled)}", style=colour),
         )
     err_console.print(table)
 
@@ -237,6 +238,6 @@ def render_plan_words(plan: Plan) -> None:
     for message in plan.warnings:
         warn(message)
     if plan.ways_out:
-        err_console.print("[bold]Ways out:[/]")
+        err_console.print(styled(("Ways out:", "bold")))
         for way in plan.ways_out:
             err_console.print(f"  – {way.text}", markup=False)

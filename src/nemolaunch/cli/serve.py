@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from nemolaunch.cli.launch_model import ModelRequest
-from nemolaunch.cli.output import console, err_console, print_command, print_json, warn
+from nemolaunch.cli.output import console, err_console, print_command, print_json, styled, warn
 from nemolaunch.cli.plan import ForceOption, HardwareOption, QuantOption
 from nemolaunch.core.launch import (
     DEFAULT_CTX_SIZE,
@@ -33,7 +33,7 @@ from nemolaunch.core.launch import (
     openai_snippet,
     server_argv,
 )
-from nemolaunch.errors import ApiKeyFileEmpty, ApiKeyFileMissing, BadOption
+from nemolaunch.errors import ApiKeyFileEmpty, ApiKeyFileMissing, BadOption, LaunchFailed
 
 API_KEY_ENV = "NEMOLAUNCH_API_KEY"
 #: The variable llama-server reads its key from (LLAMA_ARG_API_KEY is ignored by this build).
@@ -102,6 +102,7 @@ def serve_command(
     """
     model, passthrough = _model_and_passthrough(model, ctx.args)
     _check_passthrough(passthrough, _MANAGED_SERVER_OPTIONS)
+    _check_json(json_output=json_output, dry_run=dry_run)
     if not host.strip():
         raise BadOption(option="--host", value="''", hint="give an address such as 127.0.0.1 or 0.0.0.0")
     if alias is not None and not alias.strip():
@@ -156,12 +157,21 @@ def serve_command(
     else:
         print_command(argv, to_stderr=not dry_run)
     if not json_output:
-        err_console.print(f"OpenAI-compatible API at {base_url} serving model [bold]{launch.alias}[/]:")
+        err_console.print(styled(f"OpenAI-compatible API at {base_url} serving model ", (launch.alias, "bold"), ":"))
         err_console.print(
-            openai_snippet(base_url=base_url, model=launch.alias, needs_key=has_key, key_file=key_file), markup=False
+            openai_snippet(
+                base_url=base_url,
+                model=launch.alias,
+                needs_key=has_key,
+                key_file=key_file,
+                key_env=API_KEY_ENV if env_key else SERVER_KEY_ENV,
+            ),
+            markup=False,
         )
     if dry_run:
         return
+    if not early:
+        _check_port(host=host, port=port, dry_run=False)  # again: a download may have taken hours
     _exec(argv, env)
 
 
@@ -190,6 +200,7 @@ def run_command(
     """Chat with a model in the terminal through llama-cli (args after -- go to llama-cli)."""
     model, passthrough = _model_and_passthrough(model, ctx.args)
     _check_passthrough(passthrough, _MANAGED_CLI_OPTIONS)
+    _check_json(json_output=json_output, dry_run=dry_run)
     request = ModelRequest(
         model=model, quant=quant, force=force, hardware=hardware, ctx_size=ctx_size, no_download=no_download,
         dry_run=dry_run,
@@ -224,10 +235,19 @@ _MANAGED_SERVER_OPTIONS = {
     "-m": "--model", "--model": "--model", "-c": "--ctx-size", "--ctx-size": "--ctx-size", "--port": "--port",
     "--host": "--host", "-a": "--alias", "--alias": "--alias", "--temp": "--temp", "--top-p": "--top-p",
     "--min-p": "--min-p", "--api-key-file": "--api-key-file",
+    # Options that swap in another model would bypass every check made on this one.
+    "-hf": "--model REPO:QUANT", "-hfr": "--model REPO:QUANT", "--hf-repo": "--model REPO:QUANT",
+    "-hff": "--model REPO:QUANT", "--hf-file": "--model REPO:QUANT", "-mu": "--model", "--model-url": "--model",
 }  # fmt: skip
 _MANAGED_CLI_OPTIONS = {
     key: value for key, value in _MANAGED_SERVER_OPTIONS.items() if value not in ("--port", "--host", "--alias")
 } | {"-p": "--prompt", "--prompt": "--prompt", "-n": "--n-predict", "--n-predict": "--n-predict"}
+
+
+def _check_json(*, json_output: bool, dry_run: bool) -> None:
+    if json_output and not dry_run:
+        # llama.cpp writes to the same stdout after exec: the JSON would not stay one object.
+        raise BadOption(option="--json", value="without --dry-run", hint="add --dry-run to print the launch as JSON")
 
 
 def _check_passthrough(passthrough: tuple[str, ...], managed: dict[str, str]) -> None:
@@ -337,4 +357,8 @@ def _exec(argv: list[str], env: dict[str, str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     console.file.flush()
-    os.execvpe(argv[0], argv, env)
+    try:
+        # execve, not execvpe: the binary is the absolute path that was found and checked, never a PATH lookup.
+        os.execve(argv[0], argv, env)
+    except OSError as exc:
+        raise LaunchFailed(binary=argv[0], reason=exc.strerror or str(exc)) from exc

@@ -136,12 +136,14 @@ def client_base_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}/v1"
 
 
-def openai_snippet(*, base_url: str, model: str, needs_key: bool, key_file: Path | None = None) -> str:
+def openai_snippet(
+    *, base_url: str, model: str, needs_key: bool, key_file: Path | None = None, key_env: str = "NEMOLAUNCH_API_KEY"
+) -> str:
     """Python a person can paste to talk to the server; it names where the key is, never the key."""
     if key_file is not None:
         key = f"open({str(key_file)!r}).readline().strip()"
     elif needs_key:
-        key = 'os.environ["NEMOLAUNCH_API_KEY"]'
+        key = f'os.environ["{key_env}"]'
     else:
         key = '"not-needed"'
     lines = [
