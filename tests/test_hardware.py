@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from nemolaunch.adapters import hardware_probe
+from nemolaunch.adapters.hardware_file import load_hardware_facts
 from nemolaunch.adapters.hardware_probe import (
     existing_ancestor,
     parse_proc_cpuinfo,
@@ -29,7 +30,6 @@ from nemolaunch.adapters.hardware_probe import (
 from nemolaunch.core.hardware import (
     HardwareFacts,
     MemoryFacts,
-    load_hardware_facts,
     metal_working_set_bytes,
     parse_hardware_facts,
 )

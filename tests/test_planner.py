@@ -9,10 +9,11 @@ from types import SimpleNamespace
 import pytest
 
 from nemolaunch import ULTRA_REPO
+from nemolaunch.adapters.hardware_file import load_hardware_facts
 from nemolaunch.adapters.hub_listing import to_entries
 from nemolaunch.core.catalog import NANO_REPO, SUPER_REPO, Catalog, ListingEntry, build_catalog, builtin_catalog
 from nemolaunch.core.forecast import ULTRA_ARCHITECTURE
-from nemolaunch.core.hardware import GpuFacts, HardwareFacts, load_hardware_facts
+from nemolaunch.core.hardware import GpuFacts, HardwareFacts
 from nemolaunch.core.planner import Plan, PlanRequest, memory_budget, plan_launch
 from nemolaunch.errors import (
     EXIT_USAGE,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nemolaunch.core.forecast import ArchitectureFacts, architecture_from_metadata
-from nemolaunch.errors import ModelFileMissing, NotGGUF, TruncatedGGUF
+from nemolaunch.errors import BadOption, ModelFileMissing, NotGGUF, TruncatedGGUF
 
 if TYPE_CHECKING:
     from gguf import GGUFReader
@@ -36,8 +36,11 @@ def read_gguf_header(path: Path) -> GGUFHeader:
     """The architecture keys of ``path``'s header. Raises ModelFileMissing, NotGGUF or TruncatedGGUF."""
     if not path.is_file():
         raise ModelFileMissing(path=str(path))
-    with path.open("rb") as handle:
-        magic = handle.read(4)
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise BadOption(option="--model", value=str(path), hint=f"it cannot be read ({exc.strerror or exc})") from exc
     if magic != GGUF_MAGIC:
         raise NotGGUF(path=str(path), magic=magic)
     from gguf import GGUFReader  # numpy-heavy: only when a header is actually read

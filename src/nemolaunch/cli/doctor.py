@@ -90,7 +90,7 @@ def doctor_command(
 
 def _facts(hardware: Path | None) -> tuple[HardwareFacts, str | None]:
     if hardware is not None:
-        from nemolaunch.core.hardware import load_hardware_facts
+        from nemolaunch.adapters.hardware_file import load_hardware_facts
 
         return load_hardware_facts(hardware.expanduser()), None
     from nemolaunch.adapters.hardware_probe import probe_hardware

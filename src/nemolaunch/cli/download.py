@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from nemolaunch.cli.output import err_console, note, print_json, warn
-from nemolaunch.cli.plan import DEFAULT_PARALLEL, HardwareOption, QuantOption
+from nemolaunch.cli.plan import HardwareOption, QuantOption
 from nemolaunch.core.download_plan import human_bytes
+from nemolaunch.core.launch import DEFAULT_PARALLEL
 
 if TYPE_CHECKING:
     from nemolaunch.adapters.hub_download import DownloadResult

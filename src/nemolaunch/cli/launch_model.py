@@ -11,9 +11,8 @@ from pathlib import Path
 
 from nemolaunch.adapters.gguf_files import ModelFile
 from nemolaunch.cli.output import note, warn
-from nemolaunch.cli.plan import DEFAULT_PARALLEL
 from nemolaunch.core.download_plan import human_bytes
-from nemolaunch.core.launch import DEFAULT_CTX_SIZE, alias_for_repo, default_alias
+from nemolaunch.core.launch import DEFAULT_CTX_SIZE, DEFAULT_PARALLEL, alias_for_repo, default_alias
 from nemolaunch.errors import BadOption, ModelNotDownloaded
 
 
@@ -171,14 +170,13 @@ def check_local_fit(model_file: ModelFile, *, ctx_size: int, hardware: Path | No
 
 
 def context_size(requested: int | None, resolved: ResolvedModel) -> int:
+    """``--ctx-size``, checked as the planner checks it; never 0 (llama.cpp's "the training context")."""
+    from nemolaunch.errors import ContextSizeNotPositive, ContextSizeTooLarge
+
     if requested is None:
-        # Never 0 (llama.cpp's "the training context": 1M tokens for the Ultra).
         return resolved.default_ctx
     if requested <= 0:
-        raise BadOption(option="--ctx-size", value=requested, hint="give a positive number of tokens, e.g. 32768")
-    maximum = resolved.max_ctx
-    if maximum and requested > maximum:
-        raise BadOption(
-            option="--ctx-size", value=requested, hint=f"this model was trained for at most {maximum} tokens"
-        )
+        raise ContextSizeNotPositive(ctx_size=requested)
+    if resolved.max_ctx and requested > resolved.max_ctx:
+        raise ContextSizeTooLarge(ctx_size=requested, maximum=resolved.max_ctx)
     return requested

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from nemolaunch.cli.output import err_console, print_command, print_json, styled
+from nemolaunch.core.launch import DEFAULT_PARALLEL
 
 if TYPE_CHECKING:
     from nemolaunch.cli.planning import PlannedModel
@@ -25,8 +26,6 @@ ParallelOption = Annotated[
         "--parallel", help="Server slots the forecast counts; each keeps its own Mamba state (llama-server picks 4)."
     ),
 ]
-#: llama-server's own default number of slots; the forecast counts one Mamba state per slot.
-DEFAULT_PARALLEL = 4
 
 
 def plan_command(

@@ -146,7 +146,7 @@ def nothing_fits(plan: Plan, *, action: str) -> NemolaunchError:
 def hardware_facts(hardware_file: Path | None) -> HardwareFacts:
     """The machine to plan for: the one in ``hardware_file``, else this one (probe warnings are shown)."""
     if hardware_file is not None:
-        from nemolaunch.core.hardware import load_hardware_facts
+        from nemolaunch.adapters.hardware_file import load_hardware_facts
 
         return load_hardware_facts(hardware_file.expanduser())
     from nemolaunch.adapters.hardware_probe import probe_hardware

@@ -10,12 +10,11 @@ hand-edited file is an error rather than a silently ignored value.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from nemolaunch.errors import HardwareFileInvalid, HardwareFileMissing, HardwareFileNotJson
+from nemolaunch.errors import HardwareFileInvalid, HardwareFileNotJson
 
 GpuBackend = Literal["cuda", "metal"]
 
@@ -94,20 +93,6 @@ def parse_hardware_facts(text: str, *, source: str) -> HardwareFacts:
     except ValidationError as exc:
         field, problem = first_validation_problem(exc)
         raise HardwareFileInvalid(path=source, field=field, problem=problem) from exc
-
-
-def load_hardware_facts(path: Path) -> HardwareFacts:
-    """The machine described by a ``--hardware`` file."""
-    path = path.expanduser()
-    if path.is_dir():
-        raise HardwareFileNotJson(path=str(path), detail="it is a folder, not a file")
-    if not path.is_file():
-        raise HardwareFileMissing(path=str(path))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise HardwareFileNotJson(path=str(path), detail="it is not UTF-8 text") from exc
-    return parse_hardware_facts(text, source=str(path))
 
 
 def first_validation_problem(exc: ValidationError) -> tuple[str, str]:

@@ -18,6 +18,8 @@ DEFAULT_HOST = "127.0.0.1"
 #: A working context, not the model's maximum: llama-server's own default (0)
 #: means the training context, 1M tokens for the Ultra, far past most budgets.
 DEFAULT_CTX_SIZE = 32768
+#: The slots llama-server opens by default; the forecast counts one Mamba state per slot.
+DEFAULT_PARALLEL = 4
 
 _SPLIT_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$")
 
