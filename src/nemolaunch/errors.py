@@ -407,6 +407,12 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
 }
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first line, for a one-line message (its name when it says nothing)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _format_list(items: object) -> str:
     if isinstance(items, (list, tuple)):
         return ", ".join(str(item) for item in items) or "nowhere"

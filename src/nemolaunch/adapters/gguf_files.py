@@ -8,14 +8,12 @@ a truncated download shows up.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from nemolaunch.adapters.gguf_header import read_gguf_header
+from nemolaunch.core.split_names import parse_split_name
 from nemolaunch.errors import BadOption, ModelFileMissing, ShardsMissing
-
-SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
 @dataclass(frozen=True)
@@ -35,12 +33,10 @@ class ModelFile:
 
 def split_shards(path: Path) -> tuple[Path, ...] | None:
     """Every shard's path for a ``-0000K-of-0000N.gguf`` name; None for a single file."""
-    match = SPLIT_NAME.match(path.name)
-    if match is None:
+    split = parse_split_name(path.name)
+    if split is None:
         return None
-    count = int(match["count"])
-    prefix = match["prefix"]
-    return tuple(path.with_name(f"{prefix}-{index:05d}-of-{count:05d}.gguf") for index in range(1, count + 1))
+    return tuple(path.with_name(split.name_of(index)) for index in range(1, split.count + 1))
 
 
 def inspect_model(path: Path) -> ModelFile:

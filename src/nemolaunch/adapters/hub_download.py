@@ -80,6 +80,7 @@ from nemolaunch.errors import (
     HubUnreachable,
     NemolaunchError,
     NotEnoughDisk,
+    first_line,
 )
 
 if TYPE_CHECKING:
@@ -633,7 +634,7 @@ class _Run:
             except httpx2.TimeoutException:
                 reason = f"no bytes for {self.stall_timeout_s:g} s"
             except (httpx2.NetworkError, httpx2.RemoteProtocolError) as exc:
-                reason = f"connection lost: {_first_line(exc)}"
+                reason = f"connection lost: {first_line(exc)}"
             except HfHubHTTPError as exc:
                 status = exc.response.status_code if exc.response is not None else None
                 if status == 416:  # the server will not serve from our offset: what we hold is not usable
@@ -734,7 +735,7 @@ class _Run:
                 **self.layout.hf_target(),
             )
         except Exception as exc:
-            self.emit(XetFallback(path=remote.path, reason=_first_line(exc)))
+            self.emit(XetFallback(path=remote.path, reason=first_line(exc)))
             return None
         return self.layout.complete_file(remote)
 
@@ -1058,10 +1059,10 @@ def _translate(
         # Only asked for files the listing named: the file went away since.
         return HubListingChanged(repo_id=repo_id, path=path, expected="a file", listed="none")
     if isinstance(exc, (OfflineModeIsEnabled, httpx2.RequestError)):
-        return HubUnreachable(endpoint=endpoint, reason=_first_line(exc))
+        return HubUnreachable(endpoint=endpoint, reason=first_line(exc))
     if isinstance(exc, HfHubHTTPError):
         status = exc.response.status_code if exc.response is not None else "an error"
-        return HubRequestFailed(repo_id=repo_id, status=status, reason=_first_line(exc))
+        return HubRequestFailed(repo_id=repo_id, status=status, reason=first_line(exc))
     return exc
 
 
@@ -1077,11 +1078,6 @@ def _disk_full(partial: Path, remote: RemoteFile) -> NotEnoughDisk:
         needed_bytes=needed,
         free_bytes=free,
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _size_or_zero(path: Path) -> int:

@@ -28,6 +28,7 @@ from nemolaunch.errors import (
     HubUnreachable,
     NoGGUFInRepo,
     NotCachedOffline,
+    first_line,
 )
 
 log = logging.getLogger(__name__)
@@ -122,10 +123,10 @@ def list_hub_files(repo: str, *, api: Any | None = None) -> list[ListingEntry]:
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         if status is not None and 400 <= status < 500 and status != 429:
-            raise HubRequestFailed(repo_id=repo, status=status, reason=_first_line(exc)) from exc
-        raise HubUnreachable(endpoint=endpoint, reason=_first_line(exc)) from exc
+            raise HubRequestFailed(repo_id=repo, status=status, reason=first_line(exc)) from exc
+        raise HubUnreachable(endpoint=endpoint, reason=first_line(exc)) from exc
     except _network_errors() as exc:
-        raise HubUnreachable(endpoint=endpoint, reason=_first_line(exc)) from exc
+        raise HubUnreachable(endpoint=endpoint, reason=first_line(exc)) from exc
 
 
 def check_hub_reachable(endpoint: str, *, environ: Mapping[str, str] | None = None) -> None:
@@ -246,11 +247,6 @@ def _network_errors() -> tuple[type[BaseException], ...]:
             continue
         errors.append(module.HTTPError)
     return tuple(errors)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def cached_quant_paths(repo: str, files: Iterable[str], *, cache_dir: Path | None = None) -> tuple[Path, ...] | None:

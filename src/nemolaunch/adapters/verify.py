@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from nemolaunch.adapters.gguf_header import read_gguf_header
-from nemolaunch.core.download_plan import parse_split_name
+from nemolaunch.core.split_names import parse_split_name
 from nemolaunch.errors import NotGGUF, SplitCountMismatch, TruncatedGGUF
 
 STATE_FORMAT = 1

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal
 
+from nemolaunch.core.split_names import SplitName, parse_split_name
 from nemolaunch.errors import SplitSetIncomplete, UnsafeRepoId, UnsafeRepoPath
 
 #: Free space left on the target after a download: a full disk breaks the cache
@@ -20,7 +21,6 @@ from nemolaunch.errors import SplitSetIncomplete, UnsafeRepoId, UnsafeRepoPath
 DEFAULT_DISK_MARGIN_BYTES = 2 * 1024**3
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-_SPLIT_NAME = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -78,26 +78,6 @@ def check_repo_paths(repo_id: str, files: Iterable[RemoteFile]) -> None:
 def local_parts(path: str) -> tuple[str, ...]:
     """The segments of a checked repo path, to join under a target folder."""
     return PurePosixPath(path).parts
-
-
-@dataclass(frozen=True)
-class SplitName:
-    folder: str
-    stem: str
-    index: int  # 1-based
-    count: int
-
-    def name_of(self, index: int) -> str:
-        return f"{self.stem}-{index:05d}-of-{self.count:05d}.gguf"
-
-
-def parse_split_name(path: str) -> SplitName | None:
-    """``UD-IQ3_XXS/Model-UD-IQ3_XXS-00002-of-00006.gguf`` -> folder, stem, 2, 6; None if not split."""
-    folder, _, name = path.rpartition("/")
-    match = _SPLIT_NAME.match(name)
-    if match is None:
-        return None
-    return SplitName(folder=folder, stem=match["stem"], index=int(match["index"]), count=int(match["count"]))
 
 
 def check_split_sets(paths: Iterable[str], *, where: str) -> None:

@@ -7,11 +7,11 @@ binary, the model and the key file, then asks these functions for the argv.
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nemolaunch import ULTRA_ALIAS, ULTRA_REPO
+from nemolaunch.core.split_names import parse_split_name
 
 DEFAULT_PORT = 8001
 DEFAULT_HOST = "127.0.0.1"
@@ -21,7 +21,6 @@ DEFAULT_CTX_SIZE = 32768
 #: The slots llama-server opens by default; the forecast counts one Mamba state per slot.
 DEFAULT_PARALLEL = 4
 
-_SPLIT_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$")
 
 
 @dataclass(frozen=True)
@@ -109,7 +108,8 @@ def default_alias(model: Path, *, general_name: str | None = None) -> str:
     machine works on another; any other model gets its file's stem, without
     the ``-00001-of-00006`` split suffix.
     """
-    stem = _SPLIT_SUFFIX.sub("", model.name.removesuffix(".gguf"))
+    split = parse_split_name(model.name)
+    stem = split.stem if split is not None else model.name.removesuffix(".gguf")
     haystack = f"{stem} {general_name or ''}".lower()
     if "nemotron-3-ultra" in haystack or "nemotron 3 ultra" in haystack:
         return ULTRA_ALIAS
