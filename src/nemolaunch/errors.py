@@ -226,6 +226,10 @@ class ModelNotDownloaded(NemolaunchError):
     """reference (repo:quant)"""
 
 
+class TargetNotWritable(NemolaunchError):
+    """path, reason"""
+
+
 class LaunchFailed(NemolaunchError):
     """binary, reason"""
 
@@ -388,6 +392,10 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
     NothingFits: ErrorSpec(
         EXIT_DOES_NOT_FIT,
         "no recommended quant of {model} fits: {smallest} is {shortfall} over this machine's {budget}; {hint}",
+    ),
+    TargetNotWritable: ErrorSpec(
+        EXIT_ENVIRONMENT,
+        "{path} cannot be written ({reason}): check the folder's permissions, or download elsewhere with --local-dir",
     ),
     LaunchFailed: ErrorSpec(
         EXIT_ENVIRONMENT, "could not start {binary} ({reason}): rebuild it with `nemolaunch build`"

@@ -80,6 +80,7 @@ from nemolaunch.errors import (
     HubUnreachable,
     NemolaunchError,
     NotEnoughDisk,
+    TargetNotWritable,
     first_line,
 )
 
@@ -656,7 +657,7 @@ class _Run:
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
                     raise _disk_full(partial, remote) from exc
-                raise
+                raise TargetNotWritable(path=str(partial), reason=exc.strerror or first_line(exc)) from exc
             now = _size_or_zero(partial)
             if now == remote.size:
                 return
@@ -1034,7 +1035,7 @@ def _range_starts_at(response: httpx2.Response, offset: int) -> bool:
 
 def _translate(
     exc: Exception, *, repo_id: str, revision: str | None, endpoint: str, token: str | None, path: str = "?"
-) -> Exception:
+) -> NemolaunchError:
     """huggingface_hub's and httpx's errors, as the one-line errors nemolaunch reports."""
     import httpx2
     from huggingface_hub.errors import (
@@ -1063,7 +1064,8 @@ def _translate(
     if isinstance(exc, HfHubHTTPError):
         status = exc.response.status_code if exc.response is not None else "an error"
         return HubRequestFailed(repo_id=repo_id, status=status, reason=first_line(exc))
-    return exc
+    # Anything else the Hub client raised: still one line, never the exception as its own cause.
+    return HubRequestFailed(repo_id=repo_id, status="an error", reason=first_line(exc))
 
 
 def _disk_full(partial: Path, remote: RemoteFile) -> NotEnoughDisk:
