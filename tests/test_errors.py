@@ -32,3 +32,27 @@ def test_describe_formats_data_and_lists() -> None:
     exc = PortInUse(host="127.0.0.1", port=8001)
     assert exc.port == 8001
     assert str(exc) == describe(exc)[1]
+
+
+def test_every_construction_supplies_the_fields_its_message_needs() -> None:
+    """Read the source: each `SomeError(...)` passes every field its template names (else describe() would fail)."""
+    import ast
+    import string
+    from pathlib import Path
+
+    import nemolaunch
+
+    classes = {cls.__name__: cls for cls in _error_classes()}
+    checked = 0
+    for path in Path(nemolaunch.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in classes):
+                continue
+            if any(keyword.arg is None for keyword in node.keywords):
+                continue  # **data: cannot be checked statically
+            given = {keyword.arg for keyword in node.keywords}
+            template = ERROR_TABLE[classes[node.func.id]].template
+            needed = {name.removesuffix("_list") for _, name, _, _ in string.Formatter().parse(template) if name}
+            assert needed <= given, f"{path.name}:{node.lineno} {node.func.id} lacks {sorted(needed - given)}"
+            checked += 1
+    assert checked > 50  # the walk really found the raises
