@@ -317,3 +317,33 @@ def test_plan_reads_the_architecture_from_the_hub_without_the_weights(
     again = run_nemolaunch("plan", "acme/Big-GGUF", "--hardware", str(big_machine), "--json", env=env)
     assert json.loads(again.stdout)["forecast"] == plan["forecast"]
     assert fake_hub.served("acme/Big-GGUF", "Big-Q8_0.gguf") == 0  # the header came from the cache
+
+
+def test_offline_local_dir_uses_what_is_there(hub: FakeHub, big_machine: Path, tmp_path: Path) -> None:
+    env = hub.env(tmp_path / "hf")
+    target = tmp_path / "models"
+    fetched = run_nemolaunch(
+        "download", f"{REPO}:Q8_0", "--local-dir", str(target), "--hardware", str(big_machine), env=env
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    offline = {**env, "HF_HUB_OFFLINE": "1"}
+    # Offline the quant list comes from the HF cache, which a --local-dir download does not fill:
+    # the refusal says so in one line (listing a local dir as a catalog is left for later).
+    again = run_nemolaunch(
+        "download", f"{REPO}:Q8_0", "--local-dir", str(target), "--hardware", str(big_machine), env=offline
+    )
+    assert again.returncode == 3
+    errors = [line for line in again.stderr.splitlines() if line.startswith("nemolaunch: error:")]
+    assert errors == [
+        f"nemolaunch: error: HF_HUB_OFFLINE is set, and the HF cache holds no complete quant of {REPO} "
+        "(cached: none): connect to the Hub to list and download it"
+    ]
+    # With the HF cache filled as well, offline --local-dir finds its own copy and fetches nothing.
+    assert run_nemolaunch("download", f"{REPO}:Q8_0", "--hardware", str(big_machine), env=env).returncode == 0
+    hub.reset_counters()
+    cached = run_nemolaunch(
+        "download", f"{REPO}:Q8_0", "--local-dir", str(target), "--hardware", str(big_machine), env=offline
+    )
+    assert cached.returncode == 0, cached.stderr
+    assert cached.stdout.strip() == str(target / "Q8_0" / "Tiny-Nemotron-Q8_0.gguf")
+    assert hub.requests == []

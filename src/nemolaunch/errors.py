@@ -423,7 +423,7 @@ def first_line(exc: BaseException) -> str:
 
 def _format_list(items: object) -> str:
     if isinstance(items, (list, tuple)):
-        return ", ".join(str(item) for item in items) or "nowhere"
+        return ", ".join(str(item) for item in items) or "none"
     return str(items)
 
 

@@ -121,7 +121,7 @@ def download_planned(
         except HubUnreachable as exc:
             offline_reason = f"the Hub is unreachable ({exc.data['reason']})"
     if listing is None:
-        return _from_cache(planned, reason=offline_reason or "offline", quiet=quiet)
+        return _from_cache(planned, reason=offline_reason or "offline", quiet=quiet, local_dir=local_dir)
     missing = [path for path in quant.files if listing.find(path) is None]
     if missing:
         raise HubListingChanged(repo_id=planned.catalog.repo, path=missing[0], expected="a file", listed="none")
@@ -155,22 +155,30 @@ def _check_local_dir(local_dir: Path) -> None:
             return
 
 
-def _from_cache(planned: PlannedModel, *, reason: str, quiet: bool) -> DownloadResult:
-    """No Hub to ask: use the quant if every shard is in the cache, else say exactly what is missing."""
+def _from_cache(planned: PlannedModel, *, reason: str, quiet: bool, local_dir: Path | None) -> DownloadResult:
+    """No Hub to ask: use the quant if every shard is already where it would go, else say what is missing."""
     from nemolaunch.adapters.hub_download import DownloadResult
     from nemolaunch.adapters.hub_listing import cached_quant_paths
     from nemolaunch.errors import FilesMissingOffline
 
     quant = planned.plan.quant
     assert quant is not None
-    if planned.local_files is not None:
-        if not quiet:
-            warn(f"{reason}: using the {len(planned.local_files)} cached file(s) of {quant.name} as they are")
-        return DownloadResult(
-            commit=None, files=dict(zip(quant.files, planned.local_files, strict=True)), fetched_bytes=0, offline=True
-        )
-    missing = [path for path in quant.files if cached_quant_paths(planned.catalog.repo, [path]) is None]
-    raise FilesMissingOffline(repo_id=planned.catalog.repo, reason=reason, missing=missing, target="the HF cache")
+    if local_dir is not None:
+        found: tuple[Path, ...] | None = tuple(local_dir / path for path in quant.files)
+        missing = [path for path, file in zip(quant.files, found, strict=True) if not file.is_file()]
+        target = str(local_dir)
+    else:
+        found = planned.local_files
+        missing = [path for path in quant.files if cached_quant_paths(planned.catalog.repo, [path]) is None]
+        target = "the HF cache"
+    if missing:
+        if planned.catalog.source == "builtin":
+            missing = [f"{path} (name from built-in figures)" for path in missing]
+        raise FilesMissingOffline(repo_id=planned.catalog.repo, reason=reason, missing=missing, target=target)
+    assert found is not None
+    if not quiet:
+        warn(f"{reason}: using the {len(found)} file(s) of {quant.name} in {target} as they are")
+    return DownloadResult(commit=None, files=dict(zip(quant.files, found, strict=True)), fetched_bytes=0, offline=True)
 
 
 class _ProgressRenderer:
