@@ -95,3 +95,10 @@ def test_openai_snippet_reads_a_key_file_by_name() -> None:
     assert "open('/home/me/.nemotron-key').readline().strip()" in snippet
     assert "NEMOLAUNCH_API_KEY" not in snippet
     compile(snippet, "snippet", "exec")
+
+
+def test_parallel_is_passed_only_when_chosen() -> None:
+    base = ServerLaunch(binary="llama-server", model=Path("m.gguf"), ctx_size=4096, alias="m")
+    assert "--parallel" not in server_argv(base)
+    argv = server_argv(ServerLaunch(binary="llama-server", model=Path("m.gguf"), ctx_size=4096, alias="m", parallel=2))
+    assert argv[argv.index("--parallel") + 1] == "2"

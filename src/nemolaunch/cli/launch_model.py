@@ -31,6 +31,7 @@ class ModelRequest:
     ctx_size: int | None
     no_download: bool
     dry_run: bool
+    parallel: int = DEFAULT_PARALLEL  # server slots the memory check counts
 
     def check_local(self) -> ResolvedModel | None:
         return self._resolve() if is_local(self.model) else None
@@ -40,7 +41,9 @@ class ModelRequest:
         resolved = early or self._resolve()
         context = context_size(self.ctx_size, resolved)
         if resolved.user_file is not None:
-            check_local_fit(resolved.user_file, ctx_size=context, hardware=self.hardware, force=self.force)
+            check_local_fit(
+                resolved.user_file, ctx_size=context, hardware=self.hardware, force=self.force, parallel=self.parallel
+            )
         return resolved, context
 
     def _resolve(self) -> ResolvedModel:
@@ -52,6 +55,7 @@ class ModelRequest:
             ctx_size=self.ctx_size,
             no_download=self.no_download,
             dry_run=self.dry_run,
+            parallel=self.parallel,
         )
 
 
@@ -81,6 +85,7 @@ def resolve_model(
     ctx_size: int | None,
     no_download: bool,
     dry_run: bool,
+    parallel: int = DEFAULT_PARALLEL,
 ) -> ResolvedModel:
     """A local file as given; a Hub model planned for this machine, downloaded unless --no-download.
 
@@ -99,7 +104,7 @@ def resolve_model(
         return _local(model_file)
     assert spec.reference is not None
     planned = plan_model(
-        spec.reference, quant=quant, ctx_size=ctx_size, force=force, parallel=DEFAULT_PARALLEL, hardware_file=hardware
+        spec.reference, quant=quant, ctx_size=ctx_size, force=force, parallel=parallel, hardware_file=hardware
     )
     require_launchable(planned, action="launch")
     chosen = planned.plan.quant
@@ -136,7 +141,9 @@ def _local(model_file: ModelFile) -> ResolvedModel:
     )
 
 
-def check_local_fit(model_file: ModelFile, *, ctx_size: int, hardware: Path | None, force: bool) -> None:
+def check_local_fit(
+    model_file: ModelFile, *, ctx_size: int, hardware: Path | None, force: bool, parallel: int = DEFAULT_PARALLEL
+) -> None:
     """A local file gets the same memory check as a planned quant; --force launches it anyway."""
     from nemolaunch.adapters.gguf_header import read_architecture
     from nemolaunch.cli.planning import hardware_facts
@@ -153,7 +160,7 @@ def check_local_fit(model_file: ModelFile, *, ctx_size: int, hardware: Path | No
         model_file.size_bytes,
         architecture,
         ctx_size=ctx_size,
-        parallel=DEFAULT_PARALLEL,
+        parallel=parallel,
         gpu_devices=budget.gpu_devices,
         cuda_devices=budget.cuda_devices,
     )

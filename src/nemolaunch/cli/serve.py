@@ -23,6 +23,7 @@ from nemolaunch.cli.plan import ForceOption, HardwareOption, QuantOption
 from nemolaunch.core.launch import (
     DEFAULT_CTX_SIZE,
     DEFAULT_HOST,
+    DEFAULT_PARALLEL,
     DEFAULT_PORT,
     CliLaunch,
     Sampling,
@@ -87,6 +88,10 @@ def serve_command(
         Path | None,
         typer.Option("--api-key-file", help=f"File holding the API key [or env {API_KEY_ENV}]."),
     ] = None,
+    parallel: Annotated[
+        int | None,
+        typer.Option("--parallel", help="Server slots (requests served at once) [default: llama-server's, 4]."),
+    ] = None,
     quant: QuantOption = None,
     force: ForceOption = False,
     hardware: HardwareOption = None,
@@ -107,9 +112,11 @@ def serve_command(
         raise BadOption(option="--host", value="''", hint="give an address such as 127.0.0.1 or 0.0.0.0")
     if alias is not None and not alias.strip():
         raise BadOption(option="--alias", value="''", hint="give a name, or leave --alias out")
+    if parallel is not None and parallel < 1:
+        raise BadOption(option="--parallel", value=parallel, hint="use 1 or more slots")
     request = ModelRequest(
         model=model, quant=quant, force=force, hardware=hardware, ctx_size=ctx_size, no_download=no_download,
-        dry_run=dry_run,
+        dry_run=dry_run, parallel=parallel or DEFAULT_PARALLEL,
     )  # fmt: skip
     early = request.check_local()
     sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
@@ -135,6 +142,7 @@ def serve_command(
         port=port,
         sampling=sampling,
         api_key_file=key_file,
+        parallel=parallel,
         extra_args=passthrough,
     )
     argv = server_argv(launch)
@@ -234,7 +242,7 @@ def run_command(
 _MANAGED_SERVER_OPTIONS = {
     "-m": "--model", "--model": "--model", "-c": "--ctx-size", "--ctx-size": "--ctx-size", "--port": "--port",
     "--host": "--host", "-a": "--alias", "--alias": "--alias", "--temp": "--temp", "--top-p": "--top-p",
-    "--min-p": "--min-p", "--api-key-file": "--api-key-file",
+    "--min-p": "--min-p", "--api-key-file": "--api-key-file", "-np": "--parallel", "--parallel": "--parallel",
     # Options that swap in another model would bypass every check made on this one.
     "-hf": "--model REPO:QUANT", "-hfr": "--model REPO:QUANT", "--hf-repo": "--model REPO:QUANT",
     "-hff": "--model REPO:QUANT", "--hf-file": "--model REPO:QUANT", "-mu": "--model", "--model-url": "--model",

@@ -51,6 +51,7 @@ class ServerLaunch:
     port: int = DEFAULT_PORT
     sampling: Sampling = field(default_factory=Sampling)
     api_key_file: Path | None = None
+    parallel: int | None = None  # None: llama-server's own choice (DEFAULT_PARALLEL slots)
     extra_args: tuple[str, ...] = ()
 
 
@@ -80,6 +81,8 @@ def server_argv(launch: ServerLaunch) -> list[str]:
     if launch.api_key_file is not None:
         # llama-server reads the key from the file, so it never shows in `ps`.
         argv += ["--api-key-file", str(launch.api_key_file)]
+    if launch.parallel is not None:
+        argv += ["--parallel", str(launch.parallel)]
     argv += list(launch.extra_args)
     return argv
 
