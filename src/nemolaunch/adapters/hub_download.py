@@ -180,6 +180,7 @@ def download_quant(
     prefer_xet: bool = False,
     disk_margin_bytes: int = DEFAULT_DISK_MARGIN_BYTES,
     retry_wait_s: float = 1.0,
+    listing: RepoListing | None = None,
 ) -> DownloadResult:
     """Fetch exactly ``files`` of ``repo_id`` at ``revision`` and return where each one is.
 
@@ -195,6 +196,7 @@ def download_quant(
     A transfer that fails or stalls (no byte for ``stall_timeout_s``) is retried from the bytes on
     disk, waiting ``retry_wait_s`` doubled after each attempt that brought nothing new.
     Ctrl-C raises DownloadInterrupted, leaving partial files to resume from.
+    ``listing`` (from :func:`fetch_listing` at ``revision``) saves asking the Hub again.
     """
     wanted = [item if isinstance(item, RemoteFile) else RemoteFile(*item) for item in files]
     check_repo_id(repo_id)
@@ -209,8 +211,7 @@ def download_quant(
     try:
         is_offline = constants.is_offline_mode() if offline is None else offline
         offline_reason = "HF_HUB_OFFLINE is set" if is_offline else None
-        listing: RepoListing | None = None
-        if offline_reason is None:
+        if offline_reason is None and listing is None:  # a caller that listed already passes it in
             try:
                 listing = fetch_listing(repo_id=repo_id, revision=revision, token=resolved_token, endpoint=hub)
             except HubUnreachable as exc:

@@ -137,6 +137,7 @@ def download_planned(
             progress=renderer.on_event,
             verify=verify,
             prefer_xet=xet,
+            listing=listing,
         )
     if not quiet:
         note(f"{quant.name}: {len(result.files)} file(s) ready, {human_bytes(result.fetched_bytes)} fetched this run")
