@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from nemolaunch import __version__
+from nemolaunch.adapters.hardware_probe import existing_ancestor
 from nemolaunch.adapters.hub_listing import check_hub_reachable
 from nemolaunch.adapters.verify import HashStopped, VerifiedState, check_split_headers, sha256_of_file
 from nemolaunch.core.download_plan import (
@@ -332,7 +333,7 @@ def _plan(wanted: list[RemoteFile], layout: _Layout) -> list[PlannedFile]:
 
 def _check_disk(planned: list[PlannedFile], layout: _Layout, margin_bytes: int) -> None:
     needed = sum(p.size - p.on_disk for p in planned if p.state != "complete")
-    probe = _nearest_existing(layout.root)
+    probe = existing_ancestor(layout.root) or Path(layout.root.anchor or "/")
     # Partial files huggingface_hub left behind are deleted before their file is fetched.
     reclaimable = sum(_size_or_zero(orphan) for orphan in layout.all_orphans())
     free = shutil.disk_usage(probe).free + reclaimable
@@ -1095,9 +1096,3 @@ def _list_dir(folder: Path) -> list[Path]:
         return list(folder.iterdir())
     except OSError:
         return []
-
-
-def _nearest_existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path

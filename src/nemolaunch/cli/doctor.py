@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from nemolaunch import __version__
-from nemolaunch.cli.output import console, warn
+from nemolaunch.cli.output import console
 from nemolaunch.cli.plan import HardwareOption
-
-if TYPE_CHECKING:
-    from nemolaunch.core.hardware import HardwareFacts
 
 BUILD_TOOLS = ("cmake", "c++", "nvcc", "git", "ccache")
 
@@ -39,9 +36,11 @@ def doctor_command(
     from rich.text import Text
 
     from nemolaunch.adapters.llamacpp import binary_version, find_binary
+    from nemolaunch.cli.planning import hardware_facts_and_driver
+    from nemolaunch.core.download_plan import human_bytes
     from nemolaunch.errors import NemolaunchError
 
-    facts, driver = _facts(hardware)
+    facts, driver = hardware_facts_and_driver(hardware)
     if json_output:
         print(facts.to_json())
         return
@@ -57,15 +56,14 @@ def doctor_command(
     table.add_row(
         "cpu", f"{cpu.model or 'unknown'}: {cpu.physical_cores} physical / {cpu.logical_cores} logical cores; {simd}"
     )
-    table.add_row(
-        "memory", f"{_gib(facts.memory.total_bytes)} total, {_gib(facts.memory.available_bytes)} available"
-    )
+    memory = facts.memory
+    table.add_row("memory", f"{human_bytes(memory.total_bytes)} total, {human_bytes(memory.available_bytes)} available")
     if facts.disk is not None:
-        table.add_row("disk", f"{_gib(facts.disk.free_bytes)} free at {facts.disk.path}")
+        table.add_row("disk", f"{human_bytes(facts.disk.free_bytes)} free at {facts.disk.path}")
     if not facts.gpus:
         table.add_row("gpu", "none (CPU only)")
     for gpu in facts.gpus:
-        detail = f"{gpu.name}: {_gib(gpu.free_bytes)} free of {_gib(gpu.total_bytes)}"
+        detail = f"{gpu.name}: {human_bytes(gpu.free_bytes)} free of {human_bytes(gpu.total_bytes)}"
         if gpu.compute_capability:
             detail += f", compute {gpu.compute_capability}"
         if gpu.unified:
@@ -86,20 +84,3 @@ def doctor_command(
     for tool in BUILD_TOOLS:
         table.add_row(tool, shutil.which(tool) or Text("not found", style="yellow"))
     console.print(table)
-
-
-def _facts(hardware: Path | None) -> tuple[HardwareFacts, str | None]:
-    if hardware is not None:
-        from nemolaunch.adapters.hardware_file import load_hardware_facts
-
-        return load_hardware_facts(hardware.expanduser()), None
-    from nemolaunch.adapters.hardware_probe import probe_hardware
-
-    probe = probe_hardware()
-    for message in probe.warnings:
-        warn(message)
-    return probe.facts, probe.cuda_driver_version
-
-
-def _gib(size: int) -> str:
-    return f"{size / 2**30:.1f} GiB"

@@ -145,16 +145,21 @@ def nothing_fits(plan: Plan, *, action: str) -> NemolaunchError:
 
 def hardware_facts(hardware_file: Path | None) -> HardwareFacts:
     """The machine to plan for: the one in ``hardware_file``, else this one (probe warnings are shown)."""
+    return hardware_facts_and_driver(hardware_file)[0]
+
+
+def hardware_facts_and_driver(hardware_file: Path | None) -> tuple[HardwareFacts, str | None]:
+    """As ``hardware_facts``, with this machine's NVIDIA driver version when it was probed."""
     if hardware_file is not None:
         from nemolaunch.adapters.hardware_file import load_hardware_facts
 
-        return load_hardware_facts(hardware_file.expanduser())
+        return load_hardware_facts(hardware_file.expanduser()), None
     from nemolaunch.adapters.hardware_probe import probe_hardware
 
     probe = probe_hardware()
     for message in probe.warnings:
         warn(message)
-    return probe.facts
+    return probe.facts, probe.cuda_driver_version
 
 
 def _architecture(catalog: Catalog) -> ArchitectureFacts | None:
