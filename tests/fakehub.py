@@ -165,6 +165,7 @@ class FakeHub:
         self.rate_bytes_per_s: float | None = None
         self.requests: list[RequestRecord] = []
         self.bytes_served: dict[tuple[str, str], int] = defaultdict(int)
+        self.counter_generation = 0
         self._faults: dict[tuple[str, str], list[Fault]] = defaultdict(list)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -237,6 +238,8 @@ class FakeHub:
         with self._lock:
             self.requests.clear()
             self.bytes_served.clear()
+            # A transfer still running from before (a killed client's) must not count against the new tally.
+            self.counter_generation += 1
 
     def env(self, hf_home: Path, **extra: str) -> dict[str, str]:
         """The environment of a subprocess that downloads from this hub into ``hf_home``."""
@@ -269,9 +272,10 @@ class FakeHub:
         with self._lock:
             self.requests.append(record)
 
-    def _count(self, repo_id: str, path: str, nbytes: int) -> None:
+    def _count(self, repo_id: str, path: str, nbytes: int, generation: int | None = None) -> None:
         with self._lock:
-            self.bytes_served[(repo_id, path)] += nbytes
+            if generation is None or generation == self.counter_generation:
+                self.bytes_served[(repo_id, path)] += nbytes
 
     def _take_fault(self, repo_id: str, path: str) -> Fault | None:
         with self._lock:
@@ -596,6 +600,7 @@ class _Handler(BaseHTTPRequestHandler):
         sent = 0
         began = time.monotonic()
         rate = self.hub.rate_bytes_per_s
+        generation = self.hub.counter_generation
         chunk = _CHUNK if rate is None else max(4096, min(_CHUNK, int(rate / 20)))
         while sent < len(body):
             limit = len(body)
@@ -614,11 +619,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             piece = body[sent : min(sent + chunk, limit)]
             # Counted before writing, so a client that has read the bytes also sees them counted.
-            self.hub._count(repo_id, path, len(piece))
+            self.hub._count(repo_id, path, len(piece), generation)
             try:
                 self.wfile.write(piece)
             except OSError:
-                self.hub._count(repo_id, path, -len(piece))
+                self.hub._count(repo_id, path, -len(piece), generation)
                 raise
             sent += len(piece)
             if rate is not None:
