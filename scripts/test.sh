@@ -21,5 +21,6 @@ bin_dir="$(.venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["bin
 # The smoke tests use this build and fail (not skip) if it is unusable.
 export NEMOLAUNCH_TEST_LLAMA_CPP="$bin_dir"
 export NEMOLAUNCH_TEST_LLAMA_CPP_SOURCE="$source_archive"
-.venv/bin/ruff check src tests
+.venv/bin/ruff check src tests benchmarks
+.venv/bin/ruff format --check src tests benchmarks
 exec .venv/bin/python -m pytest -q "$@"

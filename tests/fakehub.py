@@ -69,9 +69,7 @@ def sha256_hex(content: bytes) -> str:
 
 def git_blob_sha1(content: bytes) -> str:
     """The git object id of a file, which the Hub uses as the etag of non-LFS files."""
-    return _cached_digest(
-        "git-blob", content, lambda data: hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-    )
+    return _cached_digest("git-blob", content, lambda data: hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
 
 
 def fake_commit_sha(seed: str) -> str:

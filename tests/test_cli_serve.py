@@ -42,9 +42,7 @@ def test_dry_run_prints_the_exact_command(model: Path, llama_bin_dir: Path, port
     assert f'model="{ULTRA_ALIAS}"' in result.stderr
 
 
-def test_dry_run_json_passes_extra_args_and_never_the_key(
-    model: Path, llama_bin_dir: Path, port: int
-) -> None:
+def test_dry_run_json_passes_extra_args_and_never_the_key(model: Path, llama_bin_dir: Path, port: int) -> None:
     env = cli_env(NEMOLAUNCH_API_KEY="sk-very-secret-123")
     result = run_nemolaunch(
         "serve", "--model", str(model), "--llama-cpp", str(llama_bin_dir), "--port", str(port),
@@ -146,9 +144,7 @@ def test_bad_numbers(model: Path, bad: list[str]) -> None:
 
 
 def test_api_key_file_missing_and_readable_by_others(model: Path, llama_bin_dir: Path, tmp_path: Path) -> None:
-    result = run_nemolaunch(
-        "serve", "--model", str(model), "--api-key-file", str(tmp_path / "key"), "--dry-run"
-    )
+    result = run_nemolaunch("serve", "--model", str(model), "--api-key-file", str(tmp_path / "key"), "--dry-run")
     assert result.returncode == 3
     assert "--api-key-file" in _one_error_line(result.stderr)
 

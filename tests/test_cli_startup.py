@@ -11,10 +11,7 @@ HEAVY = ("huggingface_hub", "pynvml", "openai", "gguf", "numpy", "psutil", "http
 
 
 def test_importing_the_cli_loads_no_heavy_library() -> None:
-    probe = (
-        "import sys, nemolaunch.cli; "
-        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
-    )
+    probe = f"import sys, nemolaunch.cli; print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 

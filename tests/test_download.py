@@ -49,9 +49,7 @@ def add_standard_repo(hub: FakeHub, *, payload_bytes: int = 1_000_000, **options
 def wanted(repo: FakeRepo, folder: str = QUANT) -> list[list[object]]:
     """The driver's ``files`` argument: [path, size, sha256] of the files under ``folder``."""
     return [
-        [path, repo.size_of(path), repo.sha256_of(path)]
-        for path in sorted(repo.files)
-        if path.startswith(folder + "/")
+        [path, repo.size_of(path), repo.sha256_of(path)] for path in sorted(repo.files) if path.startswith(folder + "/")
     ]
 
 
@@ -248,7 +246,7 @@ def test_a_download_killed_at_half_resumes_from_the_bytes_on_disk(
     fake_hub: FakeHub, home: Path, tmp_path: Path, live_drivers: list[LiveDriver], layout: str
 ) -> None:
     repo = fake_hub.add_repo(REPO, quant_files(QUANT, 1, 4_000_000))
-    (path, size, _), = wanted(repo)
+    ((path, size, _),) = wanted(repo)
     args: dict[str, object] = {"repo_id": REPO, "files": wanted(repo)}
     if layout == "local_dir":
         args["local_dir"] = str(tmp_path / "models")
@@ -278,7 +276,7 @@ def test_partial_files_huggingface_hub_left_behind_are_removed(
     fake_hub: FakeHub, home: Path, live_drivers: list[LiveDriver]
 ) -> None:
     repo = fake_hub.add_repo(REPO, quant_files(QUANT, 1, 2_000_000))
-    (path, size, _), = wanted(repo)
+    ((path, size, _),) = wanted(repo)
     orphan = blob(home, repo, str(path)).with_name(f"{repo.sha256_of(str(path))}.0d7eac01.incomplete")
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(repo.files[str(path)][: int(size) // 3])  # type: ignore[call-overload]
@@ -294,7 +292,7 @@ def test_twenty_kill_and_resume_cycles_lose_nothing(
     fake_hub: FakeHub, home: Path, live_drivers: list[LiveDriver]
 ) -> None:
     repo = fake_hub.add_repo(REPO, quant_files(QUANT, 1, 16_000_000))
-    (path, size, _), = wanted(repo)
+    ((path, size, _),) = wanted(repo)
     args = {"repo_id": REPO, "files": wanted(repo)}
     # Progress is reported every 0.2 s: at 1.5 MB/s each run gets 300-600 kB further before its kill.
     fake_hub.rate_bytes_per_s = 1_500_000
@@ -435,9 +433,7 @@ def test_a_header_that_disagrees_with_the_split_name_is_refused(fake_hub: FakeHu
     assert second in str(run.error["message"])
 
 
-def test_a_request_missing_a_part_of_a_split_set_is_refused_before_any_request(
-    fake_hub: FakeHub, home: Path
-) -> None:
+def test_a_request_missing_a_part_of_a_split_set_is_refused_before_any_request(fake_hub: FakeHub, home: Path) -> None:
     repo = add_standard_repo(fake_hub)
 
     run = run_driver(fake_hub, home, {"repo_id": REPO, "files": wanted(repo)[:2]})
@@ -563,15 +559,14 @@ def test_file_names_that_would_escape_the_target_are_refused(
 def test_a_stalled_transfer_is_retried_from_the_bytes_on_disk(fake_hub: FakeHub, home: Path) -> None:
     repo = add_standard_repo(fake_hub)
     stalled = str(wanted(repo)[0][0])
-    fake_hub.add_fault(REPO, stalled, Fault(stall_after=400_000, stall_s=30))
-    began = time.monotonic()
+    # The stall outlasts the driver's own timeout: only giving up on the silent connection can finish in time.
+    fake_hub.add_fault(REPO, stalled, Fault(stall_after=400_000, stall_s=600))
 
     run = run_driver(
         fake_hub, home, {"repo_id": REPO, "files": wanted(repo), "stall_timeout_s": 1, "retry_wait_s": 0.1}
     )
 
     assert run.returncode == 0, run.lines[-3:]
-    assert time.monotonic() - began < 15
     retry = run.events("FileRetrying")[0]
     assert retry["path"] == stalled and "no bytes for 1 s" in str(retry["reason"])
     assert fake_hub.gets_of(stalled)[-1].range == f"bytes={retry['resume_from']}-"
@@ -713,8 +708,7 @@ def test_what_nemolaunch_fetched_huggingface_hub_does_not_fetch_again(fake_hub: 
 def test_what_huggingface_hub_fetched_nemolaunch_does_not_fetch_again(fake_hub: FakeHub, home: Path) -> None:
     repo = add_standard_repo(fake_hub)
     code = (
-        "from huggingface_hub import snapshot_download\n"
-        f"snapshot_download({REPO!r}, allow_patterns=[{QUANT + '/*'!r}])"
+        f"from huggingface_hub import snapshot_download\nsnapshot_download({REPO!r}, allow_patterns=[{QUANT + '/*'!r}])"
     )
     hf = subprocess.run([sys.executable, "-c", code], env=driver_env(fake_hub, home), capture_output=True, text=True)
     assert hf.returncode == 0, hf.stderr
@@ -727,7 +721,6 @@ def test_what_huggingface_hub_fetched_nemolaunch_does_not_fetch_again(fake_hub: 
     assert not [record for record in fake_hub.requests if record.method == "GET" and record.file]
     # Not fetched, but checked: huggingface_hub does not compare sha256.
     assert [event["from_record"] for event in run.events("FileVerified")] == [False, False, False]
-
 
 
 # --- the pure parts and the verification record, in this process -----------------------------------------

@@ -200,7 +200,8 @@ def test_the_throttle_paces_a_transfer(fake_hub: FakeHub) -> None:
 
     request(fake_hub.cdn_url, f"/lfs/{hashlib.sha256(FILES[SHARD]).hexdigest()}")
 
-    assert 0.25 <= time.monotonic() - began < 2
+    # A lower bound only: the server sleeps to stay under the rate, so no load can make it faster.
+    assert time.monotonic() - began >= 0.25
 
 
 def test_huggingface_hub_alone_restarts_a_killed_download_from_zero(fake_hub: FakeHub, tmp_path: Path) -> None:

@@ -234,9 +234,7 @@ def test_serve_under_tmux_stops_on_ctrl_c(
     assert process_alive(shell_pid)
 
 
-def test_run_is_interactive_in_a_terminal(
-    tiny_model: Path, llama_bin_dir: Path, tmux_session: str
-) -> None:
+def test_run_is_interactive_in_a_terminal(tiny_model: Path, llama_bin_dir: Path, tmux_session: str) -> None:
     """`nemolaunch run` is a real chat in a terminal: it takes a line, answers, and exits on /exit."""
     command = shlex.join(
         [*nemolaunch_argv("run", "--model", str(tiny_model), "--llama-cpp", str(llama_bin_dir), "-n", "8"),

@@ -251,16 +251,12 @@ class ErrorSpec:
 # The one table: class -> exit code and message. Templates use the exception's
 # data by name; keep each to one line that says what is wrong and what to do.
 ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
-    ModelFileMissing: ErrorSpec(
-        EXIT_NOT_FOUND, "model file {path} does not exist: pass the path of a .gguf file"
-    ),
+    ModelFileMissing: ErrorSpec(EXIT_NOT_FOUND, "model file {path} does not exist: pass the path of a .gguf file"),
     NotGGUF: ErrorSpec(
         EXIT_USAGE,
         "{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'): pass a .gguf model",
     ),
-    TruncatedGGUF: ErrorSpec(
-        EXIT_INTEGRITY, "{path} is a damaged or incomplete GGUF ({reason}): download it again"
-    ),
+    TruncatedGGUF: ErrorSpec(EXIT_INTEGRITY, "{path} is a damaged or incomplete GGUF ({reason}): download it again"),
     ShardsMissing: ErrorSpec(
         EXIT_INTEGRITY,
         "{path} is part of a {total}-file split model, but {missing_list} is missing: "
@@ -269,9 +265,7 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
     ApiKeyFileMissing: ErrorSpec(
         EXIT_NOT_FOUND, "--api-key-file {path} does not exist: create it with the key on one line"
     ),
-    ApiKeyFileEmpty: ErrorSpec(
-        EXIT_USAGE, "--api-key-file {path} is empty: put the key on its first line"
-    ),
+    ApiKeyFileEmpty: ErrorSpec(EXIT_USAGE, "--api-key-file {path} is empty: put the key on its first line"),
     PortOutOfRange: ErrorSpec(EXIT_USAGE, "port {port} is out of range: use a port from 1 to 65535"),
     PortInUse: ErrorSpec(
         EXIT_ENVIRONMENT,
@@ -318,8 +312,7 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
     ),
     NoCompleteQuant: ErrorSpec(
         EXIT_NOT_FOUND,
-        "{repo} has no complete quant (incomplete: {incomplete_list}): "
-        "finish the download or name another repo",
+        "{repo} has no complete quant (incomplete: {incomplete_list}): finish the download or name another repo",
     ),
     ContextSizeNotPositive: ErrorSpec(
         EXIT_USAGE, "--ctx-size {ctx_size} is not valid: use a positive number of tokens"
@@ -332,8 +325,7 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
     UnsafeRepoId: ErrorSpec(EXIT_USAGE, "{repo_id!r} is not a Hub repo id: use the form owner/name"),
     UnsafeRepoPath: ErrorSpec(
         EXIT_HUB,
-        "{repo_id} lists a file named {path!r}, which is not a safe relative path ({reason}): "
-        "refusing to download it",
+        "{repo_id} lists a file named {path!r}, which is not a safe relative path ({reason}): refusing to download it",
     ),
     HubRepoNotFound: ErrorSpec(
         EXIT_NOT_FOUND,

@@ -124,9 +124,18 @@ def _run_script(
     last_error: str | None = None
     highest = 0
     # Its own process group, so that stopping the build stops cmake, make and every compiler under it.
-    with log_path.open("w") as log, subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env, start_new_session=True
-    ) as process:
+    with (
+        log_path.open("w") as log,
+        subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env=env,
+            start_new_session=True,
+        ) as process,
+    ):
         assert process.stdout is not None
         try:
             for line in process.stdout:

@@ -127,9 +127,7 @@ def _executable(path: Path) -> bool:
 
 
 # Both "version: 0.5.0-dev (build 1, commit 0c1e570)" and the older "version: 4567 (0c1e570)".
-_VERSION = re.compile(
-    r"version:\s*(?P<number>\S+)\s*\((?:build\s*\d+,\s*)?(?:commit\s*)?(?P<commit>[0-9a-f]{6,40})\)"
-)
+_VERSION = re.compile(r"version:\s*(?P<number>\S+)\s*\((?:build\s*\d+,\s*)?(?:commit\s*)?(?P<commit>[0-9a-f]{6,40})\)")
 
 
 @dataclass(frozen=True)

@@ -150,9 +150,7 @@ def _check_local_dir(local_dir: Path) -> None:
     for folder in (local_dir, *local_dir.parents):
         if folder.exists():
             if not folder.is_dir():
-                raise BadOption(
-                    option="--local-dir", value=str(local_dir), hint=f"{folder} is a file, not a folder"
-                )
+                raise BadOption(option="--local-dir", value=str(local_dir), hint=f"{folder} is a file, not a folder")
             return
 
 
@@ -228,16 +226,16 @@ class _ProgressRenderer:
             return
         if isinstance(event, ev.DownloadPlanned):
             self.done = {planned.path: planned.on_disk for planned in event.files}
-            self.total_task = self.progress.add_task(
-                self.label, total=event.total_bytes, completed=event.on_disk_bytes
-            )
+            self.total_task = self.progress.add_task(self.label, total=event.total_bytes, completed=event.on_disk_bytes)
             for planned in event.files:
                 self.file_tasks[planned.path] = self.progress.add_task(
                     f"  {Path(planned.path).name}", total=planned.size, completed=planned.on_disk
                 )
             if not self.interactive:
-                note(f"downloading {self.label}: {len(event.files)} file(s), {human_bytes(event.total_bytes)} "
-                     f"into {event.target} ({human_bytes(event.on_disk_bytes)} already there)")
+                note(
+                    f"downloading {self.label}: {len(event.files)} file(s), {human_bytes(event.total_bytes)} "
+                    f"into {event.target} ({human_bytes(event.on_disk_bytes)} already there)"
+                )
         elif isinstance(event, ev.FileProgress):
             self._advance(event.path, event.done)
         elif isinstance(event, ev.FileStarted):
@@ -245,8 +243,10 @@ class _ProgressRenderer:
             if event.resume_from:
                 self._say(f"resuming {event.path} from {human_bytes(event.resume_from)}")
         elif isinstance(event, ev.FileRetrying):
-            self._say(f"retrying {event.path} (attempt {event.attempt}, {event.reason}) "
-                      f"from {human_bytes(event.resume_from)} in {event.wait_s:.0f}s")
+            self._say(
+                f"retrying {event.path} (attempt {event.attempt}, {event.reason}) "
+                f"from {human_bytes(event.resume_from)} in {event.wait_s:.0f}s"
+            )
         elif isinstance(event, ev.XetFallback):
             warn(f"Xet transfer failed for {event.path} ({event.reason}): falling back to plain HTTP")
         elif isinstance(event, ev.ChecksumRefetch):

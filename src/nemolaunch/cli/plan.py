@@ -92,6 +92,4 @@ def planned_server_argv(planned: PlannedModel, *, parallel: int, this_machine: b
     model = planned.local_files[0] if planned.local_files else Path(plan.quant.files[0])
     alias = alias_for_repo(planned.catalog.repo)
     extra = ("--parallel", str(parallel)) if parallel != DEFAULT_PARALLEL else ()
-    return server_argv(
-        ServerLaunch(binary=binary, model=model, ctx_size=plan.ctx_size, alias=alias, extra_args=extra)
-    )
+    return server_argv(ServerLaunch(binary=binary, model=model, ctx_size=plan.ctx_size, alias=alias, extra_args=extra))

@@ -190,12 +190,8 @@ def run_command(
     temp: TempOption = Sampling.temperature,
     top_p: TopPOption = Sampling.top_p,
     min_p: MinPOption = Sampling.min_p,
-    prompt: Annotated[
-        str | None, typer.Option("--prompt", help="Answer this one prompt and exit (no chat).")
-    ] = None,
-    n_predict: Annotated[
-        int | None, typer.Option("--n-predict", "-n", help="Stop after this many tokens.")
-    ] = None,
+    prompt: Annotated[str | None, typer.Option("--prompt", help="Answer this one prompt and exit (no chat).")] = None,
+    n_predict: Annotated[int | None, typer.Option("--n-predict", "-n", help="Stop after this many tokens.")] = None,
     quant: QuantOption = None,
     force: ForceOption = False,
     hardware: HardwareOption = None,

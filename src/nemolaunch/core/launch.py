@@ -22,7 +22,6 @@ DEFAULT_CTX_SIZE = 32768
 DEFAULT_PARALLEL = 4
 
 
-
 @dataclass(frozen=True)
 class Sampling:
     """NVIDIA's recommended sampling for Nemotron 3 (min_p from the reference llama-cli command)."""
@@ -166,4 +165,3 @@ def openai_snippet(
 def _number(value: float) -> str:
     # repr keeps "1.0" and "0.95" exactly as a person would write them.
     return repr(float(value))
-
