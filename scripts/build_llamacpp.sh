@@ -5,7 +5,8 @@
 # command runs it; people may run it by hand too.
 #
 #   scripts/build_llamacpp.sh [--source DIR|TARBALL] [--ref REF]
-#                             [--backend auto|cuda|metal|cpu] [--prefix DIR] [--jobs N]
+#                             [--backend auto|cuda|metal|cpu] [--cuda-arch LIST]
+#                             [--prefix DIR] [--jobs N]
 #
 # --source   a llama.cpp tree, or an archive holding one (for example the
 #            llama-cpp-python sdist, whose tree is under vendor/llama.cpp).
@@ -13,13 +14,18 @@
 # --ref      the git ref to clone (default: the pinned, tested one below).
 # --backend  auto (CUDA where nvcc or an NVIDIA driver is present, Metal on
 #            macOS arm64, else CPU), cuda, metal or cpu.
+# --cuda-arch  the GPUs' compute capabilities for CMAKE_CUDA_ARCHITECTURES,
+#            such as 90 (H100/H200), 100 (B200), 120 (RTX 50xx), 89 (RTX 40xx)
+#            or "86;89" (default: llama.cpp's "native", the GPUs visible here,
+#            so a machine without a visible GPU, a container build, needs it).
 # --prefix   where bin/ lands (default: ./llama.cpp-build).
 # --jobs     parallel compile jobs (default: the number of CPUs).
 #
 # Idempotent: PREFIX/build-stamp.txt records the source hash, ref, backend,
 # CMake flags and compiler; when all of them match and the binaries exist, the
 # script does nothing. Exit codes: 0 built or up to date, 2 bad usage,
-# 3 a missing tool, 4 a source that holds no llama.cpp tree, 5 the build failed.
+# 3 a missing tool or library, 4 a source that holds no llama.cpp tree,
+# 5 the build failed.
 set -euo pipefail
 
 readonly LLAMA_CPP_REPO="${LLAMA_CPP_REPO:-https://github.com/ggml-org/llama.cpp}"
@@ -37,7 +43,7 @@ die() {
 say() { printf 'build_llamacpp: %s\n' "$*" >&2; }
 
 usage() {
-    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 source_arg=""
@@ -45,12 +51,14 @@ ref="$PINNED_REF"
 backend="auto"
 prefix="./llama.cpp-build"
 jobs=""
+cuda_arch=""
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --source) [[ $# -ge 2 ]] || die 2 "--source needs a directory or an archive"; source_arg="$2"; shift 2 ;;
         --ref) [[ $# -ge 2 ]] || die 2 "--ref needs a git ref"; ref="$2"; shift 2 ;;
         --backend) [[ $# -ge 2 ]] || die 2 "--backend needs one of auto, cuda, metal, cpu"; backend="$2"; shift 2 ;;
+        --cuda-arch) [[ $# -ge 2 ]] || die 2 "--cuda-arch needs a list such as 90 or '86;89'"; cuda_arch="$2"; shift 2 ;;
         --prefix) [[ $# -ge 2 ]] || die 2 "--prefix needs a directory"; prefix="$2"; shift 2 ;;
         --jobs) [[ $# -ge 2 ]] || die 2 "--jobs needs a number"; jobs="$2"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
@@ -66,6 +74,12 @@ if [[ -z "$jobs" ]]; then
     jobs="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)"
 fi
 [[ "$jobs" =~ ^[1-9][0-9]*$ ]] || die 2 "--jobs must be a positive whole number (got '$jobs')"
+if [[ -n "$cuda_arch" ]]; then
+    # CMake's list separator is ';'; a comma is easier to type in a shell.
+    cuda_arch="${cuda_arch//,/;}"
+    [[ "$cuda_arch" =~ ^[0-9A-Za-z_-]+(;[0-9A-Za-z_-]+)*$ ]] ||
+        die 2 "--cuda-arch must be compute capabilities such as 90 or '86;89' (got '$cuda_arch')"
+fi
 
 find_nvcc() {
     if command -v nvcc >/dev/null 2>&1; then
@@ -84,6 +98,9 @@ if [[ "$backend" == "auto" ]]; then
         backend="cpu"
     fi
     say "backend auto -> $backend"
+fi
+if [[ -n "$cuda_arch" && "$backend" != "cuda" ]]; then
+    die 2 "--cuda-arch is for CUDA builds, and this one is $backend: drop it, or pass --backend cuda"
 fi
 
 # Tools first: a missing one is one clear line, before anything is written.
@@ -172,7 +189,10 @@ cmake_flags=(
     -DLLAMA_OPENSSL=OFF
 )
 case "$backend" in
-    cuda) cmake_flags+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_COMPILER=$nvcc") ;;
+    cuda)
+        cmake_flags+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_COMPILER=$nvcc")
+        [[ -z "$cuda_arch" ]] || cmake_flags+=("-DCMAKE_CUDA_ARCHITECTURES=$cuda_arch")
+        ;;
     metal) cmake_flags+=(-DGGML_METAL=ON) ;;
     cpu) cmake_flags+=(-DGGML_CUDA=OFF -DGGML_METAL=OFF) ;;
 esac
@@ -254,7 +274,17 @@ build_dir="$work/build"
 say "configuring ($backend) in $build_dir"
 # A changed flag set must not reuse a stale CMake cache.
 rm -f "$build_dir/CMakeCache.txt"
-if ! cmake -S "$tree" -B "$build_dir" -DCMAKE_CXX_COMPILER="$cxx" "${cmake_flags[@]}"; then
+mkdir -p "$build_dir"
+configure_log="$work/configure.log"
+if ! cmake -S "$tree" -B "$build_dir" -DCMAKE_CXX_COMPILER="$cxx" "${cmake_flags[@]}" 2>&1 | tee "$configure_log"; then
+    # CMake's own words for the two usual CUDA set-up gaps are easy to miss in the log: name them.
+    if [[ "$backend" == "cuda" ]] && grep -q -e 'Unable to find cublas_v2.h' -e 'CUDA::cublas' "$configure_log"; then
+        cuda_release="$("$nvcc" --version 2>/dev/null | sed -n 's/.*release \([0-9]*\)\.\([0-9]*\).*/\1-\2/p')"
+        die 3 "the CUDA toolkit of $nvcc has no cuBLAS (cublas_v2.h, libcublas), which llama.cpp needs: install it (apt-get install libcublas-dev-${cuda_release:-<version>}, or the full CUDA toolkit)"
+    fi
+    if [[ "$backend" == "cuda" ]] && grep -q 'but no GPU was detected' "$configure_log"; then
+        die 2 "no NVIDIA GPU is visible here for llama.cpp's default CUDA target 'native': pass --cuda-arch with the GPUs' compute capability (90 for H100/H200, 100 for B200, 120 for RTX 50xx, 89 for RTX 40xx, 86 for RTX 30xx) or --backend cpu"
+    fi
     die 5 "cmake configure failed (see the log above)"
 fi
 say "building ${TARGETS[*]} with $jobs jobs"

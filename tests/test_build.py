@@ -182,11 +182,12 @@ def test_parse_version_both_formats() -> None:
     assert (old.number, old.commit) == ("6543", "a1b2c3d")
 
 
-def fake_llama_cpp_tree(root: Path, *, broken: bool = False) -> Path:
+def fake_llama_cpp_tree(root: Path, *, broken: bool = False, cmake_error: str | None = None) -> Path:
     """A CMake project shaped like llama.cpp that builds four tiny programs in seconds.
 
     It runs the script's whole path (configure, build the named targets, copy, stamp)
     with the real cmake and compiler, without the 8-minute llama.cpp build.
+    ``cmake_error`` makes its configure step fail with that text, as llama.cpp's CMake words it.
     """
     (root / "include").mkdir(parents=True)
     (root / "include" / "llama.h").write_text("/* marker */\n")
@@ -198,6 +199,7 @@ def fake_llama_cpp_tree(root: Path, *, broken: bool = False) -> Path:
     (root / "CMakeLists.txt").write_text(
         "cmake_minimum_required(VERSION 3.14)\nproject(fake CXX)\n"
         + ('message(FATAL_ERROR "this tree is broken on purpose")\n' if broken else "")
+        + (f"message(FATAL_ERROR [=[{cmake_error}]=])\n" if cmake_error else "")
         + "set(CMAKE_RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)\n"
         + targets
         + "\n"
@@ -277,3 +279,125 @@ def test_interrupting_a_build_stops_every_process_under_it(tmp_path: Path) -> No
         time.sleep(0.1)
     assert not Path(f"/proc/{sleeper}").exists(), "a build step outlived Ctrl-C"
     assert not (tmp_path / "prefix" / "build-stamp.txt").exists()
+
+
+# --- CUDA: GPU targets and the toolkit's gaps ------------------------------------------------------------
+# What llama.cpp 0c1e570's CMake printed on this machine (nvcc 13.0, no cuBLAS, no GPU) for --backend cuda.
+NO_GPU_FOR_NATIVE = (
+    "CMake Error in ggml/src/ggml-cuda/CMakeLists.txt:\n"
+    '  CUDA_ARCHITECTURES is set to "native", but no GPU was detected.'
+)
+NO_CUBLAS = (
+    '-- Unable to find cublas_v2.h in either "/usr/local/cuda-13.0/include" or "/usr/math_libs/include"\n'
+    "CMake Error at ggml/src/ggml-cuda/CMakeLists.txt:178 (target_link_libraries):\n"
+    '  Target "ggml-cuda" links to:\n\n    CUDA::cublas\n\n  but the target was not found.'
+)
+
+
+def fake_nvcc_path(tmp_path: Path) -> str:
+    """PATH with an nvcc that only tells its version: enough for the script to take the CUDA road."""
+    shims = tmp_path / "nvcc-bin"
+    shims.mkdir()
+    nvcc = shims / "nvcc"
+    nvcc.write_text("#!/bin/sh\necho 'Cuda compilation tools, release 13.0, V13.0.88'\n")
+    nvcc.chmod(0o755)
+    return f"{shims}:{os.environ['PATH']}"
+
+
+def test_cuda_arch_goes_to_cmake_and_into_the_build_key(tmp_path: Path) -> None:
+    tree = fake_llama_cpp_tree(tmp_path / "src")
+    env = cli_env(PATH=fake_nvcc_path(tmp_path))
+    prefix = tmp_path / "prefix"
+
+    # Naming a GPU target asks for a CUDA build even where no GPU is visible (a container build).
+    result = run_nemolaunch("build", "--cuda-arch", "90,100", "--source", str(tree), "--prefix", str(prefix), env=env)
+
+    assert result.returncode == 0, result.stderr
+    stamp = (prefix / "build-stamp.txt").read_text()
+    assert "backend=cuda" in stamp and "-DCMAKE_CUDA_ARCHITECTURES=90;100" in stamp
+    assert "release 13.0" in stamp  # nvcc's version is part of the key: a new toolkit rebuilds
+    request = BuildRequest(backend="cuda", source=tree, ref=None, jobs=None, prefix=prefix, cuda_arch="90;100")
+    assert script_argv(request, script=Path("/s.sh"))[-2:] == ["--cuda-arch", "90;100"]
+    from nemolaunch.adapters.builder import build_prefix
+
+    keys = {
+        build_prefix(tmp_path, backend="cuda", source=tree, ref=None, cuda_arch=arch) for arch in (None, "90", "100")
+    }
+    assert len(keys) == 3 and build_prefix(
+        tmp_path, backend="cuda", source=tree, ref=None, cuda_arch="90;100"
+    ).name.startswith("cuda-sm90_100-")
+
+
+def test_bad_cuda_arch(tmp_path: Path) -> None:
+    for argv, hint in (
+        (["--backend", "cpu", "--cuda-arch", "90"], "it is for CUDA builds, not cpu ones"),
+        (["--cuda-arch", "9 0"], "use compute capabilities such as 90 or 86,89"),
+    ):
+        result = run_nemolaunch("build", *argv, "--prefix", str(tmp_path / "p"))
+        errors = [line for line in result.stderr.splitlines() if "error:" in line]
+        assert result.returncode == 2 and len(errors) == 1 and hint in errors[0], result.stderr
+    assert not (tmp_path / "p").exists()
+    script = run_script("--backend", "cpu", "--cuda-arch", "90", "--prefix", str(tmp_path / "q"), env=dict(os.environ))
+    assert script.returncode == 2 and "--cuda-arch is for CUDA builds, and this one is cpu" in script.stderr
+
+
+@pytest.mark.parametrize(
+    ("cmake_error", "code", "message"),
+    [
+        (
+            NO_GPU_FOR_NATIVE,
+            2,
+            "no NVIDIA GPU is visible here for llama.cpp's default CUDA target 'native': pass --cuda-arch",
+        ),
+        (
+            NO_CUBLAS,
+            4,
+            "has no cuBLAS (cublas_v2.h, libcublas), which llama.cpp needs: "
+            "install it (apt-get install libcublas-dev-13-0",
+        ),
+    ],
+    ids=["no-gpu-visible", "no-cublas"],
+)
+def test_cuda_configure_gaps_are_named(tmp_path: Path, cmake_error: str, code: int, message: str) -> None:
+    tree = fake_llama_cpp_tree(tmp_path / "src", cmake_error=cmake_error)
+    prefix = tmp_path / "prefix"
+
+    result = run_nemolaunch(
+        "build",
+        "--backend",
+        "cuda",
+        "--source",
+        str(tree),
+        "--prefix",
+        str(prefix),
+        env=cli_env(PATH=fake_nvcc_path(tmp_path)),
+    )
+
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert result.returncode == code and len(errors) == 1 and message in errors[0], result.stderr
+    assert not prefix.exists()  # refused before anything was built: no empty build folder
+
+
+def test_cuda_build_on_this_machine_says_what_is_missing(tmp_path: Path) -> None:
+    """The real llama.cpp and the real toolkit, where there is an nvcc but no GPU (this project's machines)."""
+    source = os.environ.get("NEMOLAUNCH_TEST_LLAMA_CPP_SOURCE")
+    nvcc = shutil.which("nvcc")
+    if not source or nvcc is None:
+        pytest.skip("needs nvcc and NEMOLAUNCH_TEST_LLAMA_CPP_SOURCE")
+    if shutil.which("nvidia-smi") is not None:
+        pytest.skip("a GPU driver is here: --backend cuda would really compile CUDA")
+    # Where this toolkit keeps its headers, in nvcc's own words (TOP=...), wrappers and symlinks or not.
+    dry = subprocess.run([nvcc, "--dryrun", "-c", "x.cu"], capture_output=True, text=True, cwd=tmp_path).stderr
+    top = next(line.split("=", 1)[1] for line in dry.splitlines() if line.startswith("#$ TOP="))
+    has_cublas = any(Path(top).glob("**/include/cublas_v2.h"))
+    prefix = tmp_path / "prefix"
+
+    result = run_nemolaunch("build", "--backend", "cuda", "--source", source, "--prefix", str(prefix), timeout=300)
+
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.stderr
+    if has_cublas:
+        assert result.returncode == 2 and "no NVIDIA GPU is visible here" in errors[0]
+    else:
+        assert result.returncode == 4 and "has no cuBLAS" in errors[0]
+    assert not prefix.exists()

@@ -34,6 +34,7 @@ class BuildRequest:
     ref: str | None
     jobs: int | None
     prefix: Path
+    cuda_arch: str | None = None  # CMAKE_CUDA_ARCHITECTURES; None: llama.cpp's "native"
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,12 @@ def source_key(source: Path | None, ref: str | None) -> str:
     return digest.hexdigest()[:12]
 
 
-def build_prefix(root: Path, *, backend: str, source: Path | None, ref: str | None) -> Path:
-    return root / f"{backend}-{source_key(source, ref)}"
+def build_prefix(
+    root: Path, *, backend: str, source: Path | None, ref: str | None, cuda_arch: str | None = None
+) -> Path:
+    """One folder per build key, so that builds for other backends or GPU targets live side by side."""
+    target = "" if cuda_arch is None else "sm" + re.sub(r"[^0-9A-Za-z]+", "_", cuda_arch) + "-"
+    return root / f"{backend}-{target}{source_key(source, ref)}"
 
 
 def script_argv(request: BuildRequest, *, script: Path) -> list[str]:
@@ -78,6 +83,8 @@ def script_argv(request: BuildRequest, *, script: Path) -> list[str]:
         argv += ["--ref", request.ref]
     if request.jobs is not None:
         argv += ["--jobs", str(request.jobs)]
+    if request.cuda_arch is not None:
+        argv += ["--cuda-arch", request.cuda_arch]
     return argv
 
 

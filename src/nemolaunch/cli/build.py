@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,8 @@ from nemolaunch.errors import BadOption, BuildFailed
 #: An offline default for --source (a llama.cpp tree or archive), for CI and air-gapped machines.
 SOURCE_ENV = "NEMOLAUNCH_LLAMA_CPP_SOURCE"
 BACKENDS = ("auto", "cuda", "metal", "cpu")
+#: What CMAKE_CUDA_ARCHITECTURES takes: "90", "86;89", "90a-real", "all-major".
+_CUDA_ARCH_LIST = re.compile(r"[0-9A-Za-z_-]+(;[0-9A-Za-z_-]+)*")
 
 
 def build_command(
@@ -33,11 +36,19 @@ def build_command(
         Path | None, typer.Option("--prefix", help="Where bin/ lands [default: one folder per build key].")
     ] = None,
     jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Parallel compile jobs.")] = None,
+    cuda_arch: Annotated[
+        str | None,
+        typer.Option(
+            "--cuda-arch",
+            help="CUDA compute capabilities to build for, e.g. 90 (H100/H200), 100 (B200), 86,89 "
+            "[default: the GPUs visible here]; needed where no GPU is visible, such as a container build.",
+        ),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Build llama-server, llama-cli, llama-gguf-split and rpc-server from llama.cpp's source."""
     result = run_build_with_progress(
-        source=source, ref=ref, backend=backend, prefix=prefix, jobs=jobs, quiet=json_output
+        source=source, ref=ref, backend=backend, prefix=prefix, jobs=jobs, cuda_arch=cuda_arch, quiet=json_output
     )
     if json_output:
         print_json({"bin_dir": str(result.bin_dir), "log": str(result.log), "up_to_date": result.up_to_date})
@@ -55,6 +66,7 @@ def run_build_with_progress(
     backend: str,
     prefix: Path | None,
     jobs: int | None,
+    cuda_arch: str | None = None,
     quiet: bool = False,
 ):  # -> BuildResult
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -78,12 +90,22 @@ def run_build_with_progress(
             raise BadOption(
                 option="--source", value=str(source), hint="it does not exist; pass a llama.cpp tree or archive"
             )
+    if cuda_arch is not None:
+        cuda_arch = cuda_arch.replace(",", ";")
+        if not _CUDA_ARCH_LIST.fullmatch(cuda_arch):
+            raise BadOption(option="--cuda-arch", value=cuda_arch, hint="use compute capabilities such as 90 or 86,89")
+        if backend == "auto":
+            backend = "cuda"  # naming a GPU target is asking for a CUDA build, GPU visible here or not
     if backend == "auto":
         # nemolaunch knows the machine: build for the GPU it can use, not merely for an nvcc on PATH.
         backend = machine_backends()[0]
+    if cuda_arch is not None and backend != "cuda":
+        raise BadOption(option="--cuda-arch", value=cuda_arch, hint=f"it is for CUDA builds, not {backend} ones")
     if prefix is None:
-        prefix = build_prefix(builds_root(), backend=backend, source=source, ref=ref)
-    request = BuildRequest(backend=backend, source=source, ref=ref, jobs=jobs, prefix=prefix.expanduser())
+        prefix = build_prefix(builds_root(), backend=backend, source=source, ref=ref, cuda_arch=cuda_arch)
+    request = BuildRequest(
+        backend=backend, source=source, ref=ref, jobs=jobs, prefix=prefix.expanduser(), cuda_arch=cuda_arch
+    )
     if not quiet:
         err_console.print(f"Building llama.cpp ({backend}) into {request.prefix}")
         err_console.print(f"Full log: {request.prefix / 'build.log'}")
