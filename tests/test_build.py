@@ -401,3 +401,27 @@ def test_cuda_build_on_this_machine_says_what_is_missing(tmp_path: Path) -> None
     else:
         assert result.returncode == 4 and "has no cuBLAS" in errors[0]
     assert not prefix.exists()
+
+
+def test_device_lists_as_llama_cpp_prints_them() -> None:
+    from nemolaunch.adapters.llamacpp import parse_device_list, runs_on
+
+    # common_print_available_devices() in llama.cpp's common/arg.cpp; CUDA builds log to stderr first.
+    cuda = (
+        "Available devices:\n"
+        "  CUDA0: NVIDIA H200 (143156 MiB, 142503 MiB free)\n"
+        "  CUDA1: NVIDIA H200 (143156 MiB, 1203 MiB free)\n"
+    )
+    metal = "Available devices:\n  MTL0: Apple M3 Ultra (475136 MiB, 475135 MiB free)\n"
+    cpu_only = "Available devices:\n  (none)\n"
+    assert parse_device_list(cuda) == ("CUDA0", "CUDA1") and runs_on(parse_device_list(cuda), "cuda")
+    assert runs_on(parse_device_list(metal), "metal") and not runs_on(parse_device_list(metal), "cuda")
+    assert parse_device_list(cpu_only) == () and not runs_on((), "cuda")
+    assert parse_device_list("error: unknown argument: --list-devices\n") == ()
+
+
+def test_the_real_build_lists_its_devices(llama_bin_dir: Path) -> None:
+    from nemolaunch.adapters.llamacpp import list_devices
+
+    assert list_devices(llama_bin_dir / "llama-server") == ()  # the CPU build: no device besides the CPU
+    assert list_devices(Path("/bin/false")) is None  # no answer is not "no devices"

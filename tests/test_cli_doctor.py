@@ -32,6 +32,8 @@ def test_doctor_table_names_the_build(llama_bin_dir: Path) -> None:
     assert str(llama_bin_dir / "llama-server") in result.stdout
     assert "0c1e570" in result.stdout or "version" in result.stdout
     assert "none (CPU only)" in result.stdout
+    devices = next(line for line in result.stdout.splitlines() if "llama.cpp devices" in line)
+    assert "CPU only" in devices  # what the build itself answered to --list-devices
 
 
 @pytest.mark.parametrize(

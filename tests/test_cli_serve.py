@@ -254,3 +254,42 @@ def test_json_needs_dry_run_and_no_model_swaps(model: Path, extra: list[str], wo
     result = run_nemolaunch("serve", str(model), *extra)
     assert result.returncode == 2
     assert words in _one_error_line(result.stderr)
+
+
+# --- a CPU-only llama.cpp on a GPU machine ----------------------------------------------------------------
+def _with_nvidia_driver(tmp_path: Path) -> dict[str, str]:
+    """This machine as nemolaunch's cheap look sees a GPU machine: an nvidia-smi on PATH (the hardware edge)."""
+    shims = tmp_path / "driver-bin"
+    shims.mkdir()
+    smi = shims / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-0)'\n")
+    smi.chmod(0o755)
+    return cli_env(PATH=f"{shims}:{os.environ['PATH']}")
+
+
+@pytest.mark.parametrize("command", ["serve", "run"])
+def test_a_cpu_only_llama_cpp_on_a_gpu_machine_is_named(
+    command: str, model: Path, llama_bin_dir: Path, tmp_path: Path
+) -> None:
+    base = [command, "--model", str(model), "--llama-cpp", str(llama_bin_dir), "--dry-run"]
+
+    # The real CPU build answers --list-devices with no device: asked, not guessed.
+    env = _with_nvidia_driver(tmp_path)
+    on_gpu_machine = run_nemolaunch(*base, env=env)
+    chose_devices = run_nemolaunch(*base, "--", "-ngl", "0", env=env)
+
+    assert on_gpu_machine.returncode == 0, on_gpu_machine.stderr
+    binary = llama_bin_dir / ("llama-server" if command == "serve" else "llama-cli")
+    warning = f"warning: this machine has an NVIDIA GPU driver, but {binary} lists no CUDA device: the model would run"
+    assert warning in on_gpu_machine.stderr
+    assert "nemolaunch build --backend cuda" in on_gpu_machine.stderr
+    assert chose_devices.returncode == 0 and "CPU alone" not in chose_devices.stderr
+
+
+def test_no_gpu_warning_on_a_machine_without_one(model: Path, llama_bin_dir: Path) -> None:
+    from nemolaunch.adapters.llamacpp import machine_backends
+
+    if machine_backends()[0] != "cpu":
+        pytest.skip("this machine has a GPU driver")
+    result = run_nemolaunch("serve", "--model", str(model), "--llama-cpp", str(llama_bin_dir), "--dry-run")
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr

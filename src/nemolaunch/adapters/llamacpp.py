@@ -159,3 +159,43 @@ def binary_version(path: Path, *, timeout_s: float = 20.0) -> BinaryVersion:
         return BinaryVersion(number=None, commit=None, built_with=None, raw=f"no answer ({exc})")
     # llama.cpp prints its version to stderr, after any backend device lines.
     return parse_version(completed.stderr + completed.stdout)
+
+
+#: The device names llama.cpp gives each GPU backend ("CUDA0", "MTL0"), by nemolaunch's backend names.
+_DEVICE_PREFIXES = {"cuda": ("CUDA",), "metal": ("MTL", "Metal")}
+_DEVICE_LINE = re.compile(r"^\s+(?P<name>[A-Za-z][\w-]*\d*):\s")
+
+
+def parse_device_list(text: str) -> tuple[str, ...]:
+    """The device names in ``--list-devices`` output (llama.cpp lists every device but the CPU)."""
+    lines = text.splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Available devices:")
+    except StopIteration:
+        return ()
+    names = []
+    for line in lines[start + 1 :]:
+        match = _DEVICE_LINE.match(line)
+        if match is None:
+            break
+        names.append(match["name"])
+    return tuple(names)
+
+
+def list_devices(path: Path, *, timeout_s: float = 30.0) -> tuple[str, ...] | None:
+    """The devices a llama.cpp binary can use, as it reports them; None when it gives no answer."""
+    try:
+        completed = subprocess.run(
+            [str(path), "--list-devices"], capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if completed.returncode != 0 or "Available devices:" not in completed.stdout:
+        return None
+    return parse_device_list(completed.stdout)
+
+
+def runs_on(devices: tuple[str, ...], backend: str) -> bool:
+    """Whether a device list holds a device of a GPU backend ("cuda", "metal")."""
+    prefixes = _DEVICE_PREFIXES.get(backend, ())
+    return any(name.startswith(prefixes) for name in devices)

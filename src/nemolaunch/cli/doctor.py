@@ -35,7 +35,7 @@ def doctor_command(
     from rich.table import Table
     from rich.text import Text
 
-    from nemolaunch.adapters.llamacpp import binary_version, find_binary
+    from nemolaunch.adapters.llamacpp import binary_version, find_binary, list_devices
     from nemolaunch.cli.planning import hardware_facts_and_driver
     from nemolaunch.core.download_plan import human_bytes
     from nemolaunch.errors import NemolaunchError
@@ -79,6 +79,10 @@ def doctor_command(
             f"{found.path} (from {found.origin}; version {version.number} ({version.commit}); "
             f"backend {found.backend or 'unknown'})",
         )
+        # What the build itself can use: a CUDA build on a machine whose driver fails lists nothing.
+        devices = list_devices(found.path)
+        if devices is not None:
+            table.add_row("llama.cpp devices", ", ".join(devices) if devices else "CPU only")
     except NemolaunchError as exc:
         table.add_row("llama.cpp", Text(str(exc), style="red"))
     for tool in BUILD_TOOLS:

@@ -13,9 +13,12 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from nemolaunch.adapters.llamacpp import Found
 
 from nemolaunch.cli.launch_model import ModelRequest
 from nemolaunch.cli.output import console, err_console, print_command, print_json, styled, warn
@@ -132,9 +135,11 @@ def serve_command(
         )
     _check_port(host=host, port=port, dry_run=dry_run)
     binary = _find_binary("llama-server", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
+    if hardware is None:
+        _warn_if_gpus_go_unused(binary, passthrough)
     resolved, context = request.resolve(early)
     launch = ServerLaunch(
-        binary=binary,
+        binary=str(binary.path),
         model=resolved.path,
         ctx_size=context,
         alias=alias or resolved.alias,
@@ -214,9 +219,11 @@ def run_command(
     if n_predict is not None and (n_predict == 0 or n_predict < -1):
         raise BadOption(option="--n-predict", value=n_predict, hint="use a positive count, or -1 for no limit")
     binary = _find_binary("llama-cli", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
+    if hardware is None:
+        _warn_if_gpus_go_unused(binary, passthrough)
     resolved, context = request.resolve(early)
     launch = CliLaunch(
-        binary=binary,
+        binary=str(binary.path),
         model=resolved.path,
         ctx_size=context,
         sampling=sampling,
@@ -342,19 +349,48 @@ def _check_api_key_file(path: Path | None) -> Path | None:
     return path.resolve()
 
 
-def _find_binary(binary: str, *, llama_cpp: Path | None, build: bool, dry_run: bool) -> str:
-    from nemolaunch.adapters.llamacpp import find_binary
+def _find_binary(binary: str, *, llama_cpp: Path | None, build: bool, dry_run: bool) -> Found:
+    from nemolaunch.adapters.llamacpp import Found, find_binary, read_stamp
     from nemolaunch.errors import LlamaCppNotFound
 
     try:
-        return str(find_binary(binary, explicit_dir=llama_cpp).path)
+        return find_binary(binary, explicit_dir=llama_cpp)
     except LlamaCppNotFound:
         if not build or dry_run:
             raise
     from nemolaunch.cli.build import build_default
 
     bin_dir = build_default()
-    return str(bin_dir / binary)
+    stamp = read_stamp(bin_dir.parent)
+    return Found(bin_dir / binary, "nemolaunch build", stamp.backend if stamp else None)
+
+
+#: Options with which a person chooses the devices, the CPU included: then a CPU-only build may be the point.
+_DEVICE_CHOICES = ("-ngl", "--gpu-layers", "--n-gpu-layers", "-dev", "--device")
+_GPU_WORDS = {"cuda": "an NVIDIA GPU driver", "metal": "an Apple GPU (Metal)"}
+
+
+def _warn_if_gpus_go_unused(found: Found, passthrough: tuple[str, ...]) -> None:
+    """A CPU-only llama.cpp on a GPU machine runs a 300 GB model at a crawl: say so before it loads."""
+    from nemolaunch.adapters.llamacpp import list_devices, machine_backends, runs_on
+
+    gpu_backend = machine_backends()[0]
+    if gpu_backend == "cpu" or any(word.split("=", 1)[0] in _DEVICE_CHOICES for word in passthrough):
+        return
+    if found.backend == gpu_backend:
+        return
+    if found.backend is not None:
+        what = f"is a {found.backend} build"
+    else:
+        devices = list_devices(found.path)
+        if devices is None or runs_on(devices, gpu_backend):
+            return  # no answer is no evidence; a GPU device listed is all we want to know
+        what = f"lists no {gpu_backend.upper()} device" + (f" ({', '.join(devices)})" if devices else "")
+    warn(
+        f"this machine has {_GPU_WORDS[gpu_backend]}, but {found.path} {what}: the model would run on the CPU "
+        f"alone. Build for the GPU with `nemolaunch build --backend {gpu_backend}`, or pass --llama-cpp with a "
+        "GPU build."
+    )
 
 
 def _exec(argv: list[str], env: dict[str, str]) -> None:
