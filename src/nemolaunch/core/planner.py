@@ -401,8 +401,9 @@ def _ways_out(
     ways.append(
         WayOut(
             "rpc",
-            f"pool more machines with llama.cpp RPC (run rpc-server on each, list them with --rpc): "
-            f"about {_gb(shortfall)} more memory in total runs {target}; slower than one machine",
+            f"pool more machines with llama.cpp RPC: about {_gb(shortfall)} more memory in total runs {target}. "
+            "Run `rpc-server -H <LAN address>` on each (trusted networks only: it has no authentication), "
+            f"then `nemolaunch serve --quant {target} --force -- --rpc HOST:50052,...`; slower than one machine",
             repo,
             target,
             shortfall,
