@@ -17,9 +17,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-if TYPE_CHECKING:
-    from nemolaunch.adapters.llamacpp import Found
-
 from nemolaunch.cli.launch_model import ModelRequest
 from nemolaunch.cli.output import console, err_console, print_command, print_json, styled, warn
 from nemolaunch.cli.plan import ForceOption, HardwareOption, QuantOption
@@ -38,6 +35,10 @@ from nemolaunch.core.launch import (
     server_argv,
 )
 from nemolaunch.errors import ApiKeyFileEmpty, ApiKeyFileMissing, BadOption, LaunchFailed
+
+if TYPE_CHECKING:
+    from nemolaunch.adapters.llamacpp import Found
+
 
 API_KEY_ENV = "NEMOLAUNCH_API_KEY"
 #: The variable llama-server reads its key from (LLAMA_ARG_API_KEY is ignored by this build).
