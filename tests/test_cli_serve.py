@@ -13,7 +13,9 @@ import pytest
 
 from nemolaunch import ULTRA_ALIAS
 
-from conftest import cli_env, run_nemolaunch
+from conftest import REPO_ROOT, cli_env, run_nemolaunch
+
+HARDWARE = REPO_ROOT / "tests" / "fixtures" / "hardware"
 
 
 def _one_error_line(stderr: str) -> str:
@@ -293,3 +295,21 @@ def test_no_gpu_warning_on_a_machine_without_one(model: Path, llama_bin_dir: Pat
         pytest.skip("this machine has a GPU driver")
     result = run_nemolaunch("serve", "--model", str(model), "--llama-cpp", str(llama_bin_dir), "--dry-run")
     assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+
+
+def test_plan_names_a_cpu_only_llama_cpp_before_any_download(llama_bin_dir: Path, tmp_path: Path) -> None:
+    env = _with_nvidia_driver(tmp_path) | {
+        "NEMOLAUNCH_LLAMA_CPP": str(llama_bin_dir),
+        "HF_HUB_OFFLINE": "1",  # the built-in Ultra figures: no Hub needed
+        "HF_HOME": str(tmp_path / "hf"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
+    argv = ["plan", "--quant", "UD-IQ1_S", "--force", "--json"]
+
+    here = run_nemolaunch(*argv, env=env)
+    elsewhere = run_nemolaunch(*argv, "--hardware", str(HARDWARE / "b200x4.json"), env=env)
+
+    assert "lists no CUDA device: the model would run on the CPU alone" in here.stderr, here.stderr
+    assert json.loads(here.stdout)["command"][0] == str(llama_bin_dir / "llama-server")
+    # Planning for another machine says nothing about this one's build.
+    assert "CPU alone" not in elsewhere.stderr and json.loads(elsewhere.stdout)["command"][0] == "llama-server"

@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from nemolaunch.cli.llama_binary import warn_if_gpus_go_unused
 from nemolaunch.cli.output import err_console, print_command, print_json, styled
 from nemolaunch.core.launch import DEFAULT_PARALLEL
 
 if TYPE_CHECKING:
+    from nemolaunch.adapters.llamacpp import Found
     from nemolaunch.cli.planning import PlannedModel
 
 HardwareOption = Annotated[
@@ -60,7 +62,14 @@ def plan_command(
         spec.reference, quant=quant, ctx_size=ctx_size, force=force, parallel=parallel, hardware_file=hardware
     )
     plan = planned.plan
-    argv = planned_server_argv(planned, parallel=parallel, this_machine=hardware is None) if plan.quant else None
+    argv = None
+    if plan.quant is not None:
+        found = _this_machines_server() if hardware is None else None
+        if found is not None:
+            # Before hours of downloading, not after: the build found here would leave the GPUs idle.
+            warn_if_gpus_go_unused(found)
+        # For another machine (--hardware), or before any build, the plain name says what would run.
+        argv = planned_server_argv(planned, parallel=parallel, binary=str(found.path) if found else "llama-server")
     if json_output:
         print_json({**plan.to_json(), "command": argv, "local": planned.local_files is not None})
     else:
@@ -74,22 +83,22 @@ def plan_command(
         raise nothing_fits(plan, action="plan")
 
 
-def planned_server_argv(planned: PlannedModel, *, parallel: int, this_machine: bool) -> list[str]:
-    """The llama-server command the plan would run: the downloaded first shard, or its path in the repo.
-
-    For another machine (--hardware) the binary is plain `llama-server`: this machine's build is not its.
-    """
-    from nemolaunch.adapters.llamacpp import find_binary
+def planned_server_argv(planned: PlannedModel, *, parallel: int, binary: str) -> list[str]:
+    """The llama-server command the plan would run: the downloaded first shard, or its path in the repo."""
     from nemolaunch.core.launch import ServerLaunch, alias_for_repo, server_argv
-    from nemolaunch.errors import NemolaunchError
 
     plan = planned.plan
     assert plan.quant is not None
-    binary = "llama-server"  # for another machine, or before any build: the plain name says what would run
-    if this_machine:
-        with contextlib.suppress(NemolaunchError):
-            binary = str(find_binary("llama-server").path)
     model = planned.local_files[0] if planned.local_files else Path(plan.quant.files[0])
     alias = alias_for_repo(planned.catalog.repo)
     extra = ("--parallel", str(parallel)) if parallel != DEFAULT_PARALLEL else ()
     return server_argv(ServerLaunch(binary=binary, model=model, ctx_size=plan.ctx_size, alias=alias, extra_args=extra))
+
+
+def _this_machines_server() -> Found | None:
+    from nemolaunch.adapters.llamacpp import find_binary
+    from nemolaunch.errors import NemolaunchError
+
+    with contextlib.suppress(NemolaunchError):
+        return find_binary("llama-server")
+    return None

@@ -13,11 +13,12 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from nemolaunch.cli.launch_model import ModelRequest
+from nemolaunch.cli.llama_binary import find_llama_binary, warn_if_gpus_go_unused
 from nemolaunch.cli.output import console, err_console, print_command, print_json, styled, warn
 from nemolaunch.cli.plan import ForceOption, HardwareOption, QuantOption
 from nemolaunch.core.launch import (
@@ -35,10 +36,6 @@ from nemolaunch.core.launch import (
     server_argv,
 )
 from nemolaunch.errors import ApiKeyFileEmpty, ApiKeyFileMissing, BadOption, LaunchFailed
-
-if TYPE_CHECKING:
-    from nemolaunch.adapters.llamacpp import Found
-
 
 API_KEY_ENV = "NEMOLAUNCH_API_KEY"
 #: The variable llama-server reads its key from (LLAMA_ARG_API_KEY is ignored by this build).
@@ -135,9 +132,9 @@ def serve_command(
             f"Pass --api-key-file FILE or set {API_KEY_ENV}."
         )
     _check_port(host=host, port=port, dry_run=dry_run)
-    binary = _find_binary("llama-server", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
+    binary = find_llama_binary("llama-server", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
     if hardware is None:
-        _warn_if_gpus_go_unused(binary, passthrough)
+        warn_if_gpus_go_unused(binary, passthrough)
     resolved, context = request.resolve(early)
     launch = ServerLaunch(
         binary=str(binary.path),
@@ -219,9 +216,9 @@ def run_command(
     sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
     if n_predict is not None and (n_predict == 0 or n_predict < -1):
         raise BadOption(option="--n-predict", value=n_predict, hint="use a positive count, or -1 for no limit")
-    binary = _find_binary("llama-cli", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
+    binary = find_llama_binary("llama-cli", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
     if hardware is None:
-        _warn_if_gpus_go_unused(binary, passthrough)
+        warn_if_gpus_go_unused(binary, passthrough)
     resolved, context = request.resolve(early)
     launch = CliLaunch(
         binary=str(binary.path),
@@ -348,50 +345,6 @@ def _check_api_key_file(path: Path | None) -> Path | None:
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         warn(f"{path} is readable by other users: chmod 600 {path}")
     return path.resolve()
-
-
-def _find_binary(binary: str, *, llama_cpp: Path | None, build: bool, dry_run: bool) -> Found:
-    from nemolaunch.adapters.llamacpp import Found, find_binary, read_stamp
-    from nemolaunch.errors import LlamaCppNotFound
-
-    try:
-        return find_binary(binary, explicit_dir=llama_cpp)
-    except LlamaCppNotFound:
-        if not build or dry_run:
-            raise
-    from nemolaunch.cli.build import build_default
-
-    bin_dir = build_default()
-    stamp = read_stamp(bin_dir.parent)
-    return Found(bin_dir / binary, "nemolaunch build", stamp.backend if stamp else None)
-
-
-#: Options with which a person chooses the devices, the CPU included: then a CPU-only build may be the point.
-_DEVICE_CHOICES = ("-ngl", "--gpu-layers", "--n-gpu-layers", "-dev", "--device")
-_GPU_WORDS = {"cuda": "an NVIDIA GPU driver", "metal": "an Apple GPU (Metal)"}
-
-
-def _warn_if_gpus_go_unused(found: Found, passthrough: tuple[str, ...]) -> None:
-    """A CPU-only llama.cpp on a GPU machine runs a 300 GB model at a crawl: say so before it loads."""
-    from nemolaunch.adapters.llamacpp import list_devices, machine_backends, runs_on
-
-    gpu_backend = machine_backends()[0]
-    if gpu_backend == "cpu" or any(word.split("=", 1)[0] in _DEVICE_CHOICES for word in passthrough):
-        return
-    if found.backend == gpu_backend:
-        return
-    if found.backend is not None:
-        what = f"is a {found.backend} build"
-    else:
-        devices = list_devices(found.path)
-        if devices is None or runs_on(devices, gpu_backend):
-            return  # no answer is no evidence; a GPU device listed is all we want to know
-        what = f"lists no {gpu_backend.upper()} device" + (f" ({', '.join(devices)})" if devices else "")
-    warn(
-        f"this machine has {_GPU_WORDS[gpu_backend]}, but {found.path} {what}: the model would run on the CPU "
-        f"alone. Build for the GPU with `nemolaunch build --backend {gpu_backend}`, or pass --llama-cpp with a "
-        "GPU build."
-    )
 
 
 def _exec(argv: list[str], env: dict[str, str]) -> None:
