@@ -425,3 +425,19 @@ def test_the_real_build_lists_its_devices(llama_bin_dir: Path) -> None:
 
     assert list_devices(llama_bin_dir / "llama-server") == ()  # the CPU build: no device besides the CPU
     assert list_devices(Path("/bin/false")) is None  # no answer is not "no devices"
+
+
+def test_auto_on_a_gpu_machine_without_nvcc_says_why_cuda_and_how_to_skip_it(tmp_path: Path) -> None:
+    path = path_without(tmp_path, "nvcc", "nvidia-smi")
+    smi = Path(path) / "nvidia-smi"  # the driver's tool: the machine looks like a GPU machine (the hardware edge)
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-0)'\n")
+    smi.chmod(0o755)
+    env = cli_env(PATH=path + ":" + str(Path(sys.executable).parent), CUDA_HOME=str(tmp_path / "no-cuda"))
+
+    result = run_nemolaunch("build", "--prefix", str(tmp_path / "p"), env=env)
+
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert result.returncode == 4 and len(errors) == 1, result.stderr
+    assert "--backend cuda needs nvcc" in errors[0]
+    assert errors[0].endswith("(the GPU here made `--backend auto` choose cuda; `--backend cpu` builds without it)")
+    assert not (tmp_path / "p").exists()

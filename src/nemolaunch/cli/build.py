@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from nemolaunch.cli.output import err_console, print_json
-from nemolaunch.errors import BadOption, BuildFailed
+from nemolaunch.errors import BadOption, BuildFailed, BuildToolMissing
 
 #: An offline default for --source (a llama.cpp tree or archive), for CI and air-gapped machines.
 SOURCE_ENV = "NEMOLAUNCH_LLAMA_CPP_SOURCE"
@@ -96,9 +96,11 @@ def run_build_with_progress(
             raise BadOption(option="--cuda-arch", value=cuda_arch, hint="use compute capabilities such as 90 or 86,89")
         if backend == "auto":
             backend = "cuda"  # naming a GPU target is asking for a CUDA build, GPU visible here or not
+    chosen_for_gpu = False
     if backend == "auto":
         # nemolaunch knows the machine: build for the GPU it can use, not merely for an nvcc on PATH.
         backend = machine_backends()[0]
+        chosen_for_gpu = backend != "cpu"
     if cuda_arch is not None and backend != "cuda":
         raise BadOption(option="--cuda-arch", value=cuda_arch, hint=f"it is for CUDA builds, not {backend} ones")
     if prefix is None:
@@ -133,6 +135,14 @@ def run_build_with_progress(
             for line in log_tail(Path(str(exc.log))):
                 err_console.print(line, markup=False)
             raise
+        except BuildToolMissing as exc:
+            if not chosen_for_gpu:
+                raise
+            # The person asked for no backend: say why it is this one, and how to do without the toolkit.
+            raise BuildToolMissing(
+                reason=f"{exc.reason} (the GPU here made `--backend auto` choose {backend}; "
+                "`--backend cpu` builds without it)"
+            ) from None
     if not quiet:
         state = "already up to date" if result.up_to_date else "built"
         err_console.print(f"llama.cpp {state}: {result.bin_dir}")
