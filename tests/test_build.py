@@ -89,6 +89,7 @@ def test_source_without_llama_cpp(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "holds no llama.cpp tree" in result.stderr
     assert not (tmp_path / "p").exists()  # a refused build leaves no empty build folder
+    assert "Full log" not in result.stderr  # nor names a log that is not there
     archive = tmp_path / "junk.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(junk, arcname="junk")
@@ -313,6 +314,7 @@ def test_cuda_arch_goes_to_cmake_and_into_the_build_key(tmp_path: Path) -> None:
     result = run_nemolaunch("build", "--cuda-arch", "90,100", "--source", str(tree), "--prefix", str(prefix), env=env)
 
     assert result.returncode == 0, result.stderr
+    assert f"Full log: {prefix}/build.log" in result.stderr  # named once compiling started
     stamp = (prefix / "build-stamp.txt").read_text()
     assert "backend=cuda" in stamp and "-DCMAKE_CUDA_ARCHITECTURES=90;100" in stamp
     assert "release 13.0" in stamp  # nvcc's version is part of the key: a new toolkit rebuilds

@@ -110,7 +110,6 @@ def run_build_with_progress(
     )
     if not quiet:
         err_console.print(f"Building llama.cpp ({backend}) into {request.prefix}")
-        err_console.print(f"Full log: {request.prefix / 'build.log'}")
     progress = Progress(
         TextColumn("llama.cpp", style="bold"),
         BarColumn(),
@@ -124,7 +123,14 @@ def run_build_with_progress(
     with progress:
         task = progress.add_task("build", total=100, step="")
 
+        log_named = False
+
         def on_progress(percent: int, line: str) -> None:
+            nonlocal log_named
+            if not log_named and not quiet:
+                # Named once compiling starts: a build refused before that leaves no folder, and no log.
+                progress.console.print(f"Full log: {request.prefix / 'build.log'}")
+                log_named = True
             step = line.split("]", 1)[-1].strip()
             progress.update(task, completed=percent, step=step[-60:])
 
