@@ -270,9 +270,9 @@ class FakeHub:
         with self._lock:
             self.requests.append(record)
 
-    def _count(self, repo_id: str, path: str, nbytes: int, generation: int | None = None) -> None:
+    def _count(self, repo_id: str, path: str, nbytes: int, generation: int) -> None:
         with self._lock:
-            if generation is None or generation == self.counter_generation:
+            if generation == self.counter_generation:
                 self.bytes_served[(repo_id, path)] += nbytes
 
     def _take_fault(self, repo_id: str, path: str) -> Fault | None:
