@@ -242,6 +242,23 @@ class NotCachedOffline(NemolaunchError):
     """repo, quant (or "any quant"), reason, cached (list of cached quant names)"""
 
 
+# --- several machines (llama.cpp RPC) -------------------------------------------------
+class BadRpcEndpoint(NemolaunchError):
+    """endpoint, reason"""
+
+
+class RpcWorkerUnreachable(NemolaunchError):
+    """endpoint, reason"""
+
+
+class RpcWorkerFailed(NemolaunchError):
+    """endpoint, reason (llama.cpp's own words, one line)"""
+
+
+class ClusterNeedsLiveWorkers(NemolaunchError):
+    """path, workers (list of endpoints in the file)"""
+
+
 @dataclass(frozen=True)
 class ErrorSpec:
     exit_code: int
@@ -399,6 +416,26 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
         EXIT_NOT_FOUND,
         "{reason}, and the HF cache holds no complete {quant} of {repo} (cached: {cached_list}): "
         "connect to the Hub to list and download it",
+    ),
+    BadRpcEndpoint: ErrorSpec(
+        EXIT_USAGE,
+        "--rpc {endpoint!r} is not a worker address ({reason}): write HOST:PORT, such as 10.0.0.2:50052, "
+        "and separate several with commas",
+    ),
+    RpcWorkerUnreachable: ErrorSpec(
+        EXIT_ENVIRONMENT,
+        "RPC worker {endpoint} is unreachable ({reason}): start `nemolaunch rpc-worker --host <its address>` "
+        "there, or leave it out of --rpc",
+    ),
+    RpcWorkerFailed: ErrorSpec(
+        EXIT_ENVIRONMENT,
+        "RPC worker {endpoint} did not answer llama.cpp ({reason}): restart `nemolaunch rpc-worker` there "
+        "with the same llama.cpp build as this machine",
+    ),
+    ClusterNeedsLiveWorkers: ErrorSpec(
+        EXIT_USAGE,
+        "--hardware {path} describes a cluster ({workers_list}), but a launch runs on live workers: "
+        "pass them with --rpc HOST:PORT,... (plan and download read cluster files)",
     ),
     ModelNotDownloaded: ErrorSpec(
         EXIT_NOT_FOUND,

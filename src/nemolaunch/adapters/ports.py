@@ -33,3 +33,15 @@ def check_port(*, host: str, port: int) -> None:
                     option="--port", value=port, hint="ports below 1024 need root; pick one above 1024"
                 ) from exc
             raise
+
+
+def lan_addresses() -> list[str]:
+    """This machine's IPv4 addresses other than loopback: where other machines may reach it."""
+    import psutil
+
+    found = []
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET and not address.address.startswith("127."):
+                found.append(address.address)
+    return sorted(set(found))

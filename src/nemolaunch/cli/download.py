@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from nemolaunch.cli.cluster import RpcOption, read_endpoints, workers_for_plan
 from nemolaunch.cli.output import err_console, note, print_json, warn
 from nemolaunch.cli.plan import HardwareOption, QuantOption
 from nemolaunch.core.download_plan import human_bytes
@@ -35,6 +36,7 @@ def download_command(
     quant: QuantOption = None,
     local_dir: LocalDirOption = None,
     hardware: HardwareOption = None,
+    rpc: RpcOption = None,
     ctx_size: Annotated[
         int | None, typer.Option("--ctx-size", "-c", help="Context size the plan is made for [default: 32768].")
     ] = None,
@@ -57,6 +59,7 @@ def download_command(
     if local_dir is not None:
         _check_local_dir(local_dir)
     named = spec.reference.quant or quant
+    endpoints = read_endpoints(rpc)
     planned = plan_model(
         spec.reference,
         quant=quant,
@@ -64,6 +67,7 @@ def download_command(
         force=named is not None,  # a quant the user names is fetched even if the forecast says no
         parallel=DEFAULT_PARALLEL,
         hardware_file=hardware,
+        workers=workers_for_plan(endpoints),  # the quant to fetch is the one the cluster holds
     )
     require_launchable(planned, action="download")
     result = download_planned(

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nemolaunch.adapters.gguf_files import ModelFile
 from nemolaunch.cli.output import note, warn
 from nemolaunch.core.download_plan import human_bytes
 from nemolaunch.core.launch import DEFAULT_CTX_SIZE, DEFAULT_PARALLEL, alias_for_repo, default_alias
 from nemolaunch.errors import BadOption, ModelNotDownloaded
+
+if TYPE_CHECKING:
+    from nemolaunch.core.cluster import Worker
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class ModelRequest:
     no_download: bool
     dry_run: bool
     parallel: int = DEFAULT_PARALLEL  # server slots the memory check counts
+    workers: tuple[Worker, ...] = ()  # live RPC workers whose memory counts too
 
     def check_local(self) -> ResolvedModel | None:
         return self._resolve() if is_local(self.model) else None
@@ -42,7 +47,12 @@ class ModelRequest:
         context = context_size(self.ctx_size, resolved)
         if resolved.user_file is not None:
             check_local_fit(
-                resolved.user_file, ctx_size=context, hardware=self.hardware, force=self.force, parallel=self.parallel
+                resolved.user_file,
+                ctx_size=context,
+                hardware=self.hardware,
+                force=self.force,
+                parallel=self.parallel,
+                workers=self.workers,
             )
         return resolved, context
 
@@ -56,6 +66,7 @@ class ModelRequest:
             no_download=self.no_download,
             dry_run=self.dry_run,
             parallel=self.parallel,
+            workers=self.workers,
         )
 
 
@@ -86,6 +97,7 @@ def resolve_model(
     no_download: bool,
     dry_run: bool,
     parallel: int = DEFAULT_PARALLEL,
+    workers: tuple[Worker, ...] = (),
 ) -> ResolvedModel:
     """A local file as given; a Hub model planned for this machine, downloaded unless --no-download.
 
@@ -104,7 +116,13 @@ def resolve_model(
         return _local(model_file)
     assert spec.reference is not None
     planned = plan_model(
-        spec.reference, quant=quant, ctx_size=ctx_size, force=force, parallel=parallel, hardware_file=hardware
+        spec.reference,
+        quant=quant,
+        ctx_size=ctx_size,
+        force=force,
+        parallel=parallel,
+        hardware_file=hardware,
+        workers=workers,
     )
     require_launchable(planned, action="launch")
     chosen = planned.plan.quant
@@ -142,16 +160,22 @@ def _local(model_file: ModelFile) -> ResolvedModel:
 
 
 def check_local_fit(
-    model_file: ModelFile, *, ctx_size: int, hardware: Path | None, force: bool, parallel: int = DEFAULT_PARALLEL
+    model_file: ModelFile,
+    *,
+    ctx_size: int,
+    hardware: Path | None,
+    force: bool,
+    parallel: int = DEFAULT_PARALLEL,
+    workers: tuple[Worker, ...] = (),
 ) -> None:
     """A local file gets the same memory check as a planned quant; --force launches it anyway."""
     from nemolaunch.adapters.gguf_header import read_architecture
-    from nemolaunch.cli.planning import hardware_facts
+    from nemolaunch.cli.planning import machine
     from nemolaunch.core.forecast import forecast_memory
     from nemolaunch.core.planner import memory_budget
     from nemolaunch.errors import NemolaunchError, QuantDoesNotFit
 
-    budget = memory_budget(hardware_facts(hardware))
+    budget = memory_budget(*machine(hardware, workers))
     try:
         architecture = read_architecture(model_file.path)
     except NemolaunchError:
@@ -163,6 +187,8 @@ def check_local_fit(
         parallel=parallel,
         gpu_devices=budget.gpu_devices,
         cuda_devices=budget.cuda_devices,
+        rpc_devices=budget.rpc_devices,
+        rpc_workers=len(budget.workers),
     )
     if forecast.total <= budget.total_bytes:
         return

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from nemolaunch.cli.cluster import RpcOption, read_endpoints, workers_for_plan
 from nemolaunch.cli.llama_binary import warn_if_gpus_go_unused
 from nemolaunch.cli.output import err_console, print_command, print_json, styled
 from nemolaunch.core.launch import DEFAULT_PARALLEL
@@ -41,6 +42,7 @@ def plan_command(
     force: ForceOption = False,
     parallel: ParallelOption = DEFAULT_PARALLEL,
     hardware: HardwareOption = None,
+    rpc: RpcOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the plan as one JSON object on stdout.")] = False,
 ) -> None:
     """Show every quant of the model against this machine's memory, the one to run, and the command."""
@@ -48,6 +50,7 @@ def plan_command(
         nothing_fits,
         plan_model,
         read_model_spec,
+        render_hosts_table,
         render_plan_table,
         render_plan_words,
     )
@@ -58,8 +61,15 @@ def plan_command(
         raise BadOption(
             option="MODEL", value=model, hint="plan takes a Hub repository (owner/name[:QUANT]), not a local file"
         )
+    workers = workers_for_plan(read_endpoints(rpc))
     planned = plan_model(
-        spec.reference, quant=quant, ctx_size=ctx_size, force=force, parallel=parallel, hardware_file=hardware
+        spec.reference,
+        quant=quant,
+        ctx_size=ctx_size,
+        force=force,
+        parallel=parallel,
+        hardware_file=hardware,
+        workers=workers,
     )
     plan = planned.plan
     argv = None
@@ -74,6 +84,7 @@ def plan_command(
         print_json({**plan.to_json(), "command": argv, "local": planned.local_files is not None})
     else:
         render_plan_table(plan)
+        render_hosts_table(plan)
         render_plan_words(plan)
         if argv is not None:
             where = "" if planned.local_files else "  (after `nemolaunch download`)"
@@ -85,6 +96,7 @@ def plan_command(
 
 def planned_server_argv(planned: PlannedModel, *, parallel: int, binary: str) -> list[str]:
     """The llama-server command the plan would run: the downloaded first shard, or its path in the repo."""
+    from nemolaunch.cli.cluster import launch_cluster
     from nemolaunch.core.launch import ServerLaunch, alias_for_repo, server_argv
 
     plan = planned.plan
@@ -92,7 +104,15 @@ def planned_server_argv(planned: PlannedModel, *, parallel: int, binary: str) ->
     model = planned.local_files[0] if planned.local_files else Path(plan.quant.files[0])
     alias = alias_for_repo(planned.catalog.repo)
     extra = ("--parallel", str(parallel)) if parallel != DEFAULT_PARALLEL else ()
-    return server_argv(ServerLaunch(binary=binary, model=model, ctx_size=plan.ctx_size, alias=alias, extra_args=extra))
+    launch = ServerLaunch(
+        binary=binary,
+        model=model,
+        ctx_size=plan.ctx_size,
+        alias=alias,
+        cluster=launch_cluster(plan.budget.workers),
+        extra_args=extra,
+    )
+    return server_argv(launch)
 
 
 def _this_machines_server() -> Found | None:

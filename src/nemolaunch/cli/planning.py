@@ -26,6 +26,7 @@ from nemolaunch.errors import (
 
 if TYPE_CHECKING:
     from nemolaunch.core.catalog import Catalog, ModelReference
+    from nemolaunch.core.cluster import Worker
     from nemolaunch.core.forecast import ArchitectureFacts
     from nemolaunch.core.hardware import HardwareFacts
     from nemolaunch.core.planner import Plan
@@ -68,8 +69,10 @@ def plan_model(
     force: bool,
     parallel: int,
     hardware_file: Path | None,
+    workers: tuple[Worker, ...] = (),
 ) -> PlannedModel:
-    """Plan ``reference`` for this machine (or the one in ``hardware_file``), warning as it goes."""
+    """Plan ``reference`` for this machine (or the one in ``hardware_file``) with its RPC ``workers``
+    (live ones, or those a cluster file records), warning as it goes."""
     from nemolaunch.adapters.hub_listing import cached_quant_paths, load_catalog
     from nemolaunch.core.forecast import DEFAULT_CTX_SIZE
     from nemolaunch.core.planner import PlanRequest, plan_launch
@@ -84,7 +87,7 @@ def plan_model(
         raise BadOption(option="--parallel", value=parallel, hint="use 1 or more slots")
     if ctx_size is not None and ctx_size <= 0:
         raise ContextSizeNotPositive(ctx_size=ctx_size)  # before any listing or probing
-    facts = hardware_facts(hardware_file)
+    facts, workers = machine(hardware_file, workers)
     lookup = load_catalog(reference.repo)
     for message in lookup.warnings:
         warn(message)
@@ -97,7 +100,7 @@ def plan_model(
         parallel=parallel,
     )
     try:
-        plan = plan_launch(facts, catalog, request, architecture)
+        plan = plan_launch(facts, catalog, request, architecture, workers)
     except UnknownQuant:
         if lookup.offline_reason is not None and catalog.source == "cache":
             # Offline the cache lists only what was downloaded: the quant may well exist on the Hub.
@@ -146,6 +149,24 @@ def nothing_fits(plan: Plan, *, action: str) -> NemolaunchError:
 def hardware_facts(hardware_file: Path | None) -> HardwareFacts:
     """The machine to plan for: the one in ``hardware_file``, else this one (probe warnings are shown)."""
     return hardware_facts_and_driver(hardware_file)[0]
+
+
+def machine(
+    hardware_file: Path | None, live_workers: tuple[Worker, ...] = ()
+) -> tuple[HardwareFacts, tuple[Worker, ...]]:
+    """The machine to plan for and its RPC workers: live ones (``--rpc``), or those a cluster file records."""
+    if hardware_file is None:
+        return hardware_facts(None), live_workers
+    from nemolaunch.adapters.hardware_file import load_machine
+
+    facts, recorded = load_machine(hardware_file)
+    if recorded and live_workers:
+        raise BadOption(
+            option="--rpc",
+            value=",".join(str(worker.endpoint) for worker in live_workers),
+            hint=f"--hardware {hardware_file} lists the workers already; give them once",
+        )
+    return facts, recorded or live_workers
 
 
 def hardware_facts_and_driver(hardware_file: Path | None) -> tuple[HardwareFacts, str | None]:
@@ -233,6 +254,34 @@ def render_plan_table(plan: Plan) -> None:
             _gb(item.forecast.total),
             Text("yes" if item.fits else "no", style=colour),
             Text(f"{share:>5.0%} {'█' * filled}{'·' * (width - filled)}", style=colour),
+        )
+    err_console.print(table)
+
+
+def render_hosts_table(plan: Plan) -> None:
+    """With RPC workers: each machine's memory, and what of the chosen quant lands there."""
+    if not plan.hosts or plan.quant is None:
+        return
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(
+        title=f"{plan.quant.name} over {len(plan.hosts)} machines (approximate: llama.cpp splits by whole layers)"
+    )
+    table.add_column("machine", no_wrap=True)
+    table.add_column("devices")
+    table.add_column("free", justify="right", no_wrap=True)
+    table.add_column("weights", justify="right", no_wrap=True)
+    table.add_column("needs", justify="right", no_wrap=True)
+    table.add_column("fits", no_wrap=True)
+    for host in plan.hosts:
+        table.add_row(
+            host.host,
+            ", ".join(host.devices),
+            _gb(host.free_bytes),
+            _gb(host.weights_bytes),
+            _gb(host.planned_bytes),
+            Text("yes" if host.fits else "no", style="green" if host.fits else "red"),
         )
     err_console.print(table)
 

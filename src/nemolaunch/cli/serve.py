@@ -12,11 +12,13 @@ import math
 import os
 import stat
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from nemolaunch.cli.cluster import RpcOption, launch_cluster, read_endpoints, workers_for_launch
 from nemolaunch.cli.launch_model import ModelRequest
 from nemolaunch.cli.llama_binary import find_llama_binary, warn_if_gpus_go_unused
 from nemolaunch.cli.output import console, err_console, print_command, print_json, styled, warn
@@ -93,6 +95,7 @@ def serve_command(
         int | None,
         typer.Option("--parallel", help="Server slots (requests served at once) [default: llama-server's, 4]."),
     ] = None,
+    rpc: RpcOption = None,
     quant: QuantOption = None,
     force: ForceOption = False,
     hardware: HardwareOption = None,
@@ -109,6 +112,7 @@ def serve_command(
     model, passthrough = _model_and_passthrough(model, ctx.args)
     _check_passthrough(passthrough, _MANAGED_SERVER_OPTIONS)
     _check_json(json_output=json_output, dry_run=dry_run)
+    endpoints = read_endpoints(rpc)
     if not host.strip():
         raise BadOption(option="--host", value="''", hint="give an address such as 127.0.0.1 or 0.0.0.0")
     if alias is not None and not alias.strip():
@@ -131,11 +135,12 @@ def serve_command(
             f"binding {host} without an API key: anyone who can reach this port can use the model. "
             f"Pass --api-key-file FILE or set {API_KEY_ENV}."
         )
-    _check_port(host=host, port=port, dry_run=dry_run)
+    check_port_for_launch(host=host, port=port, dry_run=dry_run)
     binary = find_llama_binary("llama-server", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
     if hardware is None:
         warn_if_gpus_go_unused(binary, passthrough)
-    resolved, context = request.resolve(early)
+    workers = workers_for_launch(rpc, endpoints, server=binary.path, hardware=hardware)
+    resolved, context = replace(request, workers=workers).resolve(early)
     launch = ServerLaunch(
         binary=str(binary.path),
         model=resolved.path,
@@ -146,6 +151,7 @@ def serve_command(
         sampling=sampling,
         api_key_file=key_file,
         parallel=parallel,
+        cluster=launch_cluster(workers),
         extra_args=passthrough,
     )
     argv = server_argv(launch)
@@ -182,8 +188,8 @@ def serve_command(
     if dry_run:
         return
     if not early:
-        _check_port(host=host, port=port, dry_run=False)  # again: a download may have taken hours
-    _exec(argv, env)
+        check_port_for_launch(host=host, port=port, dry_run=False)  # again: a download may have taken hours
+    exec_launch(argv, env)
 
 
 def run_command(
@@ -195,6 +201,7 @@ def run_command(
     min_p: MinPOption = Sampling.min_p,
     prompt: Annotated[str | None, typer.Option("--prompt", help="Answer this one prompt and exit (no chat).")] = None,
     n_predict: Annotated[int | None, typer.Option("--n-predict", "-n", help="Stop after this many tokens.")] = None,
+    rpc: RpcOption = None,
     quant: QuantOption = None,
     force: ForceOption = False,
     hardware: HardwareOption = None,
@@ -208,6 +215,7 @@ def run_command(
     model, passthrough = _model_and_passthrough(model, ctx.args)
     _check_passthrough(passthrough, _MANAGED_CLI_OPTIONS)
     _check_json(json_output=json_output, dry_run=dry_run)
+    endpoints = read_endpoints(rpc)
     request = ModelRequest(
         model=model, quant=quant, force=force, hardware=hardware, ctx_size=ctx_size, no_download=no_download,
         dry_run=dry_run,
@@ -219,7 +227,8 @@ def run_command(
     binary = find_llama_binary("llama-cli", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
     if hardware is None:
         warn_if_gpus_go_unused(binary, passthrough)
-    resolved, context = request.resolve(early)
+    workers = workers_for_launch(rpc, endpoints, server=binary.path, hardware=hardware)
+    resolved, context = replace(request, workers=workers).resolve(early)
     launch = CliLaunch(
         binary=str(binary.path),
         model=resolved.path,
@@ -227,6 +236,7 @@ def run_command(
         sampling=sampling,
         prompt=prompt,
         n_predict=n_predict,
+        cluster=launch_cluster(workers),
         extra_args=passthrough,
     )
     argv = cli_argv(launch)
@@ -236,7 +246,7 @@ def run_command(
         print_command(argv, to_stderr=not dry_run)
     if dry_run:
         return
-    _exec(argv, dict(os.environ))
+    exec_launch(argv, dict(os.environ))
 
 
 #: Options nemolaunch sets itself; after `--` they would silently override what it checked and announced.
@@ -247,6 +257,8 @@ _MANAGED_SERVER_OPTIONS = {
     # Options that swap in another model would bypass every check made on this one.
     "-hf": "--model REPO:QUANT", "-hfr": "--model REPO:QUANT", "--hf-repo": "--model REPO:QUANT",
     "-hff": "--model REPO:QUANT", "--hf-file": "--model REPO:QUANT", "-mu": "--model", "--model-url": "--model",
+    # Workers are checked before launch and counted in the plan: unchecked ones would bypass both.
+    "--rpc": "--rpc",
 }  # fmt: skip
 _MANAGED_CLI_OPTIONS = {
     key: value for key, value in _MANAGED_SERVER_OPTIONS.items() if value not in ("--port", "--host", "--alias")
@@ -306,7 +318,7 @@ def _model_and_passthrough(
     return leading[0], passthrough
 
 
-def _check_port(*, host: str, port: int, dry_run: bool) -> None:
+def check_port_for_launch(*, host: str, port: int, dry_run: bool) -> None:
     from nemolaunch.adapters.ports import check_port
     from nemolaunch.errors import PortInUse
 
@@ -347,7 +359,7 @@ def _check_api_key_file(path: Path | None) -> Path | None:
     return path.resolve()
 
 
-def _exec(argv: list[str], env: dict[str, str]) -> None:
+def exec_launch(argv: list[str], env: dict[str, str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     console.file.flush()

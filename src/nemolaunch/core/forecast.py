@@ -11,14 +11,15 @@ total = weights + kv + recurrent + compute + runtime + margin, where
                + d_state × d_inner]                                (SSM state)
               llama.cpp keeps both states in f32, one set per sequence, whatever
               the context size.
-* compute   = compute devices × n_ubatch × (n_vocab + 16 × n_embd) × 4 bytes:
+* compute   = compute devices (GPUs, RPC worker devices, the CPU) × n_ubatch × (n_vocab + 16 × n_embd) × 4 bytes:
               each backend (every GPU, and the CPU that runs spilled experts)
               reserves its own graph buffer, sized for a full micro-batch of
               logits (n_ubatch × n_vocab floats) plus the activations of the widest
               layers (a heuristic 16 × n_embd floats per token).
 * runtime   = llama-server's own footprint (code, tokenizer, HTTP server, prompt
               cache bookkeeping): peak RSS minus the buffers llama.cpp reports,
-              measured on the tiny model by benchmarks/forecast_vs_rss.py.
+              measured on the tiny model by benchmarks/forecast_vs_rss.py;
+              + an rpc-server's footprint per RPC worker.
 * margin    = 5 % of the above (allocator rounding, estimate error)
               + 1 GiB (long prompts' host buffers, page cache pressure, what the estimate misses)
               + 512 MiB per CUDA GPU (the CUDA context and cuBLAS workspace,
@@ -51,6 +52,8 @@ MARGIN_FRACTION = 0.05
 UNKNOWN_ARCHITECTURE_MARGIN_FRACTION = 0.10
 MARGIN_FIXED_BYTES = 1 * GiB
 CUDA_CONTEXT_BYTES = 512 * MiB
+#: An rpc-server's own footprint beside the tensors it holds (code, backend, the connection's buffers).
+RPC_SERVER_RUNTIME_BYTES = 64 * MiB
 
 #: Bytes per KV-cache element for llama.cpp's --cache-type-k/-v values
 #: (quantized types carry a block scale: q8_0 is 34 bytes per 32 values).
@@ -284,14 +287,18 @@ def forecast_memory(
     cuda_devices: int = 0,
     cache_type: str = "f16",
     ubatch: int = DEFAULT_UBATCH,
+    rpc_devices: int = 0,
+    rpc_workers: int = 0,
 ) -> Forecast:
     """The forecast for one quant (see the module docstring for the formula).
 
     ``gpu_devices`` is how many GPUs get a share of the model (each adds a
     compute buffer), ``cuda_devices`` how many of them are CUDA (each adds a
-    context); the CPU always counts as one more compute device.
+    context); the CPU always counts as one more compute device. Over RPC,
+    each worker device reserves a compute buffer of its own too, and each
+    worker's rpc-server adds its footprint to the runtime.
     """
-    devices = gpu_devices + 1
+    devices = gpu_devices + rpc_devices + 1
     notes: list[str] = []
     if architecture is None:
         kv = 0
@@ -306,14 +313,15 @@ def forecast_memory(
         fraction = MARGIN_FRACTION
         if architecture.source == "builtin":
             notes.append("architecture from built-in figures (approximate), not a GGUF header")
-    subtotal = weights_bytes + kv + recurrent + compute + RUNTIME_BYTES
+    runtime = RUNTIME_BYTES + rpc_workers * RPC_SERVER_RUNTIME_BYTES
+    subtotal = weights_bytes + kv + recurrent + compute + runtime
     margin = round(subtotal * fraction) + MARGIN_FIXED_BYTES + cuda_devices * CUDA_CONTEXT_BYTES
     return Forecast(
         weights=weights_bytes,
         kv=kv,
         recurrent=recurrent,
         compute=compute,
-        runtime=RUNTIME_BYTES,
+        runtime=runtime,
         margin=margin,
         notes=tuple(notes),
     )

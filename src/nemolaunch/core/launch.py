@@ -51,7 +51,23 @@ class ServerLaunch:
     sampling: Sampling = field(default_factory=Sampling)
     api_key_file: Path | None = None
     parallel: int | None = None  # None: llama-server's own choice (DEFAULT_PARALLEL slots)
+    cluster: Cluster | None = None
     extra_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """llama.cpp RPC workers the model spreads over, as ``--rpc`` names them."""
+
+    endpoints: tuple[str, ...]
+    # --fit's free-memory target per RPC device (MiB), where its default would fill a worker's RAM.
+    fit_target_mib: tuple[int, ...] = ()
+
+    def argv(self) -> list[str]:
+        argv = ["--rpc", ",".join(self.endpoints)]
+        if self.fit_target_mib:
+            argv += ["--fit-target", ",".join(str(target) for target in self.fit_target_mib)]
+        return argv
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,7 @@ class CliLaunch:
     sampling: Sampling = field(default_factory=Sampling)
     prompt: str | None = None
     n_predict: int | None = None
+    cluster: Cluster | None = None
     extra_args: tuple[str, ...] = ()
 
 
@@ -82,6 +99,8 @@ def server_argv(launch: ServerLaunch) -> list[str]:
         argv += ["--api-key-file", str(launch.api_key_file)]
     if launch.parallel is not None:
         argv += ["--parallel", str(launch.parallel)]
+    if launch.cluster is not None:
+        argv += launch.cluster.argv()
     argv += list(launch.extra_args)
     return argv
 
@@ -99,7 +118,30 @@ def cli_argv(launch: CliLaunch) -> list[str]:
         argv += ["--prompt", launch.prompt, "--single-turn"]
     if launch.n_predict is not None:
         argv += ["--n-predict", str(launch.n_predict)]
+    if launch.cluster is not None:
+        argv += launch.cluster.argv()
     argv += list(launch.extra_args)
+    return argv
+
+
+@dataclass(frozen=True)
+class WorkerLaunch:
+    """llama.cpp's rpc-server on a worker machine."""
+
+    binary: str
+    host: str
+    port: int
+    threads: int  # for its CPU device: rpc-server's own default is half the logical cores
+    devices: tuple[str, ...] = ()  # rpc-server's --device; empty: its GPUs, else its CPU
+    cache: bool = False  # keep received tensors on disk, so a reload does not resend them
+
+
+def worker_argv(launch: WorkerLaunch) -> list[str]:
+    argv = [launch.binary, "--host", launch.host, "--port", str(launch.port), "--threads", str(launch.threads)]
+    if launch.devices:
+        argv += ["--device", ",".join(launch.devices)]
+    if launch.cache:
+        argv.append("--cache")
     return argv
 
 

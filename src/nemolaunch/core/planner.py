@@ -24,8 +24,18 @@ from nemolaunch.core.catalog import (
     Quant,
     builtin_catalog,
 )
+from nemolaunch.core.cluster import (
+    DEFAULT_RPC_PORT,
+    HostShare,
+    RpcEndpoint,
+    Worker,
+    machines_needed,
+    spread,
+    worker_like,
+)
 from nemolaunch.core.forecast import (
     DEFAULT_CTX_SIZE,
+    RPC_SERVER_RUNTIME_BYTES,
     ArchitectureFacts,
     Forecast,
     GiB,
@@ -35,7 +45,7 @@ from nemolaunch.core.forecast import (
 from nemolaunch.core.hardware import HardwareFacts
 from nemolaunch.errors import BadOption, NoCompleteQuant
 
-Placement = Literal["gpu", "gpu+cpu-experts", "cpu", "metal"]
+Placement = Literal["gpu", "gpu+cpu-experts", "cpu", "metal", "cluster"]
 BudgetKind = Literal["cuda", "metal", "cpu"]
 
 #: Past 8 bits a quant is as good as lossless, so more bits stop counting as
@@ -66,12 +76,31 @@ class MemoryBudget:
     ram_bytes: int  # RAM available on top of it; 0 where GPU memory is the RAM
     gpu_devices: int
     cuda_devices: int
+    workers: tuple[Worker, ...] = ()  # llama.cpp RPC workers; loopback ones add no memory
+
+    @property
+    def remote_workers(self) -> tuple[Worker, ...]:
+        return tuple(worker for worker in self.workers if not worker.on_this_machine)
+
+    @property
+    def worker_bytes(self) -> int:
+        return sum(worker.usable_bytes for worker in self.remote_workers)
+
+    @property
+    def head_bytes(self) -> int:
+        return self.gpu_bytes + self.ram_bytes
 
     @property
     def total_bytes(self) -> int:
-        return self.gpu_bytes + self.ram_bytes
+        return self.head_bytes + self.worker_bytes
+
+    @property
+    def rpc_devices(self) -> int:
+        return sum(len(worker.devices) for worker in self.workers)
 
     def placement_for(self, forecast_bytes: int) -> Placement:
+        if self.remote_workers:
+            return "cluster"
         if self.kind == "metal":
             return "metal"
         if self.kind == "cpu":
@@ -79,12 +108,18 @@ class MemoryBudget:
         return "gpu" if forecast_bytes <= self.gpu_bytes else "gpu+cpu-experts"
 
 
-def memory_budget(facts: HardwareFacts) -> MemoryBudget:
-    """GPU free memory + RAM available on CUDA machines; the Metal budget on Apple; RAM otherwise.
+def memory_budget(facts: HardwareFacts, workers: tuple[Worker, ...] = ()) -> MemoryBudget:
+    """GPU free memory + RAM available on CUDA machines; the Metal budget on Apple; RAM otherwise;
+    plus what each RPC worker on another machine lets llama.cpp fill.
 
     Unified memory (Apple silicon, CUDA boards whose GPU uses the system RAM) is
     counted once, as GPU memory, never again as RAM.
     """
+    head = _head_budget(facts)
+    return MemoryBudget(head.kind, head.gpu_bytes, head.ram_bytes, head.gpu_devices, head.cuda_devices, workers)
+
+
+def _head_budget(facts: HardwareFacts) -> MemoryBudget:
     metal = [gpu for gpu in facts.gpus if gpu.backend == "metal"]
     if metal:
         return MemoryBudget("metal", max(gpu.free_bytes for gpu in metal), 0, 1, 0)
@@ -124,6 +159,7 @@ class WayOut:
     repo: str | None = None
     quant: str | None = None
     needs_bytes: int | None = None
+    machines: int | None = None  # for "rpc": machines like this one (this one included) that would hold it
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -132,6 +168,7 @@ class WayOut:
             "repo": self.repo,
             "quant": self.quant,
             "needs_bytes": self.needs_bytes,
+            "machines": self.machines,
         }
 
 
@@ -154,6 +191,7 @@ class Plan:
     shortfall_bytes: int | None = None
     ways_out: tuple[WayOut, ...] = field(default=())
     forced: bool = False
+    hosts: tuple[HostShare, ...] = ()  # with RPC workers: each machine's part of the chosen quant
 
     @property
     def quant(self) -> Quant | None:
@@ -188,7 +226,26 @@ class Plan:
                 "kind": self.budget.kind,
                 "gpu_bytes": self.budget.gpu_bytes,
                 "ram_bytes": self.budget.ram_bytes,
+                "worker_bytes": self.budget.worker_bytes,
             },
+            "workers": [
+                {
+                    "endpoint": str(worker.endpoint),
+                    "on_this_machine": worker.on_this_machine,
+                    "usable_bytes": worker.usable_bytes,
+                    "devices": [
+                        {
+                            "name": device.name,
+                            "total_bytes": device.total_bytes,
+                            "free_bytes": device.free_bytes,
+                            "fit_target_bytes": device.fit_target_bytes,
+                        }
+                        for device in worker.devices
+                    ],
+                }
+                for worker in self.budget.workers
+            ],
+            "hosts": [host.to_json() for host in self.hosts],
             "quants": [
                 {
                     "name": item.quant.name,
@@ -218,8 +275,10 @@ def plan_launch(
     catalog: Catalog,
     request: PlanRequest,
     architecture: ArchitectureFacts | None,
+    workers: tuple[Worker, ...] = (),
 ) -> Plan:
-    """The plan for ``request`` on the machine ``facts`` describes (see the module docstring)."""
+    """The plan for ``request`` on the machine ``facts`` describes, with its RPC ``workers``
+    (see the module docstring)."""
     if request.parallel < 1:
         raise BadOption(option="--parallel", value=request.parallel, hint="use 1 or more slots")
     validate_ctx_size(request.ctx_size, architecture)
@@ -227,10 +286,10 @@ def plan_launch(
         raise NoCompleteQuant(repo=catalog.repo, incomplete=[broken.name for broken in catalog.incomplete])
     named = catalog.find(request.quant) if request.quant else None
 
-    budget = memory_budget(facts)
+    budget = memory_budget(facts, workers)
     assessments = tuple(_assess(quant, budget, architecture, request) for quant in catalog.quants)
     reasons: list[str] = [_budget_reason(budget, facts)]
-    warnings: list[str] = []
+    warnings: list[str] = list(_cluster_warnings(budget))
 
     if named is not None:
         chosen: QuantAssessment | None = next(item for item in assessments if item.quant is named)
@@ -251,9 +310,13 @@ def plan_launch(
             reasons.append(f"no quant at or above {_floor_name()} fits in {_gb(budget.total_bytes)}")
 
     fits = chosen is not None and chosen.fits
+    hosts: tuple[HostShare, ...] = ()
     if chosen is not None:
         reasons.append(_forecast_reason(chosen, request.ctx_size))
         reasons.append(_placement_reason(chosen, budget))
+        if budget.remote_workers:
+            hosts = _hosts(chosen.forecast, budget, facts)
+            reasons.append(_hosts_reason(chosen.quant.name, hosts))
         if fits and named is None:
             reasons.extend(_why_not_better(chosen, assessments))
         if not fits:
@@ -293,6 +356,7 @@ def plan_launch(
         shortfall_bytes=shortfall,
         ways_out=ways_out,
         forced=request.force,
+        hosts=hosts,
     )
 
 
@@ -307,6 +371,8 @@ def _assess(
         gpu_devices=budget.gpu_devices,
         cuda_devices=budget.cuda_devices,
         cache_type=request.cache_type,
+        rpc_devices=budget.rpc_devices,
+        rpc_workers=len(budget.workers),
     )
     total = forecast.total
     return QuantAssessment(quant, forecast, total <= budget.total_bytes, budget.placement_for(total))
@@ -390,26 +456,111 @@ def _ways_out(
         ways.extend(_metal_limit_way(facts, assessments, budget))
     ways.extend(_smaller_model_ways(catalog, budget, request))
     target = (
-        named.name
+        next(item for item in assessments if item.quant is named)
         if named is not None
         else min(
             (item for item in assessments if not item.quant.below_quality_floor),
             key=lambda item: item.forecast.total,
             default=smallest,
-        ).quant.name
-    )
-    ways.append(
-        WayOut(
-            "rpc",
-            f"pool more machines with llama.cpp RPC: about {_gb(shortfall)} more memory in total runs {target}. "
-            "Run `rpc-server -H <LAN address>` on each (trusted networks only: it has no authentication), "
-            f"then `nemolaunch serve --quant {target} --force -- --rpc HOST:50052,...`; slower than one machine",
-            repo,
-            target,
-            shortfall,
         )
     )
+    ways.append(_rpc_way(facts, budget, target, shortfall, repo))
     return ways
+
+
+def _rpc_way(facts: HardwareFacts, budget: MemoryBudget, target: QuantAssessment, shortfall: int, repo: str) -> WayOut:
+    """How many machines like this one, pooled over llama.cpp RPC, would hold ``target``."""
+    name = target.quant.name
+    # A worker like this one brings what its rpc-server would expose: its GPUs, else its RAM; a GPU
+    # machine can offer its RAM too (`--device CUDA0,...,CPU`), when that takes fewer machines.
+    endpoint = budget.workers[0].endpoint if budget.workers else _PLACEHOLDER_ENDPOINT
+    options = [(worker_like(facts, endpoint), "")]
+    if facts.gpus:
+        everything = [f"{'MTL' if gpu.backend == 'metal' else 'CUDA'}{n}" for n, gpu in enumerate(facts.gpus)]
+        options.append((worker_like(facts, endpoint, devices=[*everything, "CPU"]), ",".join([*everything, "CPU"])))
+    best = None
+    for like_this, devices in options:
+        count = machines_needed(
+            forecast_bytes=target.forecast.total - budget.worker_bytes,
+            head_bytes=budget.head_bytes,
+            worker_bytes=like_this.usable_bytes,
+        )
+        if count is not None and (best is None or count < best[0]):
+            best = (count, like_this, devices)
+    device_flag = f" --device {best[2]}" if best and best[2] else ""
+    how = (
+        f"run `nemolaunch rpc-worker --host <its LAN address>{device_flag}` on each worker (trusted networks only: "
+        "RPC has no authentication or encryption), then `nemolaunch serve --rpc HOST:50052,...` here"
+    )
+    if best is None:
+        text = (
+            f"pool machines with llama.cpp RPC: about {_gb(shortfall)} more memory in total runs {name}; "
+            f"{how}; slower than one machine"
+        )
+    elif budget.workers:
+        needed, like_this, _ = best
+        more = needed - 1
+        text = (
+            f"pool more machines with llama.cpp RPC: {more} more worker(s) like this machine "
+            f"({_gb(like_this.usable_bytes)} each) would hold {name} (needs {_gb(target.forecast.total)}); {how}"
+        )
+    else:
+        needed, like_this, _ = best
+        text = (
+            f"pool machines with llama.cpp RPC: {needed} machines like this one ({_gb(budget.head_bytes)} here, "
+            f"{_gb(like_this.usable_bytes)} for each worker) would hold {name} (needs {_gb(target.forecast.total)}); "
+            f"{how}; slower than one machine"
+        )
+    return WayOut("rpc", text, repo, name, shortfall, machines=best[0] if best else None)
+
+
+_PLACEHOLDER_ENDPOINT = RpcEndpoint("worker", DEFAULT_RPC_PORT)
+
+
+def _hosts(forecast: Forecast, budget: MemoryBudget, facts: HardwareFacts) -> tuple[HostShare, ...]:
+    """Each machine's part of ``forecast``, as llama.cpp would place it over the cluster."""
+    remote = budget.remote_workers
+    remote_devices = sum(len(worker.devices) for worker in remote)
+    compute_devices = budget.gpu_devices + budget.rpc_devices + 1
+    per_device = forecast.compute // compute_devices
+    layer_bytes = forecast.weights + forecast.kv + forecast.recurrent
+    remote_overhead = remote_devices * per_device + len(remote) * RPC_SERVER_RUNTIME_BYTES
+    head_devices = (*(f"{gpu.backend.upper()}{gpu.index} {gpu.name}" for gpu in facts.gpus), "CPU")
+    return spread(
+        layer_bytes=layer_bytes,
+        weights_bytes=forecast.weights,
+        head_fixed_bytes=forecast.total - layer_bytes - remote_overhead,
+        head_gpu_bytes=budget.gpu_bytes if budget.ram_bytes else 0,
+        head_ram_bytes=budget.ram_bytes if budget.ram_bytes else budget.gpu_bytes,
+        head_devices=head_devices,
+        workers=remote,
+        per_device_bytes=per_device,
+    )
+
+
+def _hosts_reason(name: str, hosts: tuple[HostShare, ...]) -> str:
+    parts = [f"{host.host} {_gb(host.planned_bytes)} of {_gb(host.free_bytes)}" for host in hosts]
+    return f"{name} spreads over {len(hosts)} machines (approximate: llama.cpp splits by whole layers): " + ", ".join(
+        parts
+    )
+
+
+def _cluster_warnings(budget: MemoryBudget) -> list[str]:
+    warnings = []
+    local = [str(worker.endpoint) for worker in budget.workers if worker.on_this_machine]
+    if local:
+        warnings.append(
+            f"RPC worker(s) {', '.join(local)} run on this machine: their memory is this machine's own, counted once"
+        )
+    for worker in budget.remote_workers:
+        for device in worker.devices:
+            if device.unmeasured:
+                warnings.append(
+                    f"{worker.endpoint} ({device.name}) reports all {_gb(device.total_bytes)} as free, as llama.cpp "
+                    f"does for a CPU: the plan leaves {_gb(device.fit_target_bytes)} of it to that machine "
+                    "(passed to llama.cpp as --fit-target)"
+                )
+    return warnings
 
 
 def _metal_limit_way(
@@ -491,6 +642,14 @@ def _why_not_better(chosen: QuantAssessment, assessments: tuple[QuantAssessment,
 
 
 def _budget_reason(budget: MemoryBudget, facts: HardwareFacts) -> str:
+    head = _head_budget_reason(budget, facts)
+    if not budget.remote_workers:
+        return head
+    workers = ", ".join(f"{worker.endpoint} {_gb(worker.usable_bytes)}" for worker in budget.remote_workers)
+    return f"{head}; + {len(budget.remote_workers)} RPC worker(s): {workers} = {_gb(budget.total_bytes)} in all"
+
+
+def _head_budget_reason(budget: MemoryBudget, facts: HardwareFacts) -> str:
     if budget.kind == "metal":
         return f"budget: {_gb(budget.gpu_bytes)}, the Apple GPU's working-set limit (unified memory, counted once)"
     if budget.kind == "cpu":
@@ -500,7 +659,7 @@ def _budget_reason(budget: MemoryBudget, facts: HardwareFacts) -> str:
         return f"budget: {_gb(budget.gpu_bytes)} of unified memory shared by {len(gpus)} CUDA GPU(s)"
     return (
         f"budget: {len(gpus)} CUDA GPU(s) with {_gb(budget.gpu_bytes)} free "
-        f"+ {_gb(budget.ram_bytes)} of RAM available = {_gb(budget.total_bytes)}"
+        f"+ {_gb(budget.ram_bytes)} of RAM available = {_gb(budget.head_bytes)}"
     )
 
 
@@ -523,6 +682,12 @@ def _placement_reason(item: QuantAssessment, budget: MemoryBudget) -> str:
         )
     if item.placement == "metal":
         return "placement metal: the whole model runs on the Apple GPU"
+    if item.placement == "cluster":
+        return (
+            "placement cluster: llama.cpp puts layers on the RPC workers first, in proportion to their free memory "
+            "(--fit reads each worker's memory over RPC), then on this machine's GPUs, the rest in its RAM; "
+            "this machine keeps the token embeddings and runs the sampling"
+        )
     return "placement cpu: the whole model runs on the CPU, from RAM"
 
 
