@@ -683,10 +683,11 @@ def _placement_reason(item: QuantAssessment, budget: MemoryBudget) -> str:
     if item.placement == "metal":
         return "placement metal: the whole model runs on the Apple GPU"
     if item.placement == "cluster":
+        gpus = ", then on this machine's GPUs" if budget.kind == "cuda" else ""
         return (
             "placement cluster: llama.cpp puts layers on the RPC workers first, in proportion to their free memory "
-            "(--fit reads each worker's memory over RPC), then on this machine's GPUs, the rest in its RAM; "
-            "this machine keeps the token embeddings and runs the sampling"
+            f"(--fit reads each worker's memory over RPC){gpus}, the rest in this machine's "
+            f"{'memory' if budget.kind == 'metal' else 'RAM'}; this machine keeps the token embeddings and samples"
         )
     return "placement cpu: the whole model runs on the CPU, from RAM"
 
