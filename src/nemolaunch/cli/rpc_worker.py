@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from nemolaunch.cli.output import err_console, print_command, print_json, styled, warn
-from nemolaunch.core.cluster import DEFAULT_RPC_PORT
+from nemolaunch.core.launch import DEFAULT_RPC_PORT
 
 if TYPE_CHECKING:
     from nemolaunch.adapters.llamacpp import Found

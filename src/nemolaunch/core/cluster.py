@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nemolaunch.core.forecast import RPC_SERVER_RUNTIME_BYTES
 from nemolaunch.core.hardware import HardwareFacts, first_validation_problem, parse_hardware_facts
+from nemolaunch.core.launch import DEFAULT_RPC_PORT
 from nemolaunch.errors import BadRpcEndpoint, HardwareFileInvalid, HardwareFileNotJson
 
-DEFAULT_RPC_PORT = 50052
 #: llama.cpp's --fit leaves this much free on every device it fills (its --fit-target default, 1024 MiB).
 FIT_TARGET_BYTES = 1024**3
 #: A worker whose rpc-server exposes its CPU keeps this share of its RAM (at least the minimum) for its

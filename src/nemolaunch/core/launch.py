@@ -14,6 +14,8 @@ from nemolaunch import ULTRA_ALIAS, ULTRA_REPO
 from nemolaunch.core.split_names import parse_split_name
 
 DEFAULT_PORT = 8001
+#: Where llama.cpp's rpc-server listens unless told otherwise.
+DEFAULT_RPC_PORT = 50052
 DEFAULT_HOST = "127.0.0.1"
 #: A working context, not the model's maximum: llama-server's own default (0)
 #: means the training context, 1M tokens for the Ultra, far past most budgets.

@@ -25,7 +25,6 @@ from nemolaunch.core.catalog import (
     builtin_catalog,
 )
 from nemolaunch.core.cluster import (
-    DEFAULT_RPC_PORT,
     HostShare,
     RpcEndpoint,
     Worker,
@@ -43,6 +42,7 @@ from nemolaunch.core.forecast import (
     validate_ctx_size,
 )
 from nemolaunch.core.hardware import HardwareFacts
+from nemolaunch.core.launch import DEFAULT_RPC_PORT
 from nemolaunch.errors import BadOption, NoCompleteQuant
 
 Placement = Literal["gpu", "gpu+cpu-experts", "cpu", "metal", "cluster"]
