@@ -179,8 +179,21 @@ def test_parse_version_both_formats() -> None:
     new = parse_version("version: 0.5.0-dev (build 1, commit 0c1e570)\nbuilt with GNU 12.2.0 for Linux x86_64\n")
     assert (new.number, new.commit) == ("0.5.0-dev", "0c1e570")
     assert new.built_with == "built with GNU 12.2.0 for Linux x86_64"
+    assert new.label() == "version 0.5.0-dev (0c1e570)"
     old = parse_version("ggml_cuda_init: found 1 CUDA devices\nversion: 6543 (a1b2c3d)\nbuilt with cc\n")
     assert (old.number, old.commit) == ("6543", "a1b2c3d")
+
+
+def test_parse_version_of_a_tree_without_git_metadata() -> None:
+    """The version line of an sdist tree's build (issue 9, an H200 machine), after the lines CUDA builds print first."""
+    version = parse_version(
+        "ggml_cuda_init: found 1 CUDA devices:\n  Device 0: NVIDIA H200, compute capability 9.0, VMM: yes\n"
+        "version: 0.5.0-dev (build 0, commit unknown)\nbuilt with GNU 12.2.0 for Linux x86_64\n"
+    )
+    assert (version.number, version.commit) == ("0.5.0-dev", None)
+    assert version.label() == "version 0.5.0-dev (commit unknown)"
+    assert parse_version("").label() == "version unknown"
+    assert parse_version("no answer (timed out)").label() == "version unknown (no answer (timed out))"
 
 
 def fake_llama_cpp_tree(root: Path, *, broken: bool = False, cmake_error: str | None = None) -> Path:
