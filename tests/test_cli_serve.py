@@ -138,11 +138,52 @@ def test_port_out_of_range(model: Path, bad_port: str) -> None:
     assert f"port {bad_port} is out of range" in _one_error_line(result.stderr)
 
 
-@pytest.mark.parametrize("bad", [["--ctx-size", "0"], ["--ctx-size", "2000000"], ["--top-p", "1.5"]])
-def test_bad_numbers(model: Path, bad: list[str]) -> None:
-    result = run_nemolaunch("serve", "--model", str(model), *bad, "--dry-run")
+def _no_llama_cpp_anywhere(tmp_path: Path) -> dict[str, str]:
+    """A machine with no llama.cpp build at all: no nemolaunch build, nothing on PATH."""
+    empty = tmp_path / "empty-bin"
+    empty.mkdir(exist_ok=True)
+    return cli_env(XDG_DATA_HOME=str(tmp_path / "data"), PATH=str(empty))
+
+
+@pytest.mark.parametrize(
+    ("command", "bad"),
+    [
+        ("serve", ["--ctx-size", "0"]),
+        ("serve", ["--ctx-size", "2000000"]),
+        ("serve", ["--top-p", "1.5"]),
+        ("serve", ["--temp", "-1"]),
+        ("serve", ["--parallel", "0"]),
+        ("serve", ["--port", "0"]),
+        ("run", ["--ctx-size", "-4"]),
+        ("run", ["--n-predict", "0"]),
+    ],
+)
+def test_bad_numbers(model: Path, tmp_path: Path, command: str, bad: list[str]) -> None:
+    """The mistake in the command line is the first thing heard, before any missing llama.cpp."""
+    result = run_nemolaunch(command, "--model", str(model), *bad, "--dry-run", env=_no_llama_cpp_anywhere(tmp_path))
+    assert result.returncode == 2, result.stderr
+    line = _one_error_line(result.stderr)
+    assert bad[0] in line or f"port {bad[1]}" in line
+    assert "not found" not in result.stderr
+
+
+def test_bad_ctx_size_for_a_hub_model_comes_before_the_binary(tmp_path: Path) -> None:
+    result = run_nemolaunch(
+        "serve", "acme/Model-GGUF:Q4_K_M", "--ctx-size", "0", "--dry-run", env=_no_llama_cpp_anywhere(tmp_path)
+    )
     assert result.returncode == 2
-    assert bad[0] in _one_error_line(result.stderr)
+    assert "--ctx-size 0 is not valid" in _one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "no-such-host.invalid"])
+def test_a_host_that_does_not_resolve_is_refused_before_any_warning(model: Path, tmp_path: Path, host: str) -> None:
+    result = run_nemolaunch(
+        "serve", "--model", str(model), "--host", host, "--dry-run", env=_no_llama_cpp_anywhere(tmp_path)
+    )
+    assert result.returncode == 2
+    line = _one_error_line(result.stderr)
+    assert f"--host {host} does not resolve" in line and "127.0.0.1 or 0.0.0.0" in line
+    assert "warning" not in result.stderr  # no API-key warning about a server that never starts
 
 
 def test_api_key_file_missing_and_readable_by_others(model: Path, llama_bin_dir: Path, tmp_path: Path) -> None:
@@ -176,8 +217,7 @@ def test_api_key_file_missing_and_readable_by_others(model: Path, llama_bin_dir:
 
 
 def test_no_llama_server_found(model: Path, tmp_path: Path) -> None:
-    env = cli_env(XDG_DATA_HOME=str(tmp_path / "data"), PATH=os.path.dirname(os.__file__) + ":/usr/bin:/bin")
-    result = run_nemolaunch("serve", "--model", str(model), "--dry-run", env=env)
+    result = run_nemolaunch("serve", "--model", str(model), "--dry-run", env=_no_llama_cpp_anywhere(tmp_path))
     assert result.returncode == 3
     line = _one_error_line(result.stderr)
     assert "llama-server not found" in line and "nemolaunch build" in line
