@@ -13,7 +13,7 @@ import pytest
 
 from nemolaunch import ULTRA_ALIAS
 
-from conftest import REPO_ROOT, cli_env, run_nemolaunch
+from conftest import REPO_ROOT, cli_env, llama_cpp_shim, run_nemolaunch
 
 HARDWARE = REPO_ROOT / "tests" / "fixtures" / "hardware"
 
@@ -309,23 +309,35 @@ def _with_nvidia_driver(tmp_path: Path) -> dict[str, str]:
     return cli_env(PATH=f"{shims}:{os.environ['PATH']}")
 
 
-@pytest.mark.parametrize("command", ["serve", "run"])
-def test_a_cpu_only_llama_cpp_on_a_gpu_machine_is_named(
-    command: str, model: Path, llama_bin_dir: Path, tmp_path: Path
-) -> None:
-    base = [command, "--model", str(model), "--llama-cpp", str(llama_bin_dir), "--dry-run"]
+def _cpu_only_build(tmp_path: Path) -> Path:
+    """A llama.cpp that lists no device besides the CPU, whatever build this machine has (a CUDA one, say)."""
+    return llama_cpp_shim(tmp_path / "cpu-only-bin")
 
-    # The real CPU build answers --list-devices with no device: asked, not guessed.
+
+@pytest.mark.parametrize("command", ["serve", "run"])
+def test_a_cpu_only_llama_cpp_on_a_gpu_machine_is_named(command: str, model: Path, tmp_path: Path) -> None:
+    cpu_only = _cpu_only_build(tmp_path)
+    base = [command, "--model", str(model), "--llama-cpp", str(cpu_only), "--dry-run"]
+
+    # The build is asked (--list-devices), not guessed: it answers with no device besides the CPU.
     env = _with_nvidia_driver(tmp_path)
     on_gpu_machine = run_nemolaunch(*base, env=env)
     chose_devices = run_nemolaunch(*base, "--", "-ngl", "0", env=env)
 
     assert on_gpu_machine.returncode == 0, on_gpu_machine.stderr
-    binary = llama_bin_dir / ("llama-server" if command == "serve" else "llama-cli")
+    binary = cpu_only / ("llama-server" if command == "serve" else "llama-cli")
     warning = f"warning: this machine has an NVIDIA GPU driver, but {binary} lists no CUDA device: the model would run"
     assert warning in on_gpu_machine.stderr
     assert "nemolaunch build --backend cuda" in on_gpu_machine.stderr
     assert chose_devices.returncode == 0 and "CPU alone" not in chose_devices.stderr
+
+
+def test_a_cuda_build_on_a_gpu_machine_is_not_named(model: Path, tmp_path: Path) -> None:
+    cuda = llama_cpp_shim(tmp_path / "cuda-bin", devices=("CUDA0: NVIDIA H200 (143155 MiB, 142629 MiB free)",))
+    result = run_nemolaunch(
+        "serve", "--model", str(model), "--llama-cpp", str(cuda), "--dry-run", env=_with_nvidia_driver(tmp_path)
+    )
+    assert result.returncode == 0 and "CPU alone" not in result.stderr, result.stderr
 
 
 def test_no_gpu_warning_on_a_machine_without_one(model: Path, llama_bin_dir: Path) -> None:
@@ -337,9 +349,10 @@ def test_no_gpu_warning_on_a_machine_without_one(model: Path, llama_bin_dir: Pat
     assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
 
 
-def test_plan_names_a_cpu_only_llama_cpp_before_any_download(llama_bin_dir: Path, tmp_path: Path) -> None:
+def test_plan_names_a_cpu_only_llama_cpp_before_any_download(tmp_path: Path) -> None:
+    cpu_only = _cpu_only_build(tmp_path)
     env = _with_nvidia_driver(tmp_path) | {
-        "NEMOLAUNCH_LLAMA_CPP": str(llama_bin_dir),
+        "NEMOLAUNCH_LLAMA_CPP": str(cpu_only),
         "HF_HUB_OFFLINE": "1",  # the built-in Ultra figures: no Hub needed
         "HF_HOME": str(tmp_path / "hf"),
         "XDG_CACHE_HOME": str(tmp_path / "cache"),
@@ -350,6 +363,6 @@ def test_plan_names_a_cpu_only_llama_cpp_before_any_download(llama_bin_dir: Path
     elsewhere = run_nemolaunch(*argv, "--hardware", str(HARDWARE / "b200x4.json"), env=env)
 
     assert "lists no CUDA device: the model would run on the CPU alone" in here.stderr, here.stderr
-    assert json.loads(here.stdout)["command"][0] == str(llama_bin_dir / "llama-server")
+    assert json.loads(here.stdout)["command"][0] == str(cpu_only / "llama-server")
     # Planning for another machine says nothing about this one's build.
     assert "CPU alone" not in elsewhere.stderr and json.loads(elsewhere.stdout)["command"][0] == "llama-server"
