@@ -55,6 +55,26 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def path_without(tmp_path: Path, *hidden: str) -> str:
+    """A PATH holding every tool of this machine except ``hidden`` (a machine that lacks them).
+
+    Every tool is kept where this PATH finds it first, as ``shutil.which`` does, so a cmake that
+    lives in a virtualenv's bin/ (beside python, pip and more) survives the hiding of a compiler.
+    """
+    shims = tmp_path / "bin"
+    shims.mkdir(exist_ok=True)
+    folders = [*os.environ.get("PATH", "").split(os.pathsep), "/usr/local/bin", "/usr/bin", "/bin"]
+    for folder in folders:
+        if not folder or not os.path.isdir(folder) or Path(folder).resolve() == shims.resolve():
+            continue
+        for entry in os.scandir(folder):
+            target = shims / entry.name
+            if entry.name in hidden or target.exists() or target.is_symlink():
+                continue
+            target.symlink_to(entry.path)
+    return str(shims)
+
+
 #: What llama.cpp built from a tree without git metadata (an sdist, an archive) says to --version.
 NO_GIT_VERSION = "version: 0.5.0-dev (build 0, commit unknown)"
 

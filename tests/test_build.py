@@ -16,29 +16,9 @@ from nemolaunch.adapters.builder import BuildRequest, script_argv, source_key
 from nemolaunch.adapters.llamacpp import Build, best_build, find_binary, parse_version
 from nemolaunch.errors import LlamaCppDirInvalid, LlamaCppNotFound
 
-from conftest import REPO_ROOT, cli_env, run_nemolaunch
+from conftest import REPO_ROOT, cli_env, path_without, run_nemolaunch
 
 SCRIPT = REPO_ROOT / "scripts" / "build_llamacpp.sh"
-
-
-def path_without(tmp_path: Path, *hidden: str) -> str:
-    """A PATH holding every tool of this machine except ``hidden`` (a machine that lacks them).
-
-    Every tool is kept where this PATH finds it first, as ``shutil.which`` does, so a cmake that
-    lives in a virtualenv's bin/ (beside python, pip and more) survives the hiding of a compiler.
-    """
-    shims = tmp_path / "bin"
-    shims.mkdir(exist_ok=True)
-    folders = [*os.environ.get("PATH", "").split(os.pathsep), "/usr/local/bin", "/usr/bin", "/bin"]
-    for folder in folders:
-        if not folder or not os.path.isdir(folder) or Path(folder).resolve() == shims.resolve():
-            continue
-        for entry in os.scandir(folder):
-            target = shims / entry.name
-            if entry.name in hidden or target.exists() or target.is_symlink():
-                continue
-            target.symlink_to(entry.path)
-    return str(shims)
 
 
 def test_path_without_keeps_cmake_where_path_finds_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
