@@ -4,6 +4,10 @@
 # GitHub is out of reach on CI and on many build machines, but PyPI is not:
 # the llama-cpp-python sdist carries the whole llama.cpp tree (commit 0c1e570)
 # under vendor/llama.cpp, and scripts/build_llamacpp.sh builds from it.
+#
+#   bash scripts/fetch_llamacpp_source.sh [--cached]
+#
+# --cached  never fetch: print the path if the archive is already cached, else exit 1 (offline machines).
 set -euo pipefail
 
 readonly VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
@@ -11,6 +15,11 @@ cache="${NEMOLAUNCH_SOURCE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nemolaunch/sou
 archive="$cache/llama_cpp_python-$VERSION.tar.gz"
 python="${PYTHON:-python3}"
 
+if [[ "${1:-}" == "--cached" ]]; then
+    [[ -s "$archive" ]] || exit 1
+    printf '%s\n' "$archive"
+    exit 0
+fi
 if [[ ! -s "$archive" ]]; then
     mkdir -p "$cache"
     tmp="$(mktemp -d "$cache/.download.XXXXXX")"

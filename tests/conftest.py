@@ -55,6 +55,53 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def path_without(tmp_path: Path, *hidden: str) -> str:
+    """A PATH holding every tool of this machine except ``hidden`` (a machine that lacks them).
+
+    Every tool is kept where this PATH finds it first, as ``shutil.which`` does, so a cmake that
+    lives in a virtualenv's bin/ (beside python, pip and more) survives the hiding of a compiler.
+    """
+    shims = tmp_path / "bin"
+    shims.mkdir(exist_ok=True)
+    folders = [*os.environ.get("PATH", "").split(os.pathsep), "/usr/local/bin", "/usr/bin", "/bin"]
+    for folder in folders:
+        if not folder or not os.path.isdir(folder) or Path(folder).resolve() == shims.resolve():
+            continue
+        for entry in os.scandir(folder):
+            target = shims / entry.name
+            if entry.name in hidden or target.exists() or target.is_symlink():
+                continue
+            target.symlink_to(entry.path)
+    return str(shims)
+
+
+#: What llama.cpp built from a tree without git metadata (an sdist, an archive) says to --version.
+NO_GIT_VERSION = "version: 0.5.0-dev (build 0, commit unknown)"
+
+
+def llama_cpp_shim(folder: Path, *, devices: tuple[str, ...] = (), version: str = NO_GIT_VERSION) -> Path:
+    """A llama.cpp bin folder of the test's own, answering only ``--version`` and ``--list-devices``.
+
+    For tests that need a build of a known kind whatever build this machine has (a CPU-only build on
+    a GPU machine, a version without a commit): the build is made explicit, at the binary's edge.
+    Its llama-server and llama-cli print what llama.cpp prints, and refuse to run anything else.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    listing = "".join(f"  {line}\\n" for line in devices)  # printf's escape, not a newline in the script
+    for name in ("llama-server", "llama-cli"):
+        binary = folder / name
+        binary.write_text(
+            "#!/bin/sh\n"
+            'case "$1" in\n'
+            f"  --version) printf '%s\\nbuilt with cc for Linux x86_64\\n' '{version}' >&2 ;;\n"
+            f"  --list-devices) printf 'Available devices:\\n{listing}' ;;\n"
+            "  *) echo 'a stand-in for llama.cpp: it only answers --version and --list-devices' >&2; exit 1 ;;\n"
+            "esac\n"
+        )
+        binary.chmod(0o755)
+    return folder
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     """The environment for a nemolaunch subprocess: this one, minus anything that would steer it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NEMOLAUNCH_", "LLAMA_"))}

@@ -16,24 +16,25 @@ from nemolaunch.adapters.builder import BuildRequest, script_argv, source_key
 from nemolaunch.adapters.llamacpp import Build, best_build, find_binary, parse_version
 from nemolaunch.errors import LlamaCppDirInvalid, LlamaCppNotFound
 
-from conftest import REPO_ROOT, cli_env, run_nemolaunch
+from conftest import REPO_ROOT, cli_env, path_without, run_nemolaunch
 
 SCRIPT = REPO_ROOT / "scripts" / "build_llamacpp.sh"
 
 
-def path_without(tmp_path: Path, *hidden: str) -> str:
-    """A PATH holding every tool of this machine except ``hidden`` (a machine that lacks them)."""
-    shims = tmp_path / "bin"
-    shims.mkdir(exist_ok=True)
-    for folder in ("/usr/local/bin", "/usr/bin", "/bin"):
-        if not os.path.isdir(folder):
-            continue
-        for entry in os.scandir(folder):
-            target = shims / entry.name
-            if entry.name in hidden or target.exists():
-                continue
-            target.symlink_to(entry.path)
-    return str(shims)
+def test_path_without_keeps_cmake_where_path_finds_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a machine whose cmake comes from `pip install cmake`: a venv bin/ holding cmake and more."""
+    venv_bin = tmp_path / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    for name in ("cmake", "ninja", "python3", "g++"):
+        (venv_bin / name).write_text("#!/bin/sh\n")
+        (venv_bin / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")
+
+    path = path_without(tmp_path, "c++", "g++", "clang++")
+
+    assert Path(shutil.which("cmake", path=path) or "").resolve() == (venv_bin / "cmake").resolve()
+    assert Path(shutil.which("ninja", path=path) or "").resolve() == (venv_bin / "ninja").resolve()
+    assert all(shutil.which(name, path=path) is None for name in ("c++", "g++", "clang++"))
 
 
 def run_script(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -112,22 +113,44 @@ def test_bad_backend_and_jobs(tmp_path: Path) -> None:
     assert result.returncode == 2 and "--jobs must be a positive whole number" in result.stderr
 
 
+def _build_under_test(llama_bin_dir: Path) -> tuple[str, str | None] | None:
+    """The backend and CUDA targets the build under test was made with, from its stamp (None: no stamp)."""
+    from nemolaunch.adapters.llamacpp import read_stamp
+
+    stamp = read_stamp(llama_bin_dir.parent)
+    if stamp is None:
+        return None
+    text = (llama_bin_dir.parent / "build-stamp.txt").read_text()
+    arch = next(
+        (word.split("=", 1)[1] for word in text.split() if word.startswith("-DCMAKE_CUDA_ARCHITECTURES=")), None
+    )
+    return stamp.backend, arch
+
+
 def test_rebuilding_the_same_source_is_a_no_op(llama_bin_dir: Path) -> None:
     source = os.environ.get("NEMOLAUNCH_TEST_LLAMA_CPP_SOURCE")
     if not source:
         pytest.skip("NEMOLAUNCH_TEST_LLAMA_CPP_SOURCE is set by scripts/test.sh")
+    made_with = _build_under_test(llama_bin_dir)
+    if made_with is None:
+        pytest.skip(f"{llama_bin_dir} is not one of nemolaunch's builds (no build-stamp.txt)")
+    # The same backend and targets the build was made with (a CUDA build on a GPU machine too): asked
+    # for anything else, the build would rightly be redone, over the build the other tests use.
+    backend, arch = made_with
     before = {p.name: p.stat().st_mtime_ns for p in llama_bin_dir.iterdir()}
     started = time.monotonic()
     result = run_nemolaunch(
-        "build", "--backend", "cpu", "--source", source, "--prefix", str(llama_bin_dir.parent), timeout=600
-    )
+        "build", "--backend", backend, *(["--cuda-arch", arch] if arch else []), "--source", source,
+        "--prefix", str(llama_bin_dir.parent),
+        timeout=600,
+    )  # fmt: skip
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert "already up to date" in result.stderr
     assert {p.name: p.stat().st_mtime_ns for p in llama_bin_dir.iterdir()} == before
     print(f"no-op rebuild took {elapsed:.2f}s")  # reported, not asserted: timing belongs to benchmarks
     stamp = (llama_bin_dir.parent / "build-stamp.txt").read_text()
-    assert "backend=cpu" in stamp and "-DGGML_RPC=ON" in stamp and "compiler=" in stamp
+    assert f"backend={backend}" in stamp and "-DGGML_RPC=ON" in stamp and "compiler=" in stamp
 
 
 def test_script_argv_and_source_key(tmp_path: Path) -> None:
@@ -179,8 +202,21 @@ def test_parse_version_both_formats() -> None:
     new = parse_version("version: 0.5.0-dev (build 1, commit 0c1e570)\nbuilt with GNU 12.2.0 for Linux x86_64\n")
     assert (new.number, new.commit) == ("0.5.0-dev", "0c1e570")
     assert new.built_with == "built with GNU 12.2.0 for Linux x86_64"
+    assert new.label() == "version 0.5.0-dev (0c1e570)"
     old = parse_version("ggml_cuda_init: found 1 CUDA devices\nversion: 6543 (a1b2c3d)\nbuilt with cc\n")
     assert (old.number, old.commit) == ("6543", "a1b2c3d")
+
+
+def test_parse_version_of_a_tree_without_git_metadata() -> None:
+    """The version line of an sdist tree's build (issue 9, an H200 machine), after the lines CUDA builds print first."""
+    version = parse_version(
+        "ggml_cuda_init: found 1 CUDA devices:\n  Device 0: NVIDIA H200, compute capability 9.0, VMM: yes\n"
+        "version: 0.5.0-dev (build 0, commit unknown)\nbuilt with GNU 12.2.0 for Linux x86_64\n"
+    )
+    assert (version.number, version.commit) == ("0.5.0-dev", None)
+    assert version.label() == "version 0.5.0-dev (commit unknown)"
+    assert parse_version("").label() == "version unknown"
+    assert parse_version("no answer (timed out)").label() == "version unknown (no answer (timed out))"
 
 
 def fake_llama_cpp_tree(root: Path, *, broken: bool = False, cmake_error: str | None = None) -> Path:
@@ -423,9 +459,18 @@ def test_device_lists_as_llama_cpp_prints_them() -> None:
 
 
 def test_the_real_build_lists_its_devices(llama_bin_dir: Path) -> None:
+    from nemolaunch.adapters.hardware_probe import probe_hardware
     from nemolaunch.adapters.llamacpp import list_devices
 
-    assert list_devices(llama_bin_dir / "llama-server") == ()  # the CPU build: no device besides the CPU
+    devices = list_devices(llama_bin_dir / "llama-server")
+    assert devices is not None
+    made_with = _build_under_test(llama_bin_dir)
+    if made_with is not None and made_with[0] == "cpu":
+        assert devices == ()  # a CPU build: no device besides the CPU
+    elif made_with is not None and made_with[0] == "cuda":
+        # A CUDA build lists the GPUs this machine shows it (none where there is no GPU or driver).
+        cuda_gpus = [gpu for gpu in probe_hardware().facts.gpus if gpu.backend == "cuda"]
+        assert [name for name in devices if name.startswith("CUDA")] == [f"CUDA{i}" for i in range(len(cuda_gpus))]
     assert list_devices(Path("/bin/false")) is None  # no answer is not "no devices"
 
 

@@ -8,7 +8,20 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import cli_env, run_nemolaunch
+from conftest import NO_GIT_VERSION, cli_env, llama_cpp_shim, run_nemolaunch
+
+
+def _gpus_seen_here() -> list[dict[str, object]]:
+    """The GPUs this machine's own probe sees now (NVML, CUDA_VISIBLE_DEVICES honoured; Metal on a Mac)."""
+    from nemolaunch.adapters.hardware_probe import probe_hardware
+
+    return [gpu.model_dump() for gpu in probe_hardware().facts.gpus]
+
+
+def _no_gpu_driver() -> bool:
+    from nemolaunch.adapters.llamacpp import machine_backends
+
+    return machine_backends() == ("cpu",)
 
 
 def test_doctor_json_is_this_machine_and_reads_back_as_hardware(tmp_path: Path) -> None:
@@ -18,7 +31,15 @@ def test_doctor_json_is_this_machine_and_reads_back_as_hardware(tmp_path: Path) 
     assert set(facts) == {"os", "arch", "cpu", "memory", "disk", "gpus"}
     assert facts["memory"]["total_bytes"] == psutil.virtual_memory().total
     assert facts["cpu"]["logical_cores"] == psutil.cpu_count()
-    assert facts["gpus"] == []  # no GPU and no NVIDIA driver on this machine or in CI
+    # The GPUs are the ones the probe sees in this process; free memory moves, everything else is fixed.
+    steady = ("backend", "index", "name", "total_bytes", "compute_capability", "unified")
+    here = _gpus_seen_here()
+    assert [{key: gpu[key] for key in steady} for gpu in facts["gpus"]] == [
+        {key: gpu[key] for key in steady} for gpu in here
+    ]
+    assert all(0 <= gpu["free_bytes"] <= gpu["total_bytes"] for gpu in facts["gpus"])
+    if _no_gpu_driver():
+        assert facts["gpus"] == []  # no NVIDIA driver and no Apple GPU: nothing to list
     assert facts["disk"]["free_bytes"] > 0
     recorded = tmp_path / "me.json"
     recorded.write_text(result.stdout)
@@ -27,13 +48,35 @@ def test_doctor_json_is_this_machine_and_reads_back_as_hardware(tmp_path: Path) 
 
 
 def test_doctor_table_names_the_build(llama_bin_dir: Path) -> None:
+    from nemolaunch.adapters.llamacpp import list_devices
+
     result = run_nemolaunch("doctor", "--llama-cpp", str(llama_bin_dir), env=cli_env(COLUMNS="400"))
     assert result.returncode == 0, result.stderr
     assert str(llama_bin_dir / "llama-server") in result.stdout
     assert "0c1e570" in result.stdout or "version" in result.stdout
-    assert "none (CPU only)" in result.stdout
-    devices = next(line for line in result.stdout.splitlines() if "llama.cpp devices" in line)
-    assert "CPU only" in devices  # what the build itself answered to --list-devices
+    assert "None" not in result.stdout
+    gpus = _gpus_seen_here()
+    if gpus:
+        assert all(str(gpu["name"]) in result.stdout for gpu in gpus)
+    else:
+        assert "none (CPU only)" in result.stdout
+    # The build's devices, as the build itself answers --list-devices (a CUDA build on a GPU machine
+    # lists its GPUs; a CPU build none).
+    devices = list_devices(llama_bin_dir / "llama-server")
+    assert devices is not None
+    line = next(line for line in result.stdout.splitlines() if "llama.cpp devices" in line)
+    assert (", ".join(devices) if devices else "CPU only") in line
+
+
+def test_doctor_shows_what_a_build_without_git_metadata_knows(tmp_path: Path) -> None:
+    """A tree built from an archive says "commit unknown": doctor shows the version, never "None"."""
+    build = llama_cpp_shim(tmp_path / "bin", devices=("CUDA0: NVIDIA H200 (143155 MiB, 142629 MiB free)",))
+    result = run_nemolaunch("doctor", "--llama-cpp", str(build), env=cli_env(COLUMNS="400"))
+    assert result.returncode == 0, result.stderr
+    assert NO_GIT_VERSION in (build / "llama-server").read_text()
+    line = next(line for line in result.stdout.splitlines() if str(build / "llama-server") in line)
+    assert "version 0.5.0-dev (commit unknown)" in line and "None" not in line
+    assert "CUDA0" in next(line for line in result.stdout.splitlines() if "llama.cpp devices" in line)
 
 
 @pytest.mark.parametrize(

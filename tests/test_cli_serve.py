@@ -13,7 +13,7 @@ import pytest
 
 from nemolaunch import ULTRA_ALIAS
 
-from conftest import REPO_ROOT, cli_env, run_nemolaunch
+from conftest import REPO_ROOT, cli_env, llama_cpp_shim, run_nemolaunch
 
 HARDWARE = REPO_ROOT / "tests" / "fixtures" / "hardware"
 
@@ -138,11 +138,52 @@ def test_port_out_of_range(model: Path, bad_port: str) -> None:
     assert f"port {bad_port} is out of range" in _one_error_line(result.stderr)
 
 
-@pytest.mark.parametrize("bad", [["--ctx-size", "0"], ["--ctx-size", "2000000"], ["--top-p", "1.5"]])
-def test_bad_numbers(model: Path, bad: list[str]) -> None:
-    result = run_nemolaunch("serve", "--model", str(model), *bad, "--dry-run")
+def _no_llama_cpp_anywhere(tmp_path: Path) -> dict[str, str]:
+    """A machine with no llama.cpp build at all: no nemolaunch build, nothing on PATH."""
+    empty = tmp_path / "empty-bin"
+    empty.mkdir(exist_ok=True)
+    return cli_env(XDG_DATA_HOME=str(tmp_path / "data"), PATH=str(empty))
+
+
+@pytest.mark.parametrize(
+    ("command", "bad"),
+    [
+        ("serve", ["--ctx-size", "0"]),
+        ("serve", ["--ctx-size", "2000000"]),
+        ("serve", ["--top-p", "1.5"]),
+        ("serve", ["--temp", "-1"]),
+        ("serve", ["--parallel", "0"]),
+        ("serve", ["--port", "0"]),
+        ("run", ["--ctx-size", "-4"]),
+        ("run", ["--n-predict", "0"]),
+    ],
+)
+def test_bad_numbers(model: Path, tmp_path: Path, command: str, bad: list[str]) -> None:
+    """The mistake in the command line is the first thing heard, before any missing llama.cpp."""
+    result = run_nemolaunch(command, "--model", str(model), *bad, "--dry-run", env=_no_llama_cpp_anywhere(tmp_path))
+    assert result.returncode == 2, result.stderr
+    line = _one_error_line(result.stderr)
+    assert bad[0] in line or f"port {bad[1]}" in line
+    assert "not found" not in result.stderr
+
+
+def test_bad_ctx_size_for_a_hub_model_comes_before_the_binary(tmp_path: Path) -> None:
+    result = run_nemolaunch(
+        "serve", "acme/Model-GGUF:Q4_K_M", "--ctx-size", "0", "--dry-run", env=_no_llama_cpp_anywhere(tmp_path)
+    )
     assert result.returncode == 2
-    assert bad[0] in _one_error_line(result.stderr)
+    assert "--ctx-size 0 is not valid" in _one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "no-such-host.invalid"])
+def test_a_host_that_does_not_resolve_is_refused_before_any_warning(model: Path, tmp_path: Path, host: str) -> None:
+    result = run_nemolaunch(
+        "serve", "--model", str(model), "--host", host, "--dry-run", env=_no_llama_cpp_anywhere(tmp_path)
+    )
+    assert result.returncode == 2
+    line = _one_error_line(result.stderr)
+    assert f"--host {host} does not resolve" in line and "127.0.0.1 or 0.0.0.0" in line
+    assert "warning" not in result.stderr  # no API-key warning about a server that never starts
 
 
 def test_api_key_file_missing_and_readable_by_others(model: Path, llama_bin_dir: Path, tmp_path: Path) -> None:
@@ -176,8 +217,7 @@ def test_api_key_file_missing_and_readable_by_others(model: Path, llama_bin_dir:
 
 
 def test_no_llama_server_found(model: Path, tmp_path: Path) -> None:
-    env = cli_env(XDG_DATA_HOME=str(tmp_path / "data"), PATH=os.path.dirname(os.__file__) + ":/usr/bin:/bin")
-    result = run_nemolaunch("serve", "--model", str(model), "--dry-run", env=env)
+    result = run_nemolaunch("serve", "--model", str(model), "--dry-run", env=_no_llama_cpp_anywhere(tmp_path))
     assert result.returncode == 3
     line = _one_error_line(result.stderr)
     assert "llama-server not found" in line and "nemolaunch build" in line
@@ -269,23 +309,35 @@ def _with_nvidia_driver(tmp_path: Path) -> dict[str, str]:
     return cli_env(PATH=f"{shims}:{os.environ['PATH']}")
 
 
-@pytest.mark.parametrize("command", ["serve", "run"])
-def test_a_cpu_only_llama_cpp_on_a_gpu_machine_is_named(
-    command: str, model: Path, llama_bin_dir: Path, tmp_path: Path
-) -> None:
-    base = [command, "--model", str(model), "--llama-cpp", str(llama_bin_dir), "--dry-run"]
+def _cpu_only_build(tmp_path: Path) -> Path:
+    """A llama.cpp that lists no device besides the CPU, whatever build this machine has (a CUDA one, say)."""
+    return llama_cpp_shim(tmp_path / "cpu-only-bin")
 
-    # The real CPU build answers --list-devices with no device: asked, not guessed.
+
+@pytest.mark.parametrize("command", ["serve", "run"])
+def test_a_cpu_only_llama_cpp_on_a_gpu_machine_is_named(command: str, model: Path, tmp_path: Path) -> None:
+    cpu_only = _cpu_only_build(tmp_path)
+    base = [command, "--model", str(model), "--llama-cpp", str(cpu_only), "--dry-run"]
+
+    # The build is asked (--list-devices), not guessed: it answers with no device besides the CPU.
     env = _with_nvidia_driver(tmp_path)
     on_gpu_machine = run_nemolaunch(*base, env=env)
     chose_devices = run_nemolaunch(*base, "--", "-ngl", "0", env=env)
 
     assert on_gpu_machine.returncode == 0, on_gpu_machine.stderr
-    binary = llama_bin_dir / ("llama-server" if command == "serve" else "llama-cli")
+    binary = cpu_only / ("llama-server" if command == "serve" else "llama-cli")
     warning = f"warning: this machine has an NVIDIA GPU driver, but {binary} lists no CUDA device: the model would run"
     assert warning in on_gpu_machine.stderr
     assert "nemolaunch build --backend cuda" in on_gpu_machine.stderr
     assert chose_devices.returncode == 0 and "CPU alone" not in chose_devices.stderr
+
+
+def test_a_cuda_build_on_a_gpu_machine_is_not_named(model: Path, tmp_path: Path) -> None:
+    cuda = llama_cpp_shim(tmp_path / "cuda-bin", devices=("CUDA0: NVIDIA H200 (143155 MiB, 142629 MiB free)",))
+    result = run_nemolaunch(
+        "serve", "--model", str(model), "--llama-cpp", str(cuda), "--dry-run", env=_with_nvidia_driver(tmp_path)
+    )
+    assert result.returncode == 0 and "CPU alone" not in result.stderr, result.stderr
 
 
 def test_no_gpu_warning_on_a_machine_without_one(model: Path, llama_bin_dir: Path) -> None:
@@ -297,9 +349,10 @@ def test_no_gpu_warning_on_a_machine_without_one(model: Path, llama_bin_dir: Pat
     assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
 
 
-def test_plan_names_a_cpu_only_llama_cpp_before_any_download(llama_bin_dir: Path, tmp_path: Path) -> None:
+def test_plan_names_a_cpu_only_llama_cpp_before_any_download(tmp_path: Path) -> None:
+    cpu_only = _cpu_only_build(tmp_path)
     env = _with_nvidia_driver(tmp_path) | {
-        "NEMOLAUNCH_LLAMA_CPP": str(llama_bin_dir),
+        "NEMOLAUNCH_LLAMA_CPP": str(cpu_only),
         "HF_HUB_OFFLINE": "1",  # the built-in Ultra figures: no Hub needed
         "HF_HOME": str(tmp_path / "hf"),
         "XDG_CACHE_HOME": str(tmp_path / "cache"),
@@ -310,6 +363,6 @@ def test_plan_names_a_cpu_only_llama_cpp_before_any_download(llama_bin_dir: Path
     elsewhere = run_nemolaunch(*argv, "--hardware", str(HARDWARE / "b200x4.json"), env=env)
 
     assert "lists no CUDA device: the model would run on the CPU alone" in here.stderr, here.stderr
-    assert json.loads(here.stdout)["command"][0] == str(llama_bin_dir / "llama-server")
+    assert json.loads(here.stdout)["command"][0] == str(cpu_only / "llama-server")
     # Planning for another machine says nothing about this one's build.
     assert "CPU alone" not in elsewhere.stderr and json.loads(elsewhere.stdout)["command"][0] == "llama-server"

@@ -73,6 +73,10 @@ class PortInUse(NemolaunchError):
     """host, port"""
 
 
+class HostDoesNotResolve(NemolaunchError):
+    """host, reason (the resolver's words)"""
+
+
 class BadOption(NemolaunchError):
     """option, value, hint"""
 
@@ -287,6 +291,11 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
     PortInUse: ErrorSpec(
         EXIT_ENVIRONMENT,
         "port {port} on {host} is already in use: stop what holds it or pass another --port",
+    ),
+    HostDoesNotResolve: ErrorSpec(
+        EXIT_USAGE,
+        "--host {host} does not resolve to an address of any machine ({reason}): "
+        "pass an address of this machine such as 127.0.0.1 or 0.0.0.0, or a name that resolves",
     ),
     BadOption: ErrorSpec(EXIT_USAGE, "{option} {value!s} is not valid: {hint}"),
     LlamaCppNotFound: ErrorSpec(

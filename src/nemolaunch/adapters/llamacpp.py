@@ -126,24 +126,36 @@ def _executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
 
-# Both "version: 0.5.0-dev (build 1, commit 0c1e570)" and the older "version: 4567 (0c1e570)".
-_VERSION = re.compile(r"version:\s*(?P<number>\S+)\s*\((?:build\s*\d+,\s*)?(?:commit\s*)?(?P<commit>[0-9a-f]{6,40})\)")
+# "version: 0.5.0-dev (build 1, commit 0c1e570)", the older "version: 4567 (0c1e570)", and a tree built
+# without git metadata (an sdist, an archive): "version: 0.5.0-dev (build 0, commit unknown)".
+_VERSION = re.compile(
+    r"version:\s*(?P<number>\S+)\s*\((?:build\s*\d+,\s*)?(?:commit\s*)?(?P<commit>[0-9a-f]{6,40}|unknown)\)"
+)
 
 
 @dataclass(frozen=True)
 class BinaryVersion:
     number: str | None
-    commit: str | None
+    commit: str | None  # None when the binary does not know it ("commit unknown")
     built_with: str | None
     raw: str
+
+    def label(self) -> str:
+        """What is known, in words for a person: never a bare "None"."""
+        if self.number is None:
+            # The binary's own first line says why ("no answer (...)"), when it is short enough to be one.
+            first = self.raw.splitlines()[0] if self.raw else ""
+            return f"version unknown ({first})" if first.startswith("no answer") else "version unknown"
+        return f"version {self.number} ({self.commit or 'commit unknown'})"
 
 
 def parse_version(text: str) -> BinaryVersion:
     match = _VERSION.search(text)
     built_with = next((line.strip() for line in text.splitlines() if line.startswith("built with")), None)
+    commit = match["commit"] if match else None
     return BinaryVersion(
         number=match["number"] if match else None,
-        commit=match["commit"] if match else None,
+        commit=None if commit == "unknown" else commit,
         built_with=built_with,
         raw=text.strip(),
     )

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import errno
 import socket
+from typing import Any
 
-from nemolaunch.errors import BadOption, PortInUse, PortOutOfRange
+from nemolaunch.errors import BadOption, HostDoesNotResolve, PortInUse, PortOutOfRange
+
+
+def check_host(host: str) -> None:
+    """Refuse an address that names no host (``999.1.1.1``, a typo'd name) before anything else is said."""
+    _resolve(host, 0)
+
+
+def _resolve(host: str, port: int) -> list[tuple[Any, ...]]:
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        # UnicodeError: a name the IDNA codec refuses (an empty label, a label over 63 characters).
+        reason = exc.strerror if isinstance(exc, socket.gaierror) and exc.strerror else str(exc)
+        raise HostDoesNotResolve(host=host, reason=reason) from exc
 
 
 def check_port(*, host: str, port: int) -> None:
     if not 1 <= port <= 65535:
         raise PortOutOfRange(port=port)
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise BadOption(option="--host", value=host, hint=f"it does not resolve ({exc.strerror})") from exc
-    family, socktype, proto, _, address = infos[0]
+    family, socktype, proto, _, address = _resolve(host, port)[0]
     with socket.socket(family, socktype, proto) as probe:
         # llama-server sets SO_REUSEADDR too, so a port in TIME_WAIT is free for it.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -76,8 +76,7 @@ def doctor_command(
         version = binary_version(found.path)
         table.add_row(
             "llama.cpp",
-            f"{found.path} (from {found.origin}; version {version.number} ({version.commit}); "
-            f"backend {found.backend or 'unknown'})",
+            f"{found.path} (from {found.origin}; {version.label()}; backend {found.backend or 'unknown'})",
         )
         # What the build itself can use: a CUDA build on a machine whose driver fails lists nothing.
         devices = list_devices(found.path)

@@ -39,7 +39,17 @@ class ModelRequest:
     workers: tuple[Worker, ...] = ()  # live RPC workers whose memory counts too
 
     def check_local(self) -> ResolvedModel | None:
-        return self._resolve() if is_local(self.model) else None
+        """The cheap checks, made before the binary is looked up: the user's own mistake is heard first.
+
+        A local file is read (whole, GGUF, every shard) and ``--ctx-size`` held against it; for a Hub
+        model, whose maximum comes with its plan, only a non-positive ``--ctx-size`` can be refused now.
+        """
+        if not is_local(self.model):
+            context_size(self.ctx_size, None)
+            return None
+        resolved = self._resolve()
+        context_size(self.ctx_size, resolved)
+        return resolved
 
     def resolve(self, early: ResolvedModel | None) -> tuple[ResolvedModel, int]:
         """The model and the context size to launch it with, held against the machine's memory."""
@@ -202,14 +212,17 @@ def check_local_fit(
     )
 
 
-def context_size(requested: int | None, resolved: ResolvedModel) -> int:
-    """``--ctx-size``, checked as the planner checks it; never 0 (llama.cpp's "the training context")."""
+def context_size(requested: int | None, resolved: ResolvedModel | None) -> int:
+    """``--ctx-size``, checked as the planner checks it; never 0 (llama.cpp's "the training context").
+
+    Without ``resolved`` (a Hub model not planned yet) only the sign can be checked.
+    """
     from nemolaunch.errors import ContextSizeNotPositive, ContextSizeTooLarge
 
     if requested is None:
-        return resolved.default_ctx
+        return resolved.default_ctx if resolved is not None else DEFAULT_CTX_SIZE
     if requested <= 0:
         raise ContextSizeNotPositive(ctx_size=requested)
-    if resolved.max_ctx and requested > resolved.max_ctx:
+    if resolved is not None and resolved.max_ctx and requested > resolved.max_ctx:
         raise ContextSizeTooLarge(ctx_size=requested, maximum=resolved.max_ctx)
     return requested

@@ -115,6 +115,7 @@ def serve_command(
     endpoints = read_endpoints(rpc)
     if not host.strip():
         raise BadOption(option="--host", value="''", hint="give an address such as 127.0.0.1 or 0.0.0.0")
+    _check_host(host)  # before any warning: a host that does not resolve is the one thing to hear
     if alias is not None and not alias.strip():
         raise BadOption(option="--alias", value="''", hint="give a name, or leave --alias out")
     if parallel is not None and parallel < 1:
@@ -130,17 +131,18 @@ def serve_command(
     if key_file is None and env_key is not None and not env_key.strip():
         raise BadOption(option=API_KEY_ENV, value="(empty)", hint="set it to the key, or unset it")
     has_key = key_file is not None or bool(env_key) or bool(os.environ.get(SERVER_KEY_ENV))
-    if not is_loopback(host) and not has_key:
-        warn(
-            f"binding {host} without an API key: anyone who can reach this port can use the model. "
-            f"Pass --api-key-file FILE or set {API_KEY_ENV}."
-        )
     check_port_for_launch(host=host, port=port, dry_run=dry_run)
     binary = find_llama_binary("llama-server", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
     if hardware is None:
         warn_if_gpus_go_unused(binary, passthrough)
     workers = workers_for_launch(rpc, endpoints, server=binary.path, hardware=hardware)
     resolved, context = replace(request, workers=workers).resolve(early)
+    if not is_loopback(host) and not has_key:
+        # After the checks that can refuse: a warning is worth reading only about a server that will start.
+        warn(
+            f"binding {host} without an API key: anyone who can reach this port can use the model. "
+            f"Pass --api-key-file FILE or set {API_KEY_ENV}."
+        )
     launch = ServerLaunch(
         binary=str(binary.path),
         model=resolved.path,
@@ -316,6 +318,12 @@ def _model_and_passthrough(
             hint="name one model (MODEL or --model); put llama.cpp's own options after --",
         )
     return leading[0], passthrough
+
+
+def _check_host(host: str) -> None:
+    from nemolaunch.adapters.ports import check_host
+
+    check_host(host)
 
 
 def check_port_for_launch(*, host: str, port: int, dry_run: bool) -> None:
