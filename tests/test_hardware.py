@@ -50,7 +50,7 @@ ISSUE_EXAMPLE = {
     "os": "linux",
     "arch": "x86_64",
     "cpu": {"model": "AMD EPYC 9654", "physical_cores": 96, "logical_cores": 192, "flags": ["avx2", "avx512f"]},
-    "memory": {"total_bytes": 412316860416, "available_bytes": 395136991232},
+    "memory": {"total_bytes": 412316860416, "available_bytes": 395136991232, "bandwidth_bytes_per_s": None},
     "disk": {"path": "/data/hf", "free_bytes": 2000000000000},
     "gpus": [
         {
@@ -61,6 +61,7 @@ ISSUE_EXAMPLE = {
             "free_bytes": 191126044672,
             "compute_capability": "10.0",
             "unified": False,
+            "memory_bandwidth_bytes_per_s": None,
         }
     ],
 }
@@ -78,6 +79,13 @@ def test_every_recorded_machine_loads_and_round_trips(fixture: Path) -> None:
     facts = load_hardware_facts(fixture)
     assert HardwareFacts.model_validate_json(facts.to_json()) == facts
     assert json.loads(facts.to_json()) == json.loads(fixture.read_text())
+
+
+def test_files_written_before_the_bandwidth_fields_still_load() -> None:
+    old = json.loads(json.dumps(ISSUE_EXAMPLE))
+    del old["memory"]["bandwidth_bytes_per_s"], old["gpus"][0]["memory_bandwidth_bytes_per_s"]
+    facts = HardwareFacts.model_validate(old)
+    assert facts.memory.bandwidth_bytes_per_s is None and facts.gpus[0].memory_bandwidth_bytes_per_s is None
 
 
 def test_missing_optional_values_are_written_as_null() -> None:

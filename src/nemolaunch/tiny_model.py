@@ -161,7 +161,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-def _vocab() -> tuple[list[str], list[int], list[str]]:
+def vocabulary() -> tuple[list[str], list[int], list[str]]:
     """Tokens, their GGUF token types and the merges of the tiny byte-level BPE."""
     tokens: list[str] = list(SPECIAL_TOKENS)
     # CONTROL is what llama.cpp's converter gives tokens marked special: they are matched
@@ -305,7 +305,7 @@ def _add_tensors(writer: GGUFWriter, tokens: list[str], seed: int) -> None:
 
 def _fill(writer: GGUFWriter, seed: int) -> None:
     """Add every key and tensor of the tiny model to ``writer``."""
-    tokens, types, merges = _vocab()
+    tokens, types, merges = vocabulary()
     ff, head_kv = _layer_arrays()
 
     writer.add_name(TINY_MODEL_NAME)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from nemolaunch.core.forecast import RPC_SERVER_RUNTIME_BYTES
 from nemolaunch.core.hardware import HardwareFacts, first_validation_problem, parse_hardware_facts
 from nemolaunch.core.launch import DEFAULT_RPC_PORT
+from nemolaunch.core.speed import cpu_flops, gpu_bandwidth, gpu_flops, ram_bandwidth
 from nemolaunch.errors import BadRpcEndpoint, HardwareFileInvalid, HardwareFileNotJson
 
 #: llama.cpp's --fit leaves this much free on every device it fills (its --fit-target default, 1024 MiB).
@@ -108,6 +109,9 @@ class WorkerDevice:
     # What the machine's own system needs beside it, where known (a cluster file says how much RAM is
     # available); None: the reserve rule below.
     reserve_bytes: int | None = None
+    # For the speed forecast, where known (a cluster file names the machine): memory bandwidth, FLOP/s.
+    bandwidth_bytes_per_s: float | None = None
+    flops: float | None = None
 
     @property
     def unmeasured(self) -> bool:
@@ -242,7 +246,15 @@ def worker_like(facts: HardwareFacts, endpoint: RpcEndpoint, *, devices: list[st
     # As llama.cpp will report it: the whole RAM free; what the machine uses already stays reserved.
     memory = facts.memory
     in_use = memory.total_bytes - memory.available_bytes
-    ram = WorkerDevice("CPU", memory.total_bytes, memory.total_bytes, "cpu", reserve_bytes=in_use)
+    ram = WorkerDevice(
+        "CPU",
+        memory.total_bytes,
+        memory.total_bytes,
+        "cpu",
+        reserve_bytes=in_use,
+        bandwidth_bytes_per_s=ram_bandwidth(facts).bytes_per_s,
+        flops=cpu_flops(facts),
+    )
     if devices is None:
         names = list(gpus) or ["CPU"]
     else:
@@ -256,7 +268,9 @@ def worker_like(facts: HardwareFacts, endpoint: RpcEndpoint, *, devices: list[st
             chosen.append(ram)
         else:
             gpu = gpus[name]
-            chosen.append(WorkerDevice(name, gpu.total_bytes, gpu.free_bytes, "gpu"))
+            bandwidth = gpu_bandwidth(gpu, facts.cpu.model).bytes_per_s
+            flops = gpu_flops(gpu, facts.cpu.model)
+            chosen.append(WorkerDevice(name, gpu.total_bytes, gpu.free_bytes, "gpu", None, bandwidth, flops))
     return Worker(endpoint, tuple(chosen))
 
 

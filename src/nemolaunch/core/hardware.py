@@ -33,6 +33,8 @@ class CpuFacts(_Facts):
 class MemoryFacts(_Facts):
     total_bytes: int = Field(ge=0)
     available_bytes: int = Field(ge=0)
+    # Read bandwidth with every core, as `nemolaunch doctor` measures it; absent: estimated from the CPU.
+    bandwidth_bytes_per_s: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _available_within_total(self) -> MemoryFacts:
@@ -61,6 +63,8 @@ class GpuFacts(_Facts):
     # True when the GPU's memory is the system RAM (Apple silicon, GB10-class
     # boards): it must not be counted twice, as RAM and as VRAM.
     unified: bool = False
+    # Peak memory bandwidth from NVML (bus width × memory clock); absent: a table by name.
+    memory_bandwidth_bytes_per_s: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _free_within_total(self) -> GpuFacts:

@@ -43,9 +43,23 @@ from nemolaunch.core.forecast import (
 )
 from nemolaunch.core.hardware import HardwareFacts
 from nemolaunch.core.launch import DEFAULT_RPC_PORT
+from nemolaunch.core.speed import (
+    GPU_EFFICIENCY,
+    RPC_TOKEN_OVERHEAD_S,
+    Bandwidth,
+    Sparsity,
+    SpeedForecast,
+    cpu_flops,
+    forecast_placed,
+    gpu_bandwidth,
+    model_sparsity,
+    place_weights,
+    ram_bandwidth,
+)
 from nemolaunch.errors import BadOption, NoCompleteQuant
 
 Placement = Literal["gpu", "gpu+cpu-experts", "cpu", "metal", "cluster"]
+Preference = Literal["quality", "speed"]
 BudgetKind = Literal["cuda", "metal", "cpu"]
 
 #: Past 8 bits a quant is as good as lossless, so more bits stop counting as
@@ -65,6 +79,9 @@ class PlanRequest:
     force: bool = False  # launch even when the forecast does not fit
     parallel: int = 1  # llama-server slots: each keeps its own Mamba state
     cache_type: str = "f16"
+    prefer: Preference = "quality"
+    min_speed: float | None = None  # generation tokens/s the choice must reach
+    sparsity: Sparsity | None = None  # read from a local GGUF's tensors; else from the name or experts
 
 
 @dataclass(frozen=True)
@@ -148,6 +165,12 @@ class QuantAssessment:
     forecast: Forecast
     fits: bool
     placement: Placement
+    speed: SpeedForecast | None = None
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Forecast generation speed; 0 when unknown (it then never wins on speed)."""
+        return (self.speed.generation_tps or 0.0) if self.speed else 0.0
 
 
 @dataclass(frozen=True)
@@ -192,6 +215,9 @@ class Plan:
     ways_out: tuple[WayOut, ...] = field(default=())
     forced: bool = False
     hosts: tuple[HostShare, ...] = ()  # with RPC workers: each machine's part of the chosen quant
+    prefer: Preference = "quality"
+    min_speed: float | None = None
+    speed_assumptions: tuple[str, ...] = ()
 
     @property
     def quant(self) -> Quant | None:
@@ -256,6 +282,7 @@ class Plan:
                     "bits_per_weight": item.quant.bits_per_weight,
                     "below_quality_floor": item.quant.below_quality_floor,
                     "shards": item.quant.shard_count,
+                    "speed": item.speed.to_json() if item.speed else None,
                 }
                 for item in self.assessments
             ],
@@ -267,6 +294,9 @@ class Plan:
             "ways_out": [way.to_json() for way in self.ways_out],
             "reasons": list(self.reasons),
             "warnings": list(self.warnings),
+            "prefer": self.prefer,
+            "min_speed": self.min_speed,
+            "speed_assumptions": list(self.speed_assumptions),
         }
 
 
@@ -286,8 +316,15 @@ def plan_launch(
         raise NoCompleteQuant(repo=catalog.repo, incomplete=[broken.name for broken in catalog.incomplete])
     named = catalog.find(request.quant) if request.quant else None
 
+    if request.min_speed is not None and not request.min_speed > 0:
+        raise BadOption(option="--min-speed", value=request.min_speed, hint="use a positive number of tokens/s")
     budget = memory_budget(facts, workers)
-    assessments = tuple(_assess(quant, budget, architecture, request) for quant in catalog.quants)
+    sparsity = request.sparsity or model_sparsity(
+        catalog.repo,
+        architecture.expert_count if architecture else 0,
+        architecture.expert_used_count if architecture else 0,
+    )
+    assessments = tuple(_assess(quant, budget, architecture, request, facts, sparsity) for quant in catalog.quants)
     reasons: list[str] = [_budget_reason(budget, facts)]
     warnings: list[str] = list(_cluster_warnings(budget))
 
@@ -297,9 +334,10 @@ def plan_launch(
         if named.below_quality_floor:
             warnings.append(f"{named.name} is below {_floor_name()}: expect noticeably worse answers")
     else:
-        chosen = _best(item for item in assessments if item.fits and not item.quant.below_quality_floor)
+        eligible = [item for item in assessments if item.fits and not item.quant.below_quality_floor]
+        chosen, why = _choose(eligible, request)
         if chosen is not None:
-            reasons.append(f"{chosen.quant.name} is the highest-quality quant that fits")
+            reasons.extend(why)
         elif request.force:
             # Forced, but still never below the quality floor unless a quant is named: the smallest
             # recommended quant, launched although it does not fit.
@@ -357,11 +395,77 @@ def plan_launch(
         ways_out=ways_out,
         forced=request.force,
         hosts=hosts,
+        prefer=request.prefer,
+        min_speed=request.min_speed,
+        speed_assumptions=_speed_assumptions(facts, budget, sparsity),
     )
 
 
+def _choose(eligible: list[QuantAssessment], request: PlanRequest) -> tuple[QuantAssessment | None, list[str]]:
+    """The quant to run among those that fit, by quality (the default), by speed, or the best quality
+    that reaches --min-speed; with the reasons, naming what was traded."""
+    best_quality = _best(eligible)
+    if best_quality is None:
+        return None, []
+    if request.min_speed is not None:
+        reaching = [item for item in eligible if item.tokens_per_s >= request.min_speed]
+        if reaching:
+            chosen = _best(reaching)
+            assert chosen is not None
+            why = [f"{chosen.quant.name} is the best quality that reaches {request.min_speed:g} tokens/s"]
+        else:
+            chosen = max(eligible, key=lambda item: (item.tokens_per_s, _rank(item)))
+            why = [
+                f"no quant that fits reaches {request.min_speed:g} tokens/s: {chosen.quant.name} is the fastest "
+                f"(~{_tps(chosen)})"
+            ]
+    elif request.prefer == "speed":
+        chosen = max(eligible, key=lambda item: (item.tokens_per_s, _rank(item)))
+        why = [f"{chosen.quant.name} is the fastest quant at or above {_floor_name()} that fits"]
+    else:
+        return best_quality, [f"{best_quality.quant.name} is the highest-quality quant that fits"]
+    if chosen is not best_quality:
+        why.append(
+            f"traded: {chosen.quant.name} ({chosen.placement}) ~{_tps(chosen)}; {best_quality.quant.name}, the best "
+            f"quality that fits ({best_quality.placement}), would be ~{_tps(best_quality)}"
+        )
+    return chosen, why
+
+
+def _tps(item: QuantAssessment) -> str:
+    rate = item.speed.generation_tps if item.speed else None
+    return "? tokens/s (a bandwidth is unknown)" if rate is None else f"{rate:.1f} tokens/s"
+
+
+def _speed_assumptions(facts: HardwareFacts, budget: MemoryBudget, sparsity: Sparsity) -> tuple[str, ...]:
+    """What the speed forecast assumed, in words: every figure it rests on, and where it came from."""
+    words = [
+        f"each token reads {sparsity.active_share:.1%} of the weights (from the {sparsity.source}); routed "
+        f"experts are {sparsity.expert_share:.0%} of them and spill to RAM first"
+    ]
+    ram = ram_bandwidth(facts)
+    if ram.bytes_per_s:
+        words.append(f"RAM reads {ram.bytes_per_s / 1e9:.0f} GB/s ({ram.source})")
+    for gpu in facts.gpus:
+        bandwidth = gpu_bandwidth(gpu, facts.cpu.model)
+        rate = f"{bandwidth.bytes_per_s / 1e9:.0f} GB/s" if bandwidth.bytes_per_s else "an unknown bandwidth"
+        words.append(f"{gpu.name} reads {rate} ({bandwidth.source}), at {GPU_EFFICIENCY:.0%} of it")
+    if budget.remote_workers:
+        words.append(
+            f"each RPC worker adds {RPC_TOKEN_OVERHEAD_S * 1e3:.1f} ms per token (loopback; a LAN adds its "
+            "round trip); a worker whose bandwidth is unknown is taken as fast as this machine's RAM"
+        )
+    words.append("prompt speed is rough: 2 FLOPs per active parameter at a share of the chips' peak")
+    return tuple(words)
+
+
 def _assess(
-    quant: Quant, budget: MemoryBudget, architecture: ArchitectureFacts | None, request: PlanRequest
+    quant: Quant,
+    budget: MemoryBudget,
+    architecture: ArchitectureFacts | None,
+    request: PlanRequest,
+    facts: HardwareFacts | None = None,
+    sparsity: Sparsity | None = None,
 ) -> QuantAssessment:
     forecast = forecast_memory(
         quant.size_bytes,
@@ -375,7 +479,57 @@ def _assess(
         rpc_workers=len(budget.workers),
     )
     total = forecast.total
-    return QuantAssessment(quant, forecast, total <= budget.total_bytes, budget.placement_for(total))
+    placement = budget.placement_for(total)
+    speed = _speed(quant, forecast, placement, budget, facts, sparsity) if facts and sparsity else None
+    return QuantAssessment(quant, forecast, total <= budget.total_bytes, placement, speed)
+
+
+def _speed(
+    quant: Quant,
+    forecast: Forecast,
+    placement: Placement,
+    budget: MemoryBudget,
+    facts: HardwareFacts,
+    sparsity: Sparsity,
+) -> SpeedForecast:
+    """The generation and prompt speed of ``quant`` placed as the plan places it."""
+    head_weights = None
+    worker_weights: tuple[tuple[str, int, Bandwidth, float | None], ...] = ()
+    spill = forecast.total - budget.gpu_bytes if budget.kind == "cuda" and budget.ram_bytes else 0
+    if placement == "cluster":
+        hosts = _hosts(forecast, budget, facts)
+        head_weights = hosts[0].weights_bytes
+        spill = hosts[0].planned_bytes - budget.gpu_bytes if budget.ram_bytes else 0
+        ram = ram_bandwidth(facts)
+        shares = {host.host: host.weights_bytes for host in hosts[1:]}
+        worker_weights = tuple(
+            (
+                str(worker.endpoint),
+                shares.get(str(worker.endpoint), 0),
+                _worker_bandwidth(worker, ram),
+                worker.devices[0].flops or cpu_flops(facts),
+            )
+            for worker in budget.remote_workers
+        )
+    placed = place_weights(
+        facts,
+        weights_bytes=quant.size_bytes,
+        placement=placement,
+        spill_bytes=spill,
+        head_weights_bytes=head_weights,
+        worker_weights=worker_weights,
+    )
+    return forecast_placed(
+        facts, placed, weights_bytes=quant.size_bytes, sparsity=sparsity, bits_per_weight=quant.bits_per_weight
+    )
+
+
+def _worker_bandwidth(worker: Worker, like_here: Bandwidth) -> Bandwidth:
+    known = [device.bandwidth_bytes_per_s for device in worker.devices if device.bandwidth_bytes_per_s]
+    if len(known) == len(worker.devices):
+        # Its devices work one after another on their layers: the slowest sets the pace.
+        return Bandwidth(min(known), "table")
+    return Bandwidth(like_here.bytes_per_s, "estimated")
 
 
 def _rank(item: QuantAssessment) -> tuple[float, bool, float]:
