@@ -305,6 +305,17 @@ class FakeNvml:
     def nvmlDeviceGetCudaComputeCapability(self, handle: dict[str, Any]) -> tuple[int, int]:
         return handle["cc"]
 
+    NVML_CLOCK_MEM = 2
+
+    def nvmlDeviceGetMemoryBusWidth(self, handle: dict[str, Any]) -> int:
+        if "bus_bits" not in handle:
+            raise FakeNVMLError(self.NVML_ERROR_NOT_SUPPORTED)
+        return handle["bus_bits"]
+
+    def nvmlDeviceGetMaxClockInfo(self, handle: dict[str, Any], clock: int) -> int:
+        assert clock == self.NVML_CLOCK_MEM
+        return handle["mem_mhz"]
+
     def nvmlDeviceGetMemoryInfo(self, handle: dict[str, Any]) -> Memory:
         if "memory_error" in handle:
             raise FakeNVMLError(handle["memory_error"])
@@ -320,6 +331,8 @@ def _two_3090s() -> list[dict[str, Any]]:
             "cc": (8, 6),
             "total": 25_769_803_776,
             "free": 25_299_189_760,
+            "bus_bits": 384,  # nvidia-smi -q: Memory Bus Width; Max Clocks, Memory: 9751 MHz
+            "mem_mhz": 9751,
         },
         {
             "uuid": "GPU-1b4c2e7a-0e55-4f3e-9d6b-6a7f0b1c2d3e",
@@ -329,6 +342,13 @@ def _two_3090s() -> list[dict[str, Any]]:
             "free": 25_501_630_464,
         },
     ]
+
+
+def test_probe_cuda_reads_the_memory_bandwidth_where_nvml_answers() -> None:
+    probe = probe_cuda(FakeNvml(_two_3090s()), environ={})
+    # 384 bits × 9751 MHz × 2 / 8 = 936 GB/s, the RTX 3090's datasheet figure.
+    assert probe.gpus[0].memory_bandwidth_bytes_per_s == pytest.approx(936.1e9, rel=1e-3)
+    assert probe.gpus[1].memory_bandwidth_bytes_per_s is None  # not supported: the table by name will say
 
 
 def test_probe_cuda_reads_name_total_free_and_capability() -> None:

@@ -229,3 +229,46 @@ def test_failed_write_keeps_old_file_and_no_temp(tmp_path: Path, monkeypatch: py
         write_tiny_model(target)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.gguf"]
+
+
+def test_a_scaled_ultra_shaped_model_loads_and_answers(llama_bin_dir: Path, tmp_path: Path) -> None:
+    """The generator for realistic sizes: the Ultra's layer pattern and routing, Q8_0, served for real."""
+    import json
+    import subprocess
+    import urllib.request
+
+    from nemolaunch.adapters.gguf_header import read_architecture, read_weight_facts
+    from nemolaunch.scaled_model import ScaledShape, shape_for_size, weights_bytes, write_scaled_model
+
+    from conftest import free_port
+    from test_smoke import stop_with_sigint, wait_for_health
+
+    shape = shape_for_size(30_000_000)
+    assert weights_bytes(shape) <= 30_000_000 < weights_bytes(ScaledShape(shape.n_embd + 256, shape.blocks))
+    path = write_scaled_model(tmp_path / "scaled.gguf", shape)
+    architecture = read_architecture(path)
+    assert architecture is not None and architecture.architecture == "nemotron_h_moe"
+    kinds = architecture.layer_kinds[:9]
+    assert kinds == ("recurrent", "feed_forward", "recurrent", "feed_forward", "attention",
+                     "recurrent", "feed_forward", "recurrent", "feed_forward")  # fmt: skip
+    facts = read_weight_facts((path,))
+    # Every Q8_0 matrix counted by the generator, plus the small F32 vectors, inside the file.
+    assert weights_bytes(shape) < facts.weights_bytes < path.stat().st_size
+    assert (facts.expert_count, facts.expert_used_count) == (shape.n_expert, shape.n_expert_used)
+    assert 0 < facts.active_share < 0.6  # sparse, as the Ultra is
+    port = free_port()
+    server = subprocess.Popen(
+        [str(llama_bin_dir / "llama-server"), "-m", str(path), "--port", str(port), "--threads", "1", "-c", "512"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_health(port, server)
+        body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            answer = json.loads(reply.read())
+        assert answer["usage"]["completion_tokens"] >= 1
+    finally:
+        stop_with_sigint(server)

@@ -117,3 +117,51 @@ def _truncation_reason(exc: Exception) -> str:
     if "reshape" in text or "divisor" in text or "buffer" in text:
         return "its tensor data ends before the header says it should"
     return text
+
+
+@dataclass(frozen=True)
+class WeightFacts:
+    """What a local model's tensors say about the bytes each token reads."""
+
+    parameters: int
+    weights_bytes: int  # the tensors' bytes, every shard
+    expert_bytes: int  # of which routed experts (ffn_*_exps)
+    expert_count: int
+    expert_used_count: int
+
+    @property
+    def bits_per_weight(self) -> float | None:
+        return self.weights_bytes * 8 / self.parameters if self.parameters else None
+
+    @property
+    def active_share(self) -> float:
+        """Shared tensors whole, routed experts at used/count: the share of the weights a token reads."""
+        if not self.weights_bytes:
+            return 1.0
+        routed = self.expert_used_count / self.expert_count if self.expert_count else 1.0
+        shared = self.weights_bytes - self.expert_bytes
+        return (shared + self.expert_bytes * routed) / self.weights_bytes
+
+
+def read_weight_facts(shards: tuple[Path, ...]) -> WeightFacts:
+    """Count parameters and bytes over every shard's tensor table (headers only: no weights are read)."""
+    from gguf import GGUFReader
+
+    parameters = weights = experts = 0
+    expert_count = expert_used = 0
+    for shard in shards:
+        try:
+            reader = GGUFReader(shard)
+        except (ValueError, IndexError, OSError) as exc:
+            raise TruncatedGGUF(path=str(shard), reason=_truncation_reason(exc)) from exc
+        header = _header_of(reader)
+        arch = header.metadata.get("general.architecture")
+        if isinstance(arch, str):
+            expert_count = int(header.metadata.get(f"{arch}.expert_count", expert_count) or 0)
+            expert_used = int(header.metadata.get(f"{arch}.expert_used_count", expert_used) or 0)
+        for tensor in reader.tensors:
+            parameters += int(tensor.n_elements)
+            weights += int(tensor.n_bytes)
+            if "_exps." in tensor.name:
+                experts += int(tensor.n_bytes)
+    return WeightFacts(parameters, weights, experts, expert_count, expert_used)

@@ -57,13 +57,22 @@ class VisibleDevices:
     ignored: tuple[str, ...] = field(default=())  # entries from the first one CUDA would reject
 
 
-def probe_hardware(*, model_dir: Path | None = None, environ: Mapping[str, str] | None = None) -> HardwareProbe:
+def probe_hardware(
+    *, model_dir: Path | None = None, environ: Mapping[str, str] | None = None, measure_bandwidth: bool = False
+) -> HardwareProbe:
     """Facts about this machine. ``model_dir`` is where models will be stored
-    (default: the Hugging Face hub cache)."""
+    (default: the Hugging Face hub cache); ``measure_bandwidth`` reads RAM for a fraction of a
+    second to measure its bandwidth (for the speed forecast)."""
     environ = os.environ if environ is None else environ
     system = platform.system().lower()
     machine = platform.machine().lower()
+    cpu = probe_cpu(system)
     memory = probe_memory()
+    if measure_bandwidth:
+        from nemolaunch.adapters.memory_bandwidth import measure_read_bandwidth
+
+        threads = cpu.physical_cores or cpu.logical_cores or 1
+        memory = memory.model_copy(update={"bandwidth_bytes_per_s": measure_read_bandwidth(threads) or None})
     warnings: list[str] = []
     driver_version = None
     if system == "darwin" and machine == "arm64":
@@ -76,7 +85,7 @@ def probe_hardware(*, model_dir: Path | None = None, environ: Mapping[str, str] 
     facts = HardwareFacts(
         os=system,
         arch=machine,
-        cpu=probe_cpu(system),
+        cpu=cpu,
         memory=memory,
         disk=probe_disk(model_dir if model_dir is not None else default_model_dir()),
         gpus=list(gpus),
@@ -164,9 +173,26 @@ def _read_cuda_devices(nvml: Any, environ: Mapping[str, str], unified_memory: Me
                 free_bytes=free,
                 compute_capability=capability,
                 unified=unified,
+                memory_bandwidth_bytes_per_s=_nvml_bandwidth(nvml, handle),
             )
         )
     return CudaProbe(gpus=tuple(gpus), driver_version=driver_version, warnings=tuple(warnings))
+
+
+def _nvml_bandwidth(nvml: Any, handle: Any) -> float | None:
+    """Peak memory bandwidth: bus width (bits) × the memory's maximum clock (MHz), two transfers a clock.
+
+    (An H100 SXM: 5120 bits × 2619 MHz × 2 / 8 = 3.35 TB/s, its datasheet figure.) None where NVML
+    cannot say, as on boards whose GPU shares the system RAM.
+    """
+    try:
+        bus_bits = int(nvml.nvmlDeviceGetMemoryBusWidth(handle))
+        clock_mhz = int(nvml.nvmlDeviceGetMaxClockInfo(handle, nvml.NVML_CLOCK_MEM))
+    except (nvml.NVMLError, AttributeError):
+        return None
+    if bus_bits <= 0 or clock_mhz <= 0:
+        return None
+    return bus_bits / 8 * clock_mhz * 1e6 * 2
 
 
 def select_visible_devices(value: str | None, uuids: Sequence[str]) -> VisibleDevices:

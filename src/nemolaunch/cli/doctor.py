@@ -38,9 +38,11 @@ def doctor_command(
     from nemolaunch.adapters.llamacpp import binary_version, find_binary, list_devices
     from nemolaunch.cli.planning import hardware_facts_and_driver
     from nemolaunch.core.download_plan import human_bytes
+    from nemolaunch.core.speed import gpu_bandwidth, ram_bandwidth
     from nemolaunch.errors import NemolaunchError
 
-    facts, driver = hardware_facts_and_driver(hardware)
+    # This machine's RAM bandwidth is measured (a fraction of a second): the speed forecast reads it.
+    facts, driver = hardware_facts_and_driver(hardware, measure_bandwidth=True)
     if json_output:
         print(facts.to_json())
         return
@@ -58,6 +60,9 @@ def doctor_command(
     )
     memory = facts.memory
     table.add_row("memory", f"{human_bytes(memory.total_bytes)} total, {human_bytes(memory.available_bytes)} available")
+    ram = ram_bandwidth(facts)
+    how = "measured, every core reading" if ram.source == "measured" else "estimated from the core count"
+    table.add_row("memory bandwidth", f"{_rate(ram.bytes_per_s)} ({how})")
     if facts.disk is not None:
         table.add_row("disk", f"{human_bytes(facts.disk.free_bytes)} free at {facts.disk.path}")
     if not facts.gpus:
@@ -68,6 +73,9 @@ def doctor_command(
             detail += f", compute {gpu.compute_capability}"
         if gpu.unified:
             detail += ", unified memory (counted once)"
+        bandwidth = gpu_bandwidth(gpu, cpu.model)
+        if bandwidth.bytes_per_s:
+            detail += f", {_rate(bandwidth.bytes_per_s)} ({'NVML' if bandwidth.source == 'nvml' else 'by name'})"
         table.add_row(f"gpu {gpu.index} ({gpu.backend})", detail)
     if driver:
         table.add_row("nvidia driver", driver)
@@ -87,3 +95,9 @@ def doctor_command(
     for tool in BUILD_TOOLS:
         table.add_row(tool, shutil.which(tool) or Text("not found", style="yellow"))
     console.print(table)
+
+
+def _rate(bytes_per_s: float | None) -> str:
+    if not bytes_per_s:
+        return "unknown"
+    return f"{bytes_per_s / 1e12:.2f} TB/s" if bytes_per_s >= 1e12 else f"{bytes_per_s / 1e9:.0f} GB/s"

@@ -16,6 +16,7 @@ from nemolaunch.core.launch import DEFAULT_PARALLEL
 if TYPE_CHECKING:
     from nemolaunch.adapters.llamacpp import Found
     from nemolaunch.cli.planning import PlannedModel
+    from nemolaunch.core.planner import Preference
 
 HardwareOption = Annotated[
     Path | None,
@@ -23,6 +24,17 @@ HardwareOption = Annotated[
 ]
 QuantOption = Annotated[str | None, typer.Option("--quant", "-q", help="Use this quant, whatever the plan says.")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Launch even when the forecast says it does not fit.")]
+PreferOption = Annotated[
+    str,
+    typer.Option(
+        "--prefer",
+        help="quality: the best quant that fits; speed: the fastest at or above UD-Q2_K_XL (forecast tokens/s).",
+    ),
+]
+MinSpeedOption = Annotated[
+    float | None,
+    typer.Option("--min-speed", help="The best quality whose forecast reaches this many generated tokens/s."),
+]
 ParallelOption = Annotated[
     int,
     typer.Option(
@@ -33,7 +45,10 @@ ParallelOption = Annotated[
 
 def plan_command(
     model: Annotated[
-        str | None, typer.Argument(help="REPO[:QUANT] on the Hub [default: the Nemotron 3 Ultra GGUF repo].")
+        str | None,
+        typer.Argument(
+            help="REPO[:QUANT] on the Hub, or a local .gguf (any shard) [default: the Nemotron 3 Ultra GGUF repo]."
+        ),
     ] = None,
     ctx_size: Annotated[
         int | None, typer.Option("--ctx-size", "-c", help="Context size in tokens [default: 32768].")
@@ -43,11 +58,14 @@ def plan_command(
     parallel: ParallelOption = DEFAULT_PARALLEL,
     hardware: HardwareOption = None,
     rpc: RpcOption = None,
+    prefer: PreferOption = "quality",
+    min_speed: MinSpeedOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the plan as one JSON object on stdout.")] = False,
 ) -> None:
     """Show every quant of the model against this machine's memory, the one to run, and the command."""
     from nemolaunch.cli.planning import (
         nothing_fits,
+        plan_local_file,
         plan_model,
         read_model_spec,
         render_hosts_table,
@@ -56,21 +74,22 @@ def plan_command(
     )
     from nemolaunch.errors import BadOption
 
+    preference = check_preference(prefer, min_speed)
     spec = read_model_spec(model)
-    if spec.reference is None:
-        raise BadOption(
-            option="MODEL", value=model, hint="plan takes a Hub repository (owner/name[:QUANT]), not a local file"
-        )
+    if spec.local is not None and quant is not None:
+        raise BadOption(option="--quant", value=quant, hint="it picks a quant of a Hub model, not of a local file")
     workers = workers_for_plan(read_endpoints(rpc))
-    planned = plan_model(
-        spec.reference,
-        quant=quant,
-        ctx_size=ctx_size,
-        force=force,
-        parallel=parallel,
-        hardware_file=hardware,
-        workers=workers,
-    )
+    if spec.local is not None:
+        planned = plan_local_file(
+            spec.local, ctx_size=ctx_size, parallel=parallel, hardware_file=hardware, workers=workers,
+            prefer=preference, min_speed=min_speed,
+        )  # fmt: skip
+    else:
+        assert spec.reference is not None
+        planned = plan_model(
+            spec.reference, quant=quant, ctx_size=ctx_size, force=force, parallel=parallel, hardware_file=hardware,
+            workers=workers, prefer=preference, min_speed=min_speed, measure_bandwidth=True,
+        )  # fmt: skip
     plan = planned.plan
     argv = None
     if plan.quant is not None:
@@ -97,12 +116,12 @@ def plan_command(
 def planned_server_argv(planned: PlannedModel, *, parallel: int, binary: str) -> list[str]:
     """The llama-server command the plan would run: the downloaded first shard, or its path in the repo."""
     from nemolaunch.cli.cluster import launch_cluster
-    from nemolaunch.core.launch import ServerLaunch, alias_for_repo, server_argv
+    from nemolaunch.core.launch import ServerLaunch, alias_for_repo, default_alias, server_argv
 
     plan = planned.plan
     assert plan.quant is not None
     model = planned.local_files[0] if planned.local_files else Path(plan.quant.files[0])
-    alias = alias_for_repo(planned.catalog.repo)
+    alias = default_alias(model) if planned.catalog.source == "local" else alias_for_repo(planned.catalog.repo)
     extra = ("--parallel", str(parallel)) if parallel != DEFAULT_PARALLEL else ()
     launch = ServerLaunch(
         binary=binary,
@@ -113,6 +132,21 @@ def planned_server_argv(planned: PlannedModel, *, parallel: int, binary: str) ->
         extra_args=extra,
     )
     return server_argv(launch)
+
+
+def check_preference(prefer: str, min_speed: float | None) -> Preference:
+    """``--prefer`` and ``--min-speed``, checked once for every command that plans."""
+    from nemolaunch.errors import BadOption
+
+    if prefer not in ("quality", "speed"):
+        raise BadOption(option="--prefer", value=prefer, hint="use quality or speed")
+    if min_speed is not None and not (min_speed > 0 and min_speed != float("inf")):
+        raise BadOption(option="--min-speed", value=min_speed, hint="use a positive number of tokens/s")
+    if min_speed is not None and prefer == "speed":
+        raise BadOption(
+            option="--prefer", value="speed with --min-speed", hint="--min-speed already chooses by speed; use one"
+        )
+    return "speed" if prefer == "speed" else "quality"
 
 
 def _this_machines_server() -> Found | None:

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from nemolaunch.core.cluster import Worker
     from nemolaunch.core.forecast import ArchitectureFacts
     from nemolaunch.core.hardware import HardwareFacts
-    from nemolaunch.core.planner import Plan
+    from nemolaunch.core.planner import Plan, Preference, QuantAssessment
+    from nemolaunch.core.speed import Sparsity
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,10 @@ def plan_model(
     parallel: int,
     hardware_file: Path | None,
     workers: tuple[Worker, ...] = (),
+    prefer: Preference = "quality",
+    min_speed: float | None = None,
+    sparsity: Sparsity | None = None,
+    measure_bandwidth: bool = False,
 ) -> PlannedModel:
     """Plan ``reference`` for this machine (or the one in ``hardware_file``) with its RPC ``workers``
     (live ones, or those a cluster file records), warning as it goes."""
@@ -87,7 +92,11 @@ def plan_model(
         raise BadOption(option="--parallel", value=parallel, hint="use 1 or more slots")
     if ctx_size is not None and ctx_size <= 0:
         raise ContextSizeNotPositive(ctx_size=ctx_size)  # before any listing or probing
-    facts, workers = machine(hardware_file, workers)
+    # The speed forecast wants this machine's RAM bandwidth: measured (a fraction of a second) for plan,
+    # and for a launch that chooses by speed.
+    facts, workers = machine(
+        hardware_file, workers, measure_bandwidth=measure_bandwidth or prefer == "speed" or bool(min_speed)
+    )
     lookup = load_catalog(reference.repo)
     for message in lookup.warnings:
         warn(message)
@@ -98,6 +107,9 @@ def plan_model(
         ctx_size=ctx_size if ctx_size is not None else _default_ctx(architecture, DEFAULT_CTX_SIZE),
         force=force,
         parallel=parallel,
+        prefer=prefer,
+        min_speed=min_speed,
+        sparsity=sparsity,
     )
     try:
         plan = plan_launch(facts, catalog, request, architecture, workers)
@@ -110,6 +122,52 @@ def plan_model(
         raise
     local = cached_quant_paths(catalog.repo, plan.quant.files) if plan.quant else None
     return PlannedModel(plan=plan, catalog=catalog, facts=facts, local_files=local)
+
+
+def plan_local_file(
+    path: Path,
+    *,
+    ctx_size: int | None,
+    parallel: int,
+    hardware_file: Path | None,
+    workers: tuple[Worker, ...] = (),
+    prefer: Preference = "quality",
+    min_speed: float | None = None,
+) -> PlannedModel:
+    """A model already on disk, planned like a Hub quant: the memory check and the speed forecast."""
+    from nemolaunch.adapters.gguf_files import inspect_model
+    from nemolaunch.adapters.gguf_header import read_architecture, read_weight_facts
+    from nemolaunch.core.catalog import Catalog, Quant, local_quant_name
+    from nemolaunch.core.forecast import DEFAULT_CTX_SIZE
+    from nemolaunch.core.planner import PlanRequest, plan_launch
+    from nemolaunch.core.speed import Sparsity
+
+    if parallel < 1:
+        raise BadOption(option="--parallel", value=parallel, hint="use 1 or more slots")
+    if ctx_size is not None and ctx_size <= 0:
+        raise ContextSizeNotPositive(ctx_size=ctx_size)
+    model_file = inspect_model(path)
+    weights = read_weight_facts(model_file.shards)
+    architecture = read_architecture(model_file.path)
+    quant = Quant(
+        name=local_quant_name(model_file.path.name),
+        files=tuple(str(shard) for shard in model_file.shards),
+        size_bytes=model_file.size_bytes,
+        bits_per_weight=round(weights.bits_per_weight, 2) if weights.bits_per_weight else None,
+    )
+    catalog = Catalog(repo=str(model_file.path), source="local", quants=(quant,))
+    expert_share = weights.expert_bytes / weights.weights_bytes if weights.weights_bytes else 0.0
+    request = PlanRequest(
+        quant=quant.name,  # the one there is: "asked for", so the quality floor does not hide it
+        ctx_size=ctx_size if ctx_size is not None else _default_ctx(architecture, DEFAULT_CTX_SIZE),
+        parallel=parallel,
+        prefer=prefer,
+        min_speed=min_speed,
+        sparsity=Sparsity(weights.active_share, expert_share, "tensors"),
+    )
+    facts, workers = machine(hardware_file, workers, measure_bandwidth=True)
+    plan = plan_launch(facts, catalog, request, architecture, workers)
+    return PlannedModel(plan=plan, catalog=catalog, facts=facts, local_files=model_file.shards)
 
 
 def require_launchable(planned: PlannedModel, *, action: str) -> None:
@@ -146,17 +204,17 @@ def nothing_fits(plan: Plan, *, action: str) -> NemolaunchError:
     )
 
 
-def hardware_facts(hardware_file: Path | None) -> HardwareFacts:
+def hardware_facts(hardware_file: Path | None, *, measure_bandwidth: bool = False) -> HardwareFacts:
     """The machine to plan for: the one in ``hardware_file``, else this one (probe warnings are shown)."""
-    return hardware_facts_and_driver(hardware_file)[0]
+    return hardware_facts_and_driver(hardware_file, measure_bandwidth=measure_bandwidth)[0]
 
 
 def machine(
-    hardware_file: Path | None, live_workers: tuple[Worker, ...] = ()
+    hardware_file: Path | None, live_workers: tuple[Worker, ...] = (), *, measure_bandwidth: bool = False
 ) -> tuple[HardwareFacts, tuple[Worker, ...]]:
     """The machine to plan for and its RPC workers: live ones (``--rpc``), or those a cluster file records."""
     if hardware_file is None:
-        return hardware_facts(None), live_workers
+        return hardware_facts(None, measure_bandwidth=measure_bandwidth), live_workers
     from nemolaunch.adapters.hardware_file import load_machine
 
     facts, recorded = load_machine(hardware_file)
@@ -169,7 +227,9 @@ def machine(
     return facts, recorded or live_workers
 
 
-def hardware_facts_and_driver(hardware_file: Path | None) -> tuple[HardwareFacts, str | None]:
+def hardware_facts_and_driver(
+    hardware_file: Path | None, *, measure_bandwidth: bool = False
+) -> tuple[HardwareFacts, str | None]:
     """As ``hardware_facts``, with this machine's NVIDIA driver version when it was probed."""
     if hardware_file is not None:
         from nemolaunch.adapters.hardware_file import load_hardware_facts
@@ -177,7 +237,7 @@ def hardware_facts_and_driver(hardware_file: Path | None) -> tuple[HardwareFacts
         return load_hardware_facts(hardware_file.expanduser()), None
     from nemolaunch.adapters.hardware_probe import probe_hardware
 
-    probe = probe_hardware()
+    probe = probe_hardware(measure_bandwidth=measure_bandwidth)
     for message in probe.warnings:
         warn(message)
     return probe.facts, probe.cuda_driver_version
@@ -237,6 +297,7 @@ def render_plan_table(plan: Plan) -> None:
     table.add_column("size", justify="right", no_wrap=True)
     table.add_column("needs", justify="right", no_wrap=True)
     table.add_column("fits", no_wrap=True)
+    table.add_column("tok/s", justify="right", no_wrap=True)
     table.add_column(f"of {_gb(budget)}", no_wrap=True)
     chosen = plan.quant.name if plan.quant else None
     for item in plan.assessments:
@@ -253,9 +314,17 @@ def render_plan_table(plan: Plan) -> None:
             _gb(item.quant.size_bytes),
             _gb(item.forecast.total),
             Text("yes" if item.fits else "no", style=colour),
+            _speed_cell(item),
             Text(f"{share:>5.0%} {'█' * filled}{'·' * (width - filled)}", style=colour),
         )
     err_console.print(table)
+
+
+def _speed_cell(item: QuantAssessment) -> str:
+    rate = item.speed.generation_tps if item.speed else None
+    if rate is None:
+        return "?"
+    return f"~{rate:.0f}" if rate >= 10 else f"~{rate:.1f}"
 
 
 def render_hosts_table(plan: Plan) -> None:
@@ -289,6 +358,8 @@ def render_hosts_table(plan: Plan) -> None:
 def render_plan_words(plan: Plan) -> None:
     for reason in plan.reasons:
         err_console.print(f"• {reason}", markup=False)
+    if plan.speed_assumptions:
+        err_console.print("• tokens/s are forecasts: " + "; ".join(plan.speed_assumptions), markup=False)
     for message in plan.warnings:
         warn(message)
     if plan.ways_out:

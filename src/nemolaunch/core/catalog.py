@@ -24,7 +24,7 @@ from nemolaunch.errors import (
     UnknownQuant,
 )
 
-CatalogSource = Literal["hub", "cache", "builtin"]
+CatalogSource = Literal["hub", "cache", "builtin", "local"]
 
 SUPER_REPO = "unsloth/NVIDIA-Nemotron-3-Super-120B-A12B-GGUF"
 NANO_REPO = "unsloth/Nemotron-3-Nano-30B-A3B-GGUF"
@@ -267,6 +267,11 @@ def build_catalog(
         incomplete=tuple(sorted(incomplete, key=lambda broken: broken.name)),
         approximate=approximate,
     )
+
+
+def local_quant_name(file_name: str) -> str:
+    """What to call a local model's quant: its tag (``Q4_K_M``) when the name has one, else the file's stem."""
+    return _quant_name("", file_name)
 
 
 def _quant_name(folder: str, file_name: str) -> str:

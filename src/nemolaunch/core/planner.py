@@ -355,7 +355,7 @@ def plan_launch(
         if budget.remote_workers:
             hosts = _hosts(chosen.forecast, budget, facts)
             reasons.append(_hosts_reason(chosen.quant.name, hosts))
-        if fits and named is None:
+        if fits and named is None and request.prefer == "quality" and request.min_speed is None:
             reasons.extend(_why_not_better(chosen, assessments))
         if not fits:
             needed = chosen.forecast.total - budget.total_bytes
@@ -480,7 +480,8 @@ def _assess(
     )
     total = forecast.total
     placement = budget.placement_for(total)
-    speed = _speed(quant, forecast, placement, budget, facts, sparsity) if facts and sparsity else None
+    layers = architecture.n_layer if architecture else 0
+    speed = _speed(quant, forecast, placement, budget, facts, sparsity, layers) if facts and sparsity else None
     return QuantAssessment(quant, forecast, total <= budget.total_bytes, placement, speed)
 
 
@@ -491,6 +492,7 @@ def _speed(
     budget: MemoryBudget,
     facts: HardwareFacts,
     sparsity: Sparsity,
+    layers: int,
 ) -> SpeedForecast:
     """The generation and prompt speed of ``quant`` placed as the plan places it."""
     head_weights = None
@@ -520,7 +522,12 @@ def _speed(
         worker_weights=worker_weights,
     )
     return forecast_placed(
-        facts, placed, weights_bytes=quant.size_bytes, sparsity=sparsity, bits_per_weight=quant.bits_per_weight
+        facts,
+        placed,
+        weights_bytes=quant.size_bytes,
+        sparsity=sparsity,
+        bits_per_weight=quant.bits_per_weight,
+        layers=layers,
     )
 
 

@@ -25,8 +25,13 @@ TB = 1e12
 
 #: Share of peak bandwidth llama.cpp's token-generation kernels reach. A GPU's peak is a datasheet
 #: figure; RAM's is what `doctor` measured reading memory with every core, already an achieved rate.
-GPU_EFFICIENCY = 0.70
+GPU_EFFICIENCY = 0.50
 MEASURED_RAM_EFFICIENCY = 0.85
+#: What every layer costs per token besides reading its weights: ggml's thread barriers and op
+#: dispatch on the CPU (19-26 µs a layer, measured on the tiny model and the smallest scaled model,
+#: where reading is negligible); kernel launches and syncs on a GPU (not measured here: no GPU).
+CPU_LAYER_OVERHEAD_S = 20e-6
+GPU_LAYER_OVERHEAD_S = 50e-6
 #: Share of peak arithmetic a prompt's quantized matrix multiplications reach.
 GPU_COMPUTE_EFFICIENCY = 0.35
 CPU_COMPUTE_EFFICIENCY = 0.50
@@ -82,10 +87,11 @@ APPLE_TABLE: tuple[tuple[str, float, float], ...] = (
     ("M1", 68 * GB, 5.2e12),
 )
 
-#: Without a measurement: what one core's share of a typical memory system reads, and the most a
-#: machine of that kind reaches (12-channel DDR5 servers read ~460 GB/s; desktops 60-90 GB/s).
-RAM_BYTES_PER_S_PER_CORE = 8 * GB
-RAM_BYTES_PER_S_MAX = 460 * GB
+#: Without a measurement: one core's share of a loaded memory system (a 96-core 12-channel DDR5
+#: server reads ~460 GB/s, ~4.8 GB/s a core; a 16-core dual-channel desktop ~80 GB/s, ~5 a core), and
+#: what llama.cpp reaches on the biggest boxes, which span NUMA nodes it does not place memory for.
+RAM_BYTES_PER_S_PER_CORE = 5 * GB
+RAM_BYTES_PER_S_MAX = 400 * GB
 CPU_CLOCK_HZ = 3.0e9
 
 Source = Literal["nvml", "table", "measured", "estimated", "unknown"]
@@ -166,6 +172,7 @@ class FastPart:
     held_bytes: int
     bandwidth: Bandwidth
     flops: float | None
+    kind: Literal["gpu", "worker"] = "gpu"
 
 
 @dataclass(frozen=True)
@@ -202,6 +209,7 @@ class SpeedForecast:
     active_bytes_per_token: float
     parts: tuple[DevicePart, ...]
     network_seconds: float = 0.0
+    overhead_seconds: float = 0.0  # per token, the layers' fixed costs
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -209,6 +217,7 @@ class SpeedForecast:
             "prompt_tokens_per_s": _round(self.prompt_tps),
             "active_bytes_per_token": round(self.active_bytes_per_token),
             "network_seconds_per_token": self.network_seconds,
+            "overhead_seconds_per_token": self.overhead_seconds,
             "parts": [part.to_json() for part in self.parts],
         }
 
@@ -228,6 +237,7 @@ def forecast_speed(
     ram: Bandwidth,
     ram_flops: float | None,
     rpc_workers: int = 0,
+    layers: int = 0,
 ) -> SpeedForecast:
     """Tokens/s for a model of ``weights_bytes`` whose weights sit as given.
 
@@ -258,10 +268,12 @@ def forecast_speed(
         efficiency = MEASURED_RAM_EFFICIENCY if ram.source == "measured" else 1.0
         parts.append(DevicePart("RAM", ram_read, ram, efficiency, ram_flops, CPU_COMPUTE_EFFICIENCY))
     network = rpc_workers * RPC_TOKEN_OVERHEAD_S
+    on_gpus = sum(part.held_bytes for part in fast_parts if part.kind == "gpu") / weights_bytes if weights_bytes else 0
+    overhead = layers * (on_gpus * GPU_LAYER_OVERHEAD_S + (1 - on_gpus) * CPU_LAYER_OVERHEAD_S)
     if any(part.bandwidth.bytes_per_s is None and part.bytes_per_token > 0 for part in parts):
         generation = None
     else:
-        seconds = sum(part.seconds for part in parts) + network
+        seconds = sum(part.seconds for part in parts) + network + overhead
         generation = 1 / seconds if seconds > 0 else None
     prompt = None
     if bits_per_weight and active > 0 and all(part.flops for part in parts if part.bytes_per_token > 0):
@@ -272,7 +284,7 @@ def forecast_speed(
             if part.flops
         )
         prompt = 1 / seconds if seconds > 0 else None
-    return SpeedForecast(generation, prompt, active, tuple(parts), network)
+    return SpeedForecast(generation, prompt, active, tuple(parts), network, overhead)
 
 
 @dataclass(frozen=True)
@@ -327,7 +339,7 @@ def place_weights(
         gpu = gpus[0]
         chip = facts.cpu.model
         return Placed(gpus=(FastPart(gpu.name, here, gpu_bandwidth(gpu, chip), gpu_flops(gpu, chip)),))
-    workers = tuple(FastPart(name, held, bandwidth, flops) for name, held, bandwidth, flops in worker_weights)
+    workers = tuple(FastPart(name, held, bandwidth, flops, "worker") for name, held, bandwidth, flops in worker_weights)
     gpu_free = sum(gpu.free_bytes for gpu in gpus)
     ram = min(max(spill_bytes, 0), here) if gpus else here
     on_gpus = here - ram
@@ -344,7 +356,13 @@ def place_weights(
 
 
 def forecast_placed(
-    facts: HardwareFacts, placed: Placed, *, weights_bytes: int, sparsity: Sparsity, bits_per_weight: float | None
+    facts: HardwareFacts,
+    placed: Placed,
+    *,
+    weights_bytes: int,
+    sparsity: Sparsity,
+    bits_per_weight: float | None,
+    layers: int = 0,
 ) -> SpeedForecast:
     return forecast_speed(
         weights_bytes=weights_bytes,
@@ -356,4 +374,5 @@ def forecast_placed(
         ram=ram_bandwidth(facts),
         ram_flops=cpu_flops(facts),
         rpc_workers=sum(1 for part in placed.workers if part.held_bytes > 0),
+        layers=layers,
     )
