@@ -26,6 +26,7 @@ from nemolaunch.core.cluster import (
 from nemolaunch.core.forecast import ULTRA_ARCHITECTURE
 from nemolaunch.core.launch import Cluster, ServerLaunch, server_argv
 from nemolaunch.core.planner import Plan, PlanRequest, memory_budget, plan_launch
+from nemolaunch.core.speed import RAM_BYTES_PER_S_PER_CORE
 from nemolaunch.errors import BadRpcEndpoint, HardwareFileInvalid
 
 from conftest import cli_env, run_nemolaunch, write_gguf
@@ -136,7 +137,7 @@ def test_a_cluster_file_gives_the_head_and_the_workers_its_machines_make() -> No
     assert (ram.name, ram.total_bytes, ram.free_bytes, ram.kind) == ("CPU", 128 * GiB, 128 * GiB, "cpu")
     assert ram.reserve_bytes == 6 * GiB  # what that machine's doctor said was in use already
     # Its speed, for the forecast: no measurement in the file, so estimated from its 16 cores.
-    assert ram.bandwidth_bytes_per_s == 16 * 8e9
+    assert ram.bandwidth_bytes_per_s == 16 * RAM_BYTES_PER_S_PER_CORE
     # A plain machine file still reads as one machine.
     assert load_machine(FIXTURES / "hardware" / "b200x4.json")[1] == ()
 

@@ -260,3 +260,20 @@ def test_plan_of_a_local_file_that_does_not_fit_exits_6(tiny_model: Path, tmp_pa
     assert result.returncode == 6
     errors = [line for line in result.stderr.splitlines() if line.startswith("nemolaunch: error:")]
     assert len(errors) == 1 and "does not fit" in errors[0], result.stderr
+
+
+def test_serve_chooses_by_speed_too_but_not_for_a_local_file(tiny_model: Path, llama_bin_dir: Path) -> None:
+    hardware = str(HARDWARE / "h100x4_1tb.json")
+    base = ["serve", "--hardware", hardware, "--dry-run", "--llama-cpp", str(llama_bin_dir)]
+    env = cli_env(HF_HUB_OFFLINE="1")
+    by_quality = run_nemolaunch(*base, env=env)
+    by_speed = run_nemolaunch(*base, "--prefer", "speed", env=env)
+    fast_enough = run_nemolaunch(*base, "--min-speed", "20", env=env)
+    assert "UD-Q8_K_XL" not in by_speed.stderr
+    assert ":Q8_0 (gpu+cpu-experts)" in by_quality.stderr, by_quality.stderr
+    assert ":UD-Q2_K_XL (gpu)" in by_speed.stderr, by_speed.stderr
+    assert ":UD-Q6_K_XL (gpu+cpu-experts)" in fast_enough.stderr, fast_enough.stderr
+    local = run_nemolaunch(
+        "serve", str(tiny_model), "--prefer", "speed", "--dry-run", "--llama-cpp", str(llama_bin_dir)
+    )
+    assert local.returncode == 2 and "not of a local file" in local.stderr

@@ -11,7 +11,7 @@ import typer
 
 from nemolaunch.cli.cluster import RpcOption, read_endpoints, workers_for_plan
 from nemolaunch.cli.output import err_console, note, print_json, warn
-from nemolaunch.cli.plan import HardwareOption, QuantOption
+from nemolaunch.cli.plan import HardwareOption, MinSpeedOption, PreferOption, QuantOption, check_preference
 from nemolaunch.core.download_plan import human_bytes
 from nemolaunch.core.launch import DEFAULT_PARALLEL
 
@@ -34,6 +34,8 @@ def download_command(
         str | None, typer.Argument(help="REPO[:QUANT] [default: the Nemotron 3 Ultra and the planned quant].")
     ] = None,
     quant: QuantOption = None,
+    prefer: PreferOption = "quality",
+    min_speed: MinSpeedOption = None,
     local_dir: LocalDirOption = None,
     hardware: HardwareOption = None,
     rpc: RpcOption = None,
@@ -59,6 +61,7 @@ def download_command(
     if local_dir is not None:
         _check_local_dir(local_dir)
     named = spec.reference.quant or quant
+    preference = check_preference(prefer, min_speed)
     endpoints = read_endpoints(rpc)
     planned = plan_model(
         spec.reference,
@@ -68,6 +71,8 @@ def download_command(
         parallel=DEFAULT_PARALLEL,
         hardware_file=hardware,
         workers=workers_for_plan(endpoints),  # the quant to fetch is the one the cluster holds
+        prefer=preference,
+        min_speed=min_speed,
     )
     require_launchable(planned, action="download")
     result = download_planned(

@@ -18,6 +18,7 @@ from nemolaunch.errors import BadOption, ModelNotDownloaded
 
 if TYPE_CHECKING:
     from nemolaunch.core.cluster import Worker
+    from nemolaunch.core.planner import Preference
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class ModelRequest:
     dry_run: bool
     parallel: int = DEFAULT_PARALLEL  # server slots the memory check counts
     workers: tuple[Worker, ...] = ()  # live RPC workers whose memory counts too
+    prefer: Preference = "quality"  # how a Hub model's quant is chosen
+    min_speed: float | None = None
 
     def check_local(self) -> ResolvedModel | None:
         """The cheap checks, made before the binary is looked up: the user's own mistake is heard first.
@@ -77,6 +80,8 @@ class ModelRequest:
             dry_run=self.dry_run,
             parallel=self.parallel,
             workers=self.workers,
+            prefer=self.prefer,
+            min_speed=self.min_speed,
         )
 
 
@@ -108,6 +113,8 @@ def resolve_model(
     dry_run: bool,
     parallel: int = DEFAULT_PARALLEL,
     workers: tuple[Worker, ...] = (),
+    prefer: Preference = "quality",
+    min_speed: float | None = None,
 ) -> ResolvedModel:
     """A local file as given; a Hub model planned for this machine, downloaded unless --no-download.
 
@@ -120,6 +127,12 @@ def resolve_model(
     if spec.local is not None:
         if quant is not None:
             raise BadOption(option="--quant", value=quant, hint="it picks a quant of a Hub model, not of a local file")
+        if prefer != "quality" or min_speed is not None:
+            raise BadOption(
+                option="--min-speed" if min_speed is not None else "--prefer",
+                value=min_speed if min_speed is not None else prefer,
+                hint="it picks a quant of a Hub model, not of a local file (`nemolaunch plan FILE` shows its speed)",
+            )
         model_file = inspect_model(spec.local)
         if model_file.path != spec.local.expanduser():
             note(f"using the split model's first shard: {model_file.path}")
@@ -133,6 +146,8 @@ def resolve_model(
         parallel=parallel,
         hardware_file=hardware,
         workers=workers,
+        prefer=prefer,
+        min_speed=min_speed,
     )
     require_launchable(planned, action="launch")
     chosen = planned.plan.quant

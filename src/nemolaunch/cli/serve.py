@@ -22,7 +22,14 @@ from nemolaunch.cli.cluster import RpcOption, launch_cluster, read_endpoints, wo
 from nemolaunch.cli.launch_model import ModelRequest
 from nemolaunch.cli.llama_binary import find_llama_binary, warn_if_gpus_go_unused
 from nemolaunch.cli.output import console, err_console, print_command, print_json, styled, warn
-from nemolaunch.cli.plan import ForceOption, HardwareOption, QuantOption
+from nemolaunch.cli.plan import (
+    ForceOption,
+    HardwareOption,
+    MinSpeedOption,
+    PreferOption,
+    QuantOption,
+    check_preference,
+)
 from nemolaunch.core.launch import (
     DEFAULT_CTX_SIZE,
     DEFAULT_HOST,
@@ -97,6 +104,8 @@ def serve_command(
     ] = None,
     rpc: RpcOption = None,
     quant: QuantOption = None,
+    prefer: PreferOption = "quality",
+    min_speed: MinSpeedOption = None,
     force: ForceOption = False,
     hardware: HardwareOption = None,
     no_download: NoDownloadOption = False,
@@ -122,7 +131,8 @@ def serve_command(
         raise BadOption(option="--parallel", value=parallel, hint="use 1 or more slots")
     request = ModelRequest(
         model=model, quant=quant, force=force, hardware=hardware, ctx_size=ctx_size, no_download=no_download,
-        dry_run=dry_run, parallel=parallel or DEFAULT_PARALLEL,
+        dry_run=dry_run, parallel=parallel or DEFAULT_PARALLEL, prefer=check_preference(prefer, min_speed),
+        min_speed=min_speed,
     )  # fmt: skip
     early = request.check_local()
     sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
@@ -205,6 +215,8 @@ def run_command(
     n_predict: Annotated[int | None, typer.Option("--n-predict", "-n", help="Stop after this many tokens.")] = None,
     rpc: RpcOption = None,
     quant: QuantOption = None,
+    prefer: PreferOption = "quality",
+    min_speed: MinSpeedOption = None,
     force: ForceOption = False,
     hardware: HardwareOption = None,
     no_download: NoDownloadOption = False,
@@ -220,7 +232,7 @@ def run_command(
     endpoints = read_endpoints(rpc)
     request = ModelRequest(
         model=model, quant=quant, force=force, hardware=hardware, ctx_size=ctx_size, no_download=no_download,
-        dry_run=dry_run,
+        dry_run=dry_run, prefer=check_preference(prefer, min_speed), min_speed=min_speed,
     )  # fmt: skip
     early = request.check_local()
     sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
