@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -248,7 +250,17 @@ def _without_bias_row(weight: np.ndarray) -> np.ndarray:
     return weight
 
 
-def _add_tensors(writer: GGUFWriter, tokens: list[str], seed: int) -> None:
+@dataclass(frozen=True)
+class Wiring:
+    """A model whose output is set, not random (``nemolaunch.scripted_model``): its own embeddings and
+    LM head, and every layer's projection back into the residual stream zeroed, so the stream that
+    reaches the head is the last token's embedding alone."""
+
+    embeddings: np.ndarray  # (n_vocab, n_embd)
+    output: np.ndarray  # (n_vocab, n_embd)
+
+
+def _add_tensors(writer: GGUFWriter, tokens: list[str], seed: int, wiring: Wiring | None = None) -> None:
     w = _Weights(seed)
     n_vocab = len(tokens)
     conv_dim = _SSM_D_INNER + 2 * _SSM_N_GROUP * _SSM_D_STATE
@@ -256,12 +268,18 @@ def _add_tensors(writer: GGUFWriter, tokens: list[str], seed: int) -> None:
 
     embd = w.normal(n_vocab, _N_EMBD, std=1.0)
     embd[:, _BIAS_CHANNEL] = _BIAS_VALUE
-    writer.add_tensor("token_embd.weight", embd)
-    writer.add_tensor("output_norm.weight", _ones(_N_EMBD))
     # A separate output matrix (untied), as the real model has.
     output = w.linear(n_vocab, _N_EMBD)
     output[:, _BIAS_CHANNEL] = _logit_bias(tokens)
+    if wiring is not None:
+        embd, output = wiring.embeddings.astype(np.float32), wiring.output.astype(np.float32)
+    writer.add_tensor("token_embd.weight", embd)
+    writer.add_tensor("output_norm.weight", _ones(_N_EMBD))
     writer.add_tensor("output.weight", output)
+
+    def into_residual(weight: np.ndarray) -> np.ndarray:
+        # A projection back into the residual stream: random but for the bias row, or silenced.
+        return np.zeros_like(weight) if wiring is not None else _without_bias_row(weight)
 
     for il, kind in enumerate(TINY_MODEL_LAYER_PATTERN):
         blk = f"blk.{il}"
@@ -279,12 +297,12 @@ def _add_tensors(writer: GGUFWriter, tokens: list[str], seed: int) -> None:
             writer.add_tensor(f"{blk}.ssm_d", _ones(_SSM_N_HEAD, 1))
             # Grouped RMS norm: ggml {d_inner / n_group, n_group}.
             writer.add_tensor(f"{blk}.ssm_norm.weight", _ones(_SSM_N_GROUP, _SSM_D_INNER // _SSM_N_GROUP))
-            writer.add_tensor(f"{blk}.ssm_out.weight", _without_bias_row(w.linear(_N_EMBD, _SSM_D_INNER)))
+            writer.add_tensor(f"{blk}.ssm_out.weight", into_residual(w.linear(_N_EMBD, _SSM_D_INNER)))
         elif kind == "*":
             writer.add_tensor(f"{blk}.attn_q.weight", w.linear(_N_HEAD * _HEAD_DIM, _N_EMBD))
             writer.add_tensor(f"{blk}.attn_k.weight", w.linear(_N_HEAD_KV * _HEAD_DIM, _N_EMBD))
             writer.add_tensor(f"{blk}.attn_v.weight", w.linear(_N_HEAD_KV * _HEAD_DIM, _N_EMBD))
-            attn_out = _without_bias_row(w.linear(_N_EMBD, _N_HEAD * _HEAD_DIM))
+            attn_out = into_residual(w.linear(_N_EMBD, _N_HEAD * _HEAD_DIM))
             writer.add_tensor(f"{blk}.attn_output.weight", attn_out)
         else:
             # Router (sigmoid gating with a per-expert selection bias) sees the full width.
@@ -292,23 +310,33 @@ def _add_tensors(writer: GGUFWriter, tokens: list[str], seed: int) -> None:
             writer.add_tensor(f"{blk}.exp_probs_b.bias", np.zeros(_N_EXPERT, dtype=np.float32))
             # Latent MoE: project n_embd -> latent, run the routed experts there, project back.
             writer.add_tensor(f"{blk}.ffn_latent_down.weight", w.linear(_MOE_LATENT, _N_EMBD))
-            latent_up = _without_bias_row(w.linear(_N_EMBD, _MOE_LATENT))
+            latent_up = into_residual(w.linear(_N_EMBD, _MOE_LATENT))
             writer.add_tensor(f"{blk}.ffn_latent_up.weight", latent_up)
             # Experts have no gate (ReLU^2 up/down); ggml {in, out, n_expert}.
             writer.add_tensor(f"{blk}.ffn_up_exps.weight", w.linear(_N_FF_EXP, _MOE_LATENT, _N_EXPERT))
             writer.add_tensor(f"{blk}.ffn_down_exps.weight", w.linear(_MOE_LATENT, _N_FF_EXP, _N_EXPERT))
             # The shared expert works at full width, beside the latent path.
             writer.add_tensor(f"{blk}.ffn_up_shexp.weight", w.linear(_N_FF_SHEXP, _N_EMBD))
-            down_shexp = _without_bias_row(w.linear(_N_EMBD, _N_FF_SHEXP))
+            down_shexp = into_residual(w.linear(_N_EMBD, _N_FF_SHEXP))
             writer.add_tensor(f"{blk}.ffn_down_shexp.weight", down_shexp)
 
 
-def _fill(writer: GGUFWriter, seed: int) -> None:
-    """Add every key and tensor of the tiny model to ``writer``."""
+def _fill(
+    writer: GGUFWriter,
+    seed: int,
+    *,
+    extra_tokens: tuple[str, ...] = (),
+    wiring_for: Callable[[list[str]], Wiring] | None = None,
+    name: str = TINY_MODEL_NAME,
+) -> None:
+    """Add every key and tensor of the tiny model to ``writer``; a scripted model adds tokens and wiring."""
     tokens, types, merges = vocabulary()
+    for token in extra_tokens:
+        tokens.append(token)
+        types.append(int(TokenType.NORMAL))
     ff, head_kv = _layer_arrays()
 
-    writer.add_name(TINY_MODEL_NAME)
+    writer.add_name(name)
     writer.add_file_type(int(LlamaFileType.ALL_F32))
     writer.add_context_length(TINY_MODEL_CONTEXT_LENGTH)
     writer.add_embedding_length(_N_EMBD)
@@ -353,10 +381,10 @@ def _fill(writer: GGUFWriter, seed: int) -> None:
     writer.add_add_eos_token(False)
     writer.add_chat_template(load_chat_template())
 
-    _add_tensors(writer, tokens, seed)
+    _add_tensors(writer, tokens, seed, wiring_for(tokens) if wiring_for is not None else None)
 
 
-def write_tiny_model(path: Path, *, seed: int = 0) -> Path:
+def write_tiny_model(path: Path, *, seed: int = 0, fill: Callable[[GGUFWriter], None] | None = None) -> Path:
     """Write the tiny Nemotron 3 GGUF to ``path`` and return ``path``.
 
     The file is written under a temporary name in the same folder and then renamed over
@@ -371,7 +399,7 @@ def write_tiny_model(path: Path, *, seed: int = 0) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     writer = GGUFWriter(tmp, TINY_MODEL_ARCH)
     try:
-        _fill(writer, seed)
+        (fill or (lambda target: _fill(target, seed)))(writer)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
