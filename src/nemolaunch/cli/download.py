@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from nemolaunch.cli.cluster import RpcOption, read_endpoints, workers_for_plan
+from nemolaunch.cli.context_options import CacheTypeOption, CtxOption, read_context
 from nemolaunch.cli.output import err_console, note, print_json, warn
 from nemolaunch.cli.plan import HardwareOption, MinSpeedOption, PreferOption, QuantOption, check_preference
 from nemolaunch.core.download_plan import human_bytes
@@ -39,9 +40,8 @@ def download_command(
     local_dir: LocalDirOption = None,
     hardware: HardwareOption = None,
     rpc: RpcOption = None,
-    ctx_size: Annotated[
-        int | None, typer.Option("--ctx-size", "-c", help="Context size the plan is made for [default: 32768].")
-    ] = None,
+    ctx_size: CtxOption = None,
+    cache_type: CacheTypeOption = "f16",
     workers: Annotated[int, typer.Option("--workers", help="Shards fetched at once.")] = 4,
     stall_timeout: StallOption = 60.0,
     verify: Annotated[bool, typer.Option("--verify", help="Re-hash every shard, even ones verified before.")] = False,
@@ -62,11 +62,14 @@ def download_command(
         _check_local_dir(local_dir)
     named = spec.reference.quant or quant
     preference = check_preference(prefer, min_speed)
+    context = read_context(ctx_size, cache_type)
     endpoints = read_endpoints(rpc)
     planned = plan_model(
         spec.reference,
         quant=quant,
-        ctx_size=ctx_size,
+        ctx_size=context.ctx_size,
+        longest=context.longest,
+        cache_type=context.cache_type,
         force=named is not None,  # a quant the user names is fetched even if the forecast says no
         parallel=DEFAULT_PARALLEL,
         hardware_file=hardware,

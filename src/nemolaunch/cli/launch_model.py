@@ -17,6 +17,7 @@ from nemolaunch.core.launch import DEFAULT_CTX_SIZE, DEFAULT_PARALLEL, alias_for
 from nemolaunch.errors import BadOption, ModelNotDownloaded
 
 if TYPE_CHECKING:
+    from nemolaunch.cli.context_options import ContextRequest
     from nemolaunch.core.cluster import Worker
     from nemolaunch.core.planner import Preference
 
@@ -33,7 +34,7 @@ class ModelRequest:
     quant: str | None
     force: bool
     hardware: Path | None
-    ctx_size: int | None
+    context: ContextRequest
     no_download: bool
     dry_run: bool
     parallel: int = DEFAULT_PARALLEL  # server slots the memory check counts
@@ -48,24 +49,26 @@ class ModelRequest:
         model, whose maximum comes with its plan, only a non-positive ``--ctx-size`` can be refused now.
         """
         if not is_local(self.model):
-            context_size(self.ctx_size, None)
+            context_size(self.context.ctx_size, None)
             return None
         resolved = self._resolve()
-        context_size(self.ctx_size, resolved)
+        context_size(self.context.ctx_size, resolved)
         return resolved
 
     def resolve(self, early: ResolvedModel | None) -> tuple[ResolvedModel, int]:
         """The model and the context size to launch it with, held against the machine's memory."""
         resolved = early or self._resolve()
-        context = context_size(self.ctx_size, resolved)
+        context = context_size(self.context.ctx_size, resolved)
         if resolved.user_file is not None:
-            check_local_fit(
+            context = check_local_fit(
                 resolved.user_file,
                 ctx_size=context,
                 hardware=self.hardware,
                 force=self.force,
                 parallel=self.parallel,
                 workers=self.workers,
+                longest=self.context.longest,
+                cache_type=self.context.cache_type,
             )
         return resolved, context
 
@@ -75,7 +78,7 @@ class ModelRequest:
             quant=self.quant,
             force=self.force,
             hardware=self.hardware,
-            ctx_size=self.ctx_size,
+            context=self.context,
             no_download=self.no_download,
             dry_run=self.dry_run,
             parallel=self.parallel,
@@ -108,7 +111,7 @@ def resolve_model(
     quant: str | None,
     force: bool,
     hardware: Path | None,
-    ctx_size: int | None,
+    context: ContextRequest,
     no_download: bool,
     dry_run: bool,
     parallel: int = DEFAULT_PARALLEL,
@@ -141,7 +144,9 @@ def resolve_model(
     planned = plan_model(
         spec.reference,
         quant=quant,
-        ctx_size=ctx_size,
+        ctx_size=context.ctx_size,
+        longest=context.longest,
+        cache_type=context.cache_type,
         force=force,
         parallel=parallel,
         hardware_file=hardware,
@@ -192,10 +197,17 @@ def check_local_fit(
     force: bool,
     parallel: int = DEFAULT_PARALLEL,
     workers: tuple[Worker, ...] = (),
-) -> None:
-    """A local file gets the same memory check as a planned quant; --force launches it anyway."""
+    longest: bool = False,
+    cache_type: str = "f16",
+) -> int:
+    """A local file gets the same memory check as a planned quant; --force launches it anyway.
+
+    Returns the context to launch with: ``ctx_size``, or with ``longest`` the longest that fits.
+    """
     from nemolaunch.adapters.gguf_header import read_architecture
     from nemolaunch.cli.planning import machine
+    from nemolaunch.core.assessment import PlanRequest, max_context
+    from nemolaunch.core.catalog import Quant
     from nemolaunch.core.forecast import forecast_memory
     from nemolaunch.core.planner import memory_budget
     from nemolaunch.errors import NemolaunchError, QuantDoesNotFit
@@ -205,6 +217,11 @@ def check_local_fit(
         architecture = read_architecture(model_file.path)
     except NemolaunchError:
         architecture = None
+    if longest:
+        quant = Quant(model_file.path.name, (), model_file.size_bytes, None)
+        request = PlanRequest(parallel=parallel, cache_type=cache_type)
+        ctx_size = max_context(quant, budget, architecture, request) or ctx_size
+        note(f"--ctx-size max: {ctx_size} tokens fit beside {model_file.path.name}")
     forecast = forecast_memory(
         model_file.size_bytes,
         architecture,
@@ -214,14 +231,15 @@ def check_local_fit(
         cuda_devices=budget.cuda_devices,
         rpc_devices=budget.rpc_devices,
         rpc_workers=len(budget.workers),
+        cache_type=cache_type,
     )
     if forecast.total <= budget.total_bytes:
-        return
+        return ctx_size
     shortfall = human_bytes(forecast.total - budget.total_bytes)
     where = f"{human_bytes(budget.total_bytes)} {budget.kind} budget"
     if force:
         warn(f"{model_file.path.name} needs {shortfall} more than this machine's {where}; launching anyway (--force)")
-        return
+        return ctx_size
     raise QuantDoesNotFit(
         reference=str(model_file.path), shortfall=shortfall, budget=where, hint="pass --force to launch it anyway"
     )

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from nemolaunch.cli.cluster import RpcOption, read_endpoints, workers_for_plan
+from nemolaunch.cli.context_options import CacheTypeOption, CtxOption, read_context
 from nemolaunch.cli.llama_binary import warn_if_gpus_go_unused
 from nemolaunch.cli.output import err_console, print_command, print_json, styled
 from nemolaunch.core.launch import DEFAULT_PARALLEL
@@ -50,9 +51,8 @@ def plan_command(
             help="REPO[:QUANT] on the Hub, or a local .gguf (any shard) [default: the Nemotron 3 Ultra GGUF repo]."
         ),
     ] = None,
-    ctx_size: Annotated[
-        int | None, typer.Option("--ctx-size", "-c", help="Context size in tokens [default: 32768].")
-    ] = None,
+    ctx_size: CtxOption = None,
+    cache_type: CacheTypeOption = "f16",
     quant: QuantOption = None,
     force: ForceOption = False,
     parallel: ParallelOption = DEFAULT_PARALLEL,
@@ -75,20 +75,22 @@ def plan_command(
     from nemolaunch.errors import BadOption
 
     preference = check_preference(prefer, min_speed)
+    context = read_context(ctx_size, cache_type)
     spec = read_model_spec(model)
     if spec.local is not None and quant is not None:
         raise BadOption(option="--quant", value=quant, hint="it picks a quant of a Hub model, not of a local file")
     workers = workers_for_plan(read_endpoints(rpc))
     if spec.local is not None:
         planned = plan_local_file(
-            spec.local, ctx_size=ctx_size, parallel=parallel, hardware_file=hardware, workers=workers,
-            prefer=preference, min_speed=min_speed,
+            spec.local, ctx_size=context.ctx_size, parallel=parallel, hardware_file=hardware, workers=workers,
+            prefer=preference, min_speed=min_speed, longest=context.longest, cache_type=context.cache_type,
         )  # fmt: skip
     else:
         assert spec.reference is not None
         planned = plan_model(
-            spec.reference, quant=quant, ctx_size=ctx_size, force=force, parallel=parallel, hardware_file=hardware,
-            workers=workers, prefer=preference, min_speed=min_speed, measure_bandwidth=True,
+            spec.reference, quant=quant, ctx_size=context.ctx_size, force=force, parallel=parallel,
+            hardware_file=hardware, workers=workers, prefer=preference, min_speed=min_speed, measure_bandwidth=True,
+            longest=context.longest, cache_type=context.cache_type,
         )  # fmt: skip
     plan = planned.plan
     argv = None
@@ -129,6 +131,7 @@ def planned_server_argv(planned: PlannedModel, *, parallel: int, binary: str) ->
         ctx_size=plan.ctx_size,
         alias=alias,
         cluster=launch_cluster(plan.budget.workers),
+        cache_type=plan.cache_type,
         extra_args=extra,
     )
     return server_argv(launch)

@@ -75,6 +75,8 @@ def plan_model(
     min_speed: float | None = None,
     sparsity: Sparsity | None = None,
     measure_bandwidth: bool = False,
+    longest: bool = False,
+    cache_type: str = "f16",
 ) -> PlannedModel:
     """Plan ``reference`` for this machine (or the one in ``hardware_file``) with its RPC ``workers``
     (live ones, or those a cluster file records), warning as it goes."""
@@ -110,6 +112,8 @@ def plan_model(
         prefer=prefer,
         min_speed=min_speed,
         sparsity=sparsity,
+        max_context=longest,
+        cache_type=cache_type,
     )
     try:
         plan = plan_launch(facts, catalog, request, architecture, workers)
@@ -133,6 +137,8 @@ def plan_local_file(
     workers: tuple[Worker, ...] = (),
     prefer: Preference = "quality",
     min_speed: float | None = None,
+    longest: bool = False,
+    cache_type: str = "f16",
 ) -> PlannedModel:
     """A model already on disk, planned like a Hub quant: the memory check and the speed forecast."""
     from nemolaunch.adapters.gguf_files import inspect_model
@@ -164,6 +170,8 @@ def plan_local_file(
         prefer=prefer,
         min_speed=min_speed,
         sparsity=Sparsity(weights.active_share, expert_share, "tensors"),
+        max_context=longest,
+        cache_type=cache_type,
     )
     facts, workers = machine(hardware_file, workers, measure_bandwidth=True)
     plan = plan_launch(facts, catalog, request, architecture, workers)
@@ -288,7 +296,7 @@ def render_plan_table(plan: Plan) -> None:
 
     budget = plan.budget.total_bytes
     table = Table(
-        title=f"{plan.model}\n{plan.ctx_size} tokens of context · quants from {plan.source}",
+        title=f"{plan.model}\n{_context_words(plan)} · quants from {plan.source}",
         caption="➜ chosen   ↓ below UD-Q2_K_XL: used only when named",
     )
     table.add_column("", no_wrap=True)
@@ -298,11 +306,12 @@ def render_plan_table(plan: Plan) -> None:
     table.add_column("needs", justify="right", no_wrap=True)
     table.add_column("fits", no_wrap=True)
     table.add_column("tok/s", justify="right", no_wrap=True)
+    table.add_column("max ctx", justify="right", no_wrap=True)
     table.add_column(f"of {_gb(budget)}", no_wrap=True)
     chosen = plan.quant.name if plan.quant else None
     for item in plan.assessments:
         share = item.forecast.total / budget if budget else float("inf")
-        width = 10
+        width = 6
         filled = min(width, round(share * width)) if budget else width
         colour = "green" if item.fits else "red"
         marker = "➜" if item.quant.name == chosen else ("↓" if item.quant.below_quality_floor else "")
@@ -315,9 +324,23 @@ def render_plan_table(plan: Plan) -> None:
             _gb(item.forecast.total),
             Text("yes" if item.fits else "no", style=colour),
             _speed_cell(item),
+            _ctx_cell(item.max_ctx),
             Text(f"{share:>5.0%} {'█' * filled}{'·' * (width - filled)}", style=colour),
         )
     err_console.print(table)
+
+
+def _context_words(plan: Plan) -> str:
+    if plan.quant is not None and plan.compared_ctx != plan.ctx_size:
+        # --ctx-size max: the table compares quants at the usual context; the chosen one gets more.
+        return f"needs at {plan.compared_ctx} tokens; {plan.quant.name} runs with {plan.ctx_size} (--ctx-size max)"
+    return f"{plan.ctx_size} tokens of context"
+
+
+def _ctx_cell(tokens: int | None) -> str:
+    if tokens is None:
+        return "-"
+    return f"{tokens / 2**20:g}M" if tokens >= 2**20 else f"{tokens // 1024}k"
 
 
 def _speed_cell(item: QuantAssessment) -> str:

@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 
 from nemolaunch.cli.cluster import RpcOption, launch_cluster, read_endpoints, workers_for_launch
+from nemolaunch.cli.context_options import CacheTypeOption, CtxOption, read_context
 from nemolaunch.cli.launch_model import ModelRequest
 from nemolaunch.cli.llama_binary import find_llama_binary, warn_if_gpus_go_unused
 from nemolaunch.cli.output import console, err_console, print_command, print_json, styled, warn
@@ -31,7 +32,6 @@ from nemolaunch.cli.plan import (
     check_preference,
 )
 from nemolaunch.core.launch import (
-    DEFAULT_CTX_SIZE,
     DEFAULT_HOST,
     DEFAULT_PARALLEL,
     DEFAULT_PORT,
@@ -62,12 +62,6 @@ ModelOption = Annotated[
 NoDownloadOption = Annotated[
     bool, typer.Option("--no-download", help="Refuse, rather than download, a planned quant that is not local.")
 ]
-CtxOption = Annotated[
-    int | None,
-    typer.Option(
-        "--ctx-size", "-c", help=f"Context size in tokens [default: {DEFAULT_CTX_SIZE}, or the model's maximum]"
-    ),
-]
 TempOption = Annotated[float, typer.Option("--temp", help="Sampling temperature (NVIDIA: 1.0).")]
 TopPOption = Annotated[float, typer.Option("--top-p", help="Nucleus sampling (NVIDIA: 0.95).")]
 MinPOption = Annotated[float, typer.Option("--min-p", help="Min-p sampling (reference llama-cli: 0.01).")]
@@ -91,6 +85,7 @@ def serve_command(
         str | None, typer.Option("--alias", help="Model name clients ask for [default: from the model].")
     ] = None,
     ctx_size: CtxOption = None,
+    cache_type: CacheTypeOption = "f16",
     temp: TempOption = Sampling.temperature,
     top_p: TopPOption = Sampling.top_p,
     min_p: MinPOption = Sampling.min_p,
@@ -130,9 +125,9 @@ def serve_command(
     if parallel is not None and parallel < 1:
         raise BadOption(option="--parallel", value=parallel, hint="use 1 or more slots")
     request = ModelRequest(
-        model=model, quant=quant, force=force, hardware=hardware, ctx_size=ctx_size, no_download=no_download,
-        dry_run=dry_run, parallel=parallel or DEFAULT_PARALLEL, prefer=check_preference(prefer, min_speed),
-        min_speed=min_speed,
+        model=model, quant=quant, force=force, hardware=hardware, context=read_context(ctx_size, cache_type),
+        no_download=no_download, dry_run=dry_run, parallel=parallel or DEFAULT_PARALLEL,
+        prefer=check_preference(prefer, min_speed), min_speed=min_speed,
     )  # fmt: skip
     early = request.check_local()
     sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
@@ -164,6 +159,7 @@ def serve_command(
         api_key_file=key_file,
         parallel=parallel,
         cluster=launch_cluster(workers),
+        cache_type=request.context.cache_type,
         extra_args=passthrough,
     )
     argv = server_argv(launch)
@@ -208,6 +204,7 @@ def run_command(
     ctx: typer.Context,
     model: ModelOption = None,
     ctx_size: CtxOption = None,
+    cache_type: CacheTypeOption = "f16",
     temp: TempOption = Sampling.temperature,
     top_p: TopPOption = Sampling.top_p,
     min_p: MinPOption = Sampling.min_p,
@@ -231,8 +228,8 @@ def run_command(
     _check_json(json_output=json_output, dry_run=dry_run)
     endpoints = read_endpoints(rpc)
     request = ModelRequest(
-        model=model, quant=quant, force=force, hardware=hardware, ctx_size=ctx_size, no_download=no_download,
-        dry_run=dry_run, prefer=check_preference(prefer, min_speed), min_speed=min_speed,
+        model=model, quant=quant, force=force, hardware=hardware, context=read_context(ctx_size, cache_type),
+        no_download=no_download, dry_run=dry_run, prefer=check_preference(prefer, min_speed), min_speed=min_speed,
     )  # fmt: skip
     early = request.check_local()
     sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
@@ -251,6 +248,7 @@ def run_command(
         prompt=prompt,
         n_predict=n_predict,
         cluster=launch_cluster(workers),
+        cache_type=request.context.cache_type,
         extra_args=passthrough,
     )
     argv = cli_argv(launch)
@@ -273,6 +271,8 @@ _MANAGED_SERVER_OPTIONS = {
     "-hff": "--model REPO:QUANT", "--hf-file": "--model REPO:QUANT", "-mu": "--model", "--model-url": "--model",
     # Workers are checked before launch and counted in the plan: unchecked ones would bypass both.
     "--rpc": "--rpc",
+    # The KV cache's precision is in the memory forecast.
+    "-ctk": "--cache-type", "--cache-type-k": "--cache-type", "-ctv": "--cache-type", "--cache-type-v": "--cache-type",
 }  # fmt: skip
 _MANAGED_CLI_OPTIONS = {
     key: value for key, value in _MANAGED_SERVER_OPTIONS.items() if value not in ("--port", "--host", "--alias")

@@ -50,6 +50,7 @@ class PlanRequest:
     prefer: Preference = "quality"
     min_speed: float | None = None  # generation tokens/s the choice must reach
     sparsity: Sparsity | None = None  # read from a local GGUF's tensors; else from the name or experts
+    max_context: bool = False  # --ctx-size max: the longest context that fits beside the chosen quant
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class QuantAssessment:
     fits: bool
     placement: Placement
     speed: SpeedForecast | None = None
+    max_ctx: int | None = None  # the longest context that fits beside it; None: not even the shortest
 
     @property
     def tokens_per_s(self) -> float:
@@ -91,7 +93,51 @@ def assess(
     placement = budget.placement_for(total)
     layers = architecture.n_layer if architecture else 0
     speed = _speed(quant, forecast, placement, budget, facts, sparsity, layers) if facts and sparsity else None
-    return QuantAssessment(quant, forecast, total <= budget.total_bytes, placement, speed)
+    longest = max_context(quant, budget, architecture, request)
+    return QuantAssessment(quant, forecast, total <= budget.total_bytes, placement, speed, longest)
+
+
+#: llama.cpp rounds a context up to a multiple of 256 (its KV cache pads to it): plan in those steps.
+CTX_STEP = 256
+
+
+def max_context(
+    quant: Quant, budget: MemoryBudget, architecture: ArchitectureFacts | None, request: PlanRequest
+) -> int | None:
+    """The longest context (a multiple of 256, up to the model's training context) whose forecast fits.
+
+    None when even the shortest does not, or when the architecture is unknown (no KV cache to count).
+    """
+    if architecture is None:
+        return None
+
+    def fits(ctx_size: int) -> bool:
+        forecast = forecast_memory(
+            quant.size_bytes,
+            architecture,
+            ctx_size=ctx_size,
+            parallel=request.parallel,
+            gpu_devices=budget.gpu_devices,
+            cuda_devices=budget.cuda_devices,
+            cache_type=request.cache_type,
+            rpc_devices=budget.rpc_devices,
+            rpc_workers=len(budget.workers),
+        )
+        return forecast.total <= budget.total_bytes
+
+    low, high = 0, architecture.n_ctx_train // CTX_STEP  # in steps; the forecast grows with the context
+    if high == 0 or not fits(CTX_STEP):
+        return None
+    if fits(high * CTX_STEP):
+        return architecture.n_ctx_train if fits(architecture.n_ctx_train) else high * CTX_STEP
+    low = 1
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fits(middle * CTX_STEP):
+            low = middle
+        else:
+            high = middle
+    return low * CTX_STEP
 
 
 def _speed(

@@ -54,6 +54,7 @@ class ServerLaunch:
     api_key_file: Path | None = None
     parallel: int | None = None  # None: llama-server's own choice (DEFAULT_PARALLEL slots)
     cluster: Cluster | None = None
+    cache_type: str = "f16"  # KV cache precision, keys and values alike
     extra_args: tuple[str, ...] = ()
 
 
@@ -83,6 +84,7 @@ class CliLaunch:
     prompt: str | None = None
     n_predict: int | None = None
     cluster: Cluster | None = None
+    cache_type: str = "f16"
     extra_args: tuple[str, ...] = ()
 
 
@@ -103,8 +105,14 @@ def server_argv(launch: ServerLaunch) -> list[str]:
         argv += ["--parallel", str(launch.parallel)]
     if launch.cluster is not None:
         argv += launch.cluster.argv()
+    argv += _cache_type_argv(launch.cache_type)
     argv += list(launch.extra_args)
     return argv
+
+
+def _cache_type_argv(cache_type: str) -> list[str]:
+    # f16 is llama.cpp's own default: said only when it is not.
+    return [] if cache_type == "f16" else ["--cache-type-k", cache_type, "--cache-type-v", cache_type]
 
 
 def cli_argv(launch: CliLaunch) -> list[str]:
@@ -122,6 +130,7 @@ def cli_argv(launch: CliLaunch) -> list[str]:
         argv += ["--n-predict", str(launch.n_predict)]
     if launch.cluster is not None:
         argv += launch.cluster.argv()
+    argv += _cache_type_argv(launch.cache_type)
     argv += list(launch.extra_args)
     return argv
 

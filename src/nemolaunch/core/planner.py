@@ -10,7 +10,7 @@ for ``--n-cpu-moe``, which switches ``--fit`` off (llama.cpp issue 27872).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from nemolaunch.core.assessment import (
     QUALITY_CEILING_BPW,
@@ -22,6 +22,7 @@ from nemolaunch.core.assessment import (
     floor_name,
     gb,
     hosts_of,
+    max_context,
     rank,
 )
 from nemolaunch.core.budget import BudgetKind, MemoryBudget, Placement, memory_budget
@@ -85,6 +86,8 @@ class Plan:
     prefer: Preference = "quality"
     min_speed: float | None = None
     speed_assumptions: tuple[str, ...] = ()
+    cache_type: str = "f16"
+    compared_ctx: int = 0  # the context the quants were compared at (ctx_size differs with --ctx-size max)
 
     @property
     def quant(self) -> Quant | None:
@@ -110,6 +113,7 @@ class Plan:
             "budget_bytes": self.budget.total_bytes,
             "placement": self.placement,
             "ctx_size": self.ctx_size,
+            "cache_type": self.cache_type,
             "parallel": self.parallel,
             "source": self.source,
             "approximate": self.approximate,
@@ -150,6 +154,7 @@ class Plan:
                     "below_quality_floor": item.quant.below_quality_floor,
                     "shards": item.quant.shard_count,
                     "speed": item.speed.to_json() if item.speed else None,
+                    "max_ctx_size": item.max_ctx,
                 }
                 for item in self.assessments
             ],
@@ -214,16 +219,24 @@ def plan_launch(
         else:
             reasons.append(f"no quant at or above {floor_name()} fits in {gb(budget.total_bytes)}")
 
+    ctx_size = request.ctx_size
+    if request.max_context and chosen is not None and chosen.max_ctx is not None and architecture is not None:
+        # The quant was chosen at the usual context; now give it the longest one that fits beside it.
+        ctx_size = chosen.max_ctx
+        chosen = assess(chosen.quant, budget, architecture, replace(request, ctx_size=ctx_size), facts, sparsity)
+        limit = " (the model's maximum)" if ctx_size == architecture.n_ctx_train else ""
+        reasons.append(f"--ctx-size max: {ctx_size} tokens{limit} is the longest context that fits beside it")
     fits = chosen is not None and chosen.fits
     hosts: tuple[HostShare, ...] = ()
     if chosen is not None:
-        reasons.append(_forecast_reason(chosen, request.ctx_size))
+        reasons.append(_forecast_reason(chosen, ctx_size))
         reasons.append(_placement_reason(chosen, budget))
         if budget.remote_workers:
             hosts = hosts_of(chosen.forecast, budget, facts)
             reasons.append(_hosts_reason(chosen.quant.name, hosts))
         if fits and named is None and request.prefer == "quality" and request.min_speed is None:
             reasons.extend(_why_not_better(chosen, assessments))
+        reasons.extend(_kv_type_reasons(chosen, assessments, request, budget, architecture, named is not None))
         if not fits:
             needed = chosen.forecast.total - budget.total_bytes
             message = f"{chosen.quant.name} needs {gb(needed)} more than the budget"
@@ -250,8 +263,10 @@ def plan_launch(
         chosen=chosen,
         fits=fits,
         budget=budget,
-        ctx_size=request.ctx_size,
+        ctx_size=ctx_size,
+        compared_ctx=request.ctx_size,
         parallel=request.parallel,
+        cache_type=request.cache_type,
         source=catalog.source,
         approximate=catalog.approximate or (architecture is not None and architecture.source == "builtin"),
         assessments=assessments,
@@ -266,6 +281,36 @@ def plan_launch(
         min_speed=request.min_speed,
         speed_assumptions=_speed_assumptions(facts, budget, sparsity),
     )
+
+
+def _kv_type_reasons(
+    chosen: QuantAssessment,
+    assessments: tuple[QuantAssessment, ...],
+    request: PlanRequest,
+    budget: MemoryBudget,
+    architecture: ArchitectureFacts | None,
+    named: bool,
+) -> list[str]:
+    """When an 8-bit KV cache (about half the f16 one) would buy a better quant or a longer context."""
+    if request.cache_type != "f16" or architecture is None or not architecture.attention_layers:
+        return []
+    smaller = replace(request, cache_type="q8_0")
+    words = []
+    bits = chosen.quant.bits_per_weight or 0.0
+    better = [item for item in assessments if (item.quant.bits_per_weight or 0.0) > bits and not item.fits]
+    if better and not named:
+        following = min(better, key=lambda item: item.forecast.total)
+        alternative = assess(following.quant, budget, architecture, replace(smaller, ctx_size=request.ctx_size))
+        if alternative.fits and not following.quant.below_quality_floor:
+            words.append(
+                f"with --cache-type q8_0 (an 8-bit KV cache, about half the size) {following.quant.name} would fit "
+                f"({gb(alternative.forecast.total)})"
+            )
+    if request.max_context and chosen.max_ctx is not None:
+        longer = max_context(chosen.quant, budget, architecture, smaller)
+        if longer is not None and longer > chosen.max_ctx:
+            words.append(f"with --cache-type q8_0 the context could reach {longer} tokens instead of {chosen.max_ctx}")
+    return words
 
 
 def _choose(eligible: list[QuantAssessment], request: PlanRequest) -> tuple[QuantAssessment | None, list[str]]:
