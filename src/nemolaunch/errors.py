@@ -263,6 +263,23 @@ class ClusterNeedsLiveWorkers(NemolaunchError):
     """path, workers (list of endpoints in the file)"""
 
 
+# --- sessions ---------------------------------------------------------------------------
+class SessionServerUnreachable(NemolaunchError):
+    """url, reason"""
+
+
+class SessionsNotEnabled(NemolaunchError):
+    """url"""
+
+
+class SessionFailed(NemolaunchError):
+    """url, status, reason (the server's words)"""
+
+
+class SessionNotFound(NemolaunchError):
+    """name, folder"""
+
+
 @dataclass(frozen=True)
 class ErrorSpec:
     exit_code: int
@@ -445,6 +462,20 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
         EXIT_USAGE,
         "--hardware {path} describes a cluster ({workers_list}), but a launch runs on live workers: "
         "pass them with --rpc HOST:PORT,... (plan and download read cluster files)",
+    ),
+    SessionServerUnreachable: ErrorSpec(
+        EXIT_ENVIRONMENT,
+        "no server answers at {url} ({reason}): start one with `nemolaunch serve --sessions DIR`, or pass --url",
+    ),
+    SessionsNotEnabled: ErrorSpec(
+        EXIT_ENVIRONMENT,
+        "the server at {url} keeps no sessions: restart it with `nemolaunch serve --sessions DIR`",
+    ),
+    SessionFailed: ErrorSpec(
+        EXIT_ENVIRONMENT, "the server at {url} answered {status} ({reason}): check its log, then try again"
+    ),
+    SessionNotFound: ErrorSpec(
+        EXIT_NOT_FOUND, "no session {name} in {folder}: `nemolaunch session list` shows the saved ones"
     ),
     ModelNotDownloaded: ErrorSpec(
         EXIT_NOT_FOUND,

@@ -98,6 +98,10 @@ def serve_command(
         typer.Option("--parallel", help="Server slots (requests served at once) [default: llama-server's, 4]."),
     ] = None,
     rpc: RpcOption = None,
+    sessions: Annotated[
+        Path | None,
+        typer.Option("--sessions", help="Folder where `nemolaunch session save` keeps conversations (made 0700)."),
+    ] = None,
     quant: QuantOption = None,
     prefer: PreferOption = "quality",
     min_speed: MinSpeedOption = None,
@@ -131,7 +135,7 @@ def serve_command(
     )  # fmt: skip
     early = request.check_local()
     sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
-    key_file = _check_api_key_file(api_key_file)
+    key_file = check_api_key_file(api_key_file)
     env_key = os.environ.get(API_KEY_ENV)
     if key_file is None and env_key is not None and not env_key.strip():
         raise BadOption(option=API_KEY_ENV, value="(empty)", hint="set it to the key, or unset it")
@@ -160,6 +164,7 @@ def serve_command(
         parallel=parallel,
         cluster=launch_cluster(workers),
         cache_type=request.context.cache_type,
+        sessions=_sessions_folder(sessions, dry_run=dry_run),
         extra_args=passthrough,
     )
     argv = server_argv(launch)
@@ -271,6 +276,7 @@ _MANAGED_SERVER_OPTIONS = {
     "-hff": "--model REPO:QUANT", "--hf-file": "--model REPO:QUANT", "-mu": "--model", "--model-url": "--model",
     # Workers are checked before launch and counted in the plan: unchecked ones would bypass both.
     "--rpc": "--rpc",
+    "--slot-save-path": "--sessions",
     # The KV cache's precision is in the memory forecast.
     "-ctk": "--cache-type", "--cache-type-k": "--cache-type", "-ctv": "--cache-type", "--cache-type-v": "--cache-type",
 }  # fmt: skip
@@ -338,6 +344,23 @@ def _check_host(host: str) -> None:
     check_host(host)
 
 
+def _sessions_folder(folder: Path | None, *, dry_run: bool) -> Path | None:
+    """The folder llama-server saves slots in: made (0700: conversations are private) unless a dry run."""
+    if folder is None:
+        return None
+    folder = folder.expanduser().absolute()
+    if folder.exists() and not folder.is_dir():
+        raise BadOption(option="--sessions", value=str(folder), hint="it is a file; name a folder")
+    if not dry_run:
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise BadOption(option="--sessions", value=str(folder), hint=f"it cannot be made ({exc.strerror})") from exc
+        if folder.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            warn(f"{folder} is open to other users, and sessions hold whole conversations: chmod 700 {folder}")
+    return folder
+
+
 def check_port_for_launch(*, host: str, port: int, dry_run: bool) -> None:
     from nemolaunch.adapters.ports import check_port
     from nemolaunch.errors import PortInUse
@@ -359,7 +382,7 @@ def _sampling(*, temp: float, top_p: float, min_p: float) -> Sampling:
     return Sampling(temperature=temp, top_p=top_p, min_p=min_p)
 
 
-def _check_api_key_file(path: Path | None) -> Path | None:
+def check_api_key_file(path: Path | None) -> Path | None:
     if path is None:
         return None
     path = path.expanduser()

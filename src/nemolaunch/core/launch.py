@@ -55,6 +55,7 @@ class ServerLaunch:
     parallel: int | None = None  # None: llama-server's own choice (DEFAULT_PARALLEL slots)
     cluster: Cluster | None = None
     cache_type: str = "f16"  # KV cache precision, keys and values alike
+    sessions: Path | None = None  # where llama-server saves and restores slots
     extra_args: tuple[str, ...] = ()
 
 
@@ -106,6 +107,8 @@ def server_argv(launch: ServerLaunch) -> list[str]:
     if launch.cluster is not None:
         argv += launch.cluster.argv()
     argv += _cache_type_argv(launch.cache_type)
+    if launch.sessions is not None:
+        argv += ["--slot-save-path", str(launch.sessions)]
     argv += list(launch.extra_args)
     return argv
 
