@@ -238,3 +238,25 @@ def test_rpc_worker_bad_options(llama_bin_dir: Path, args: list[str], words: str
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("nemolaunch: error:")]
     assert len(errors) == 1 and words in errors[0], result.stderr
+
+
+def test_rpc_worker_names_a_cpu_only_build_on_a_gpu_machine(tmp_path: Path) -> None:
+    """The same warning serve gives: asked of the llama-server built beside rpc-server, not guessed."""
+    import os
+
+    from conftest import llama_cpp_shim
+
+    cpu_only = llama_cpp_shim(tmp_path / "cpu-only-bin")
+    worker = cpu_only / "rpc-server"
+    worker.write_text("#!/bin/sh\nexit 1\n")
+    worker.chmod(0o755)
+    driver = tmp_path / "driver-bin"
+    driver.mkdir()
+    (driver / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-0)'\n")
+    (driver / "nvidia-smi").chmod(0o755)
+    on_gpu = cli_env(PATH=f"{driver}:{os.environ['PATH']}")
+    result = run_nemolaunch("rpc-worker", "--llama-cpp", str(cpu_only), "--dry-run", env=on_gpu)
+    assert result.returncode == 0, result.stderr
+    assert f"{cpu_only / 'llama-server'} lists no CUDA device" in result.stderr
+    chose = run_nemolaunch("rpc-worker", "--llama-cpp", str(cpu_only), "--dry-run", "--device", "CPU", env=on_gpu)
+    assert chose.returncode == 0 and "CPU alone" not in chose.stderr

@@ -60,7 +60,7 @@ def rpc_worker_command(
     if device is not None and not all(devices):
         raise BadOption(option="--device", value=repr(device), hint="name devices such as CUDA0,CPU, comma-separated")
     check_port_for_launch(host=host, port=port, dry_run=dry_run)
-    binary = _find_worker_binary(llama_cpp)
+    binary = _find_worker_binary(llama_cpp, chose_devices=bool(devices))
     _check_devices(binary, devices)
     launch = WorkerLaunch(
         binary=str(binary.path),
@@ -92,7 +92,7 @@ def rpc_worker_command(
     exec_launch(argv, dict(os.environ))
 
 
-def _find_worker_binary(llama_cpp: Path | None) -> Found:
+def _find_worker_binary(llama_cpp: Path | None, *, chose_devices: bool) -> Found:
     from nemolaunch.adapters.llamacpp import find_binary
     from nemolaunch.cli.llama_binary import warn_if_gpus_go_unused
     from nemolaunch.errors import LlamaCppDirInvalid, LlamaCppNotFound
@@ -108,8 +108,9 @@ def _find_worker_binary(llama_cpp: Path | None) -> Found:
         assert first is not None
         raise first
     server = _sibling_server(found)
-    if server is not None:
-        # rpc-server cannot list its devices; the llama-server built beside it can.
+    if server is not None and not chose_devices:
+        # rpc-server cannot list its devices; the llama-server built beside it can. Devices named with
+        # --device are a choice, the CPU alone included: then there is nothing to warn about.
         warn_if_gpus_go_unused(server)
     return found
 
