@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,17 +23,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench_servers import chat, free_port, healthy, nemolaunch, stop, wait_until
+
 SYSTEM = "You are a patient assistant who answers questions about the sea, at length. " * 20
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def nemolaunch(*args: str) -> list[str]:
-    return [sys.executable, "-m", "nemolaunch", *args]
 
 
 def serve(model: Path, llama_cpp: Path, port: int, sessions: Path) -> subprocess.Popen[bytes]:
@@ -45,38 +35,13 @@ def serve(model: Path, llama_cpp: Path, port: int, sessions: Path) -> subprocess
         ),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as reply:
-                if reply.status == 200:
-                    return process
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError("the server did not come up")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-
-
-def post(port: int, body: dict[str, object]) -> dict[str, object]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/chat/completions", data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )  # fmt: skip
-    with urllib.request.urlopen(request, timeout=600) as reply:
-        return json.loads(reply.read())
+    wait_until(lambda: healthy(port))
+    return process
 
 
 def turn(port: int, messages: list[dict[str, str]], text: str) -> tuple[int, int]:
     messages.append({"role": "user", "content": text})
-    reply = post(port, {"messages": messages, "max_tokens": 24})
+    reply = chat(port, {"messages": messages, "max_tokens": 24})
     message = reply["choices"][0]["message"]  # type: ignore[index]
     messages.append({"role": "assistant", "content": message.get("content") or ""})
     usage = reply["usage"]  # type: ignore[index]

@@ -12,52 +12,16 @@ the same run. Loopback has no network latency: on a LAN each token also pays a r
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def nemolaunch(*args: str) -> list[str]:
-    return [sys.executable, "-m", "nemolaunch", *args]
-
-
-def wait_until(check, timeout_s: float = 60) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if check():
-            return time.monotonic() - started
-        time.sleep(0.01)
-    raise TimeoutError("timed out")
-
-
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
+from bench_servers import chat, free_port, healthy, listening, nemolaunch, wait_until
 
 
 def one_run(model: Path, llama_cpp: Path, workers: int, tokens: int) -> dict[str, float]:
@@ -86,18 +50,14 @@ def one_run(model: Path, llama_cpp: Path, workers: int, tokens: int) -> dict[str
         started.append(server)
         wait_until(lambda: healthy(port))
         load_s = time.monotonic() - launched
-        body = json.dumps(
+        timings = chat(
+            port,
             {
                 "messages": [{"role": "user", "content": "Tell me about the sea. " * 8}],
                 "max_tokens": tokens,
                 "ignore_eos": True,  # a fixed count of generated tokens, whatever the random model says
-            }
-        ).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=120) as reply:
-            timings = json.loads(reply.read())["timings"]
+            },
+        )["timings"]
         return {
             "load_s": load_s,
             "prompt_tps": timings["prompt_per_second"],

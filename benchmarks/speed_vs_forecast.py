@@ -15,24 +15,12 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def nemolaunch(*args: str) -> list[str]:
-    return [sys.executable, "-m", "nemolaunch", *args]
+from bench_servers import chat, free_port, healthy, nemolaunch, stop, wait_until
 
 
 def model_for(size_gb: float, folder: Path) -> Path:
@@ -61,39 +49,21 @@ def measure(model: Path, llama_cpp: Path, *, runs: int, tokens: int) -> list[flo
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.1)
+        wait_until(lambda: healthy(port))
         rates = []
         for run in range(runs + 1):
-            body = json.dumps(
-                {
-                    "messages": [{"role": "user", "content": f"Count the waves, round {run}."}],
-                    "max_tokens": tokens,
-                    "ignore_eos": True,
-                    "cache_prompt": False,
-                }
-            ).encode()
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
-            )
-            with urllib.request.urlopen(request, timeout=600) as reply:
-                timings = json.loads(reply.read())["timings"]
+            body = {
+                "messages": [{"role": "user", "content": f"Count the waves, round {run}."}],
+                "max_tokens": tokens,
+                "ignore_eos": True,
+                "cache_prompt": False,
+            }
+            timings = chat(port, body)["timings"]
             if run:  # the first warms the page cache and the allocator
                 rates.append(timings["predicted_per_second"])
         return rates
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
+        stop(server)
 
 
 def main() -> int:

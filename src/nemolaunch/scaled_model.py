@@ -13,9 +13,6 @@ seconds. The vocabulary, tokenizer and chat template are the tiny model's, so ll
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +23,10 @@ from nemolaunch.tiny_model import (
     BOS_TOKEN,
     EOS_TEXT_TOKEN,
     IM_END,
-    TINY_MODEL_ARCH,
     UNK_TOKEN,
     load_chat_template,
     vocabulary,
+    write_model,
 )
 
 #: The Ultra's block of nine layers (forecast.ULTRA_ARCHITECTURE): M Mamba2, E latent MoE, * attention.
@@ -152,25 +149,7 @@ def _f32(rng: np.random.Generator, *shape: int, low: float, high: float) -> np.n
 
 def write_scaled_model(path: Path, shape: ScaledShape, *, seed: int = 0) -> Path:
     """Write a scaled Ultra-shaped model to ``path`` (atomically, like the tiny model)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    writer = GGUFWriter(tmp, TINY_MODEL_ARCH)
-    try:
-        _fill(writer, shape, seed)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        writer.close()
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    return path
+    return write_model(path, lambda writer: _fill(writer, shape, seed))
 
 
 def _fill(writer: GGUFWriter, shape: ScaledShape, seed: int) -> None:

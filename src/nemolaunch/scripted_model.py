@@ -74,7 +74,7 @@ def write_scripted_model(path: Path, script: list[str], *, start: str = SCRIPT_S
     def fill(writer: GGUFWriter) -> None:
         tiny_model._fill(writer, 0, extra_tokens=extra, wiring_for=wiring, name=SCRIPTED_MODEL_NAME)
 
-    return tiny_model.write_tiny_model(path, fill=fill)
+    return tiny_model.write_model(path, fill)
 
 
 def tool_call_script(function: str, arguments: dict[str, str], *, thinking: str) -> list[str]:

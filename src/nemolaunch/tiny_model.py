@@ -384,12 +384,17 @@ def _fill(
     _add_tensors(writer, tokens, seed, wiring_for(tokens) if wiring_for is not None else None)
 
 
-def write_tiny_model(path: Path, *, seed: int = 0, fill: Callable[[GGUFWriter], None] | None = None) -> Path:
-    """Write the tiny Nemotron 3 GGUF to ``path`` and return ``path``.
+def write_tiny_model(path: Path, *, seed: int = 0) -> Path:
+    """Write the tiny Nemotron 3 GGUF to ``path`` and return ``path``. The bytes depend only on ``seed``."""
+    return write_model(path, lambda writer: _fill(writer, seed))
+
+
+def write_model(path: Path, fill: Callable[[GGUFWriter], None]) -> Path:
+    """Write a ``nemotron_h_moe`` GGUF whose keys and tensors ``fill`` adds, atomically, to ``path``.
 
     The file is written under a temporary name in the same folder and then renamed over
     ``path``, so a crash or a concurrent reader never sees a half-written file under the
-    final name. The bytes depend only on ``seed``.
+    final name. The tiny, scripted and scaled models are all written this way.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -399,7 +404,7 @@ def write_tiny_model(path: Path, *, seed: int = 0, fill: Callable[[GGUFWriter], 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     writer = GGUFWriter(tmp, TINY_MODEL_ARCH)
     try:
-        (fill or (lambda target: _fill(target, seed)))(writer)
+        fill(writer)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

@@ -78,10 +78,23 @@ def assess(
     facts: HardwareFacts | None = None,
     sparsity: Sparsity | None = None,
 ) -> QuantAssessment:
-    forecast = forecast_memory(
+    forecast = quant_forecast(quant, budget, architecture, request, request.ctx_size)
+    total = forecast.total
+    placement = budget.placement_for(total)
+    layers = architecture.n_layer if architecture else 0
+    speed = _speed(quant, forecast, placement, budget, facts, sparsity, layers) if facts and sparsity else None
+    longest = max_context(quant, budget, architecture, request)
+    return QuantAssessment(quant, forecast, total <= budget.total_bytes, placement, speed, longest)
+
+
+def quant_forecast(
+    quant: Quant, budget: MemoryBudget, architecture: ArchitectureFacts | None, request: PlanRequest, ctx_size: int
+) -> Forecast:
+    """The memory ``quant`` needs at ``ctx_size`` on this budget's devices (GPUs, RPC workers, the CPU)."""
+    return forecast_memory(
         quant.size_bytes,
         architecture,
-        ctx_size=request.ctx_size,
+        ctx_size=ctx_size,
         parallel=request.parallel,
         gpu_devices=budget.gpu_devices,
         cuda_devices=budget.cuda_devices,
@@ -89,12 +102,6 @@ def assess(
         rpc_devices=budget.rpc_devices,
         rpc_workers=len(budget.workers),
     )
-    total = forecast.total
-    placement = budget.placement_for(total)
-    layers = architecture.n_layer if architecture else 0
-    speed = _speed(quant, forecast, placement, budget, facts, sparsity, layers) if facts and sparsity else None
-    longest = max_context(quant, budget, architecture, request)
-    return QuantAssessment(quant, forecast, total <= budget.total_bytes, placement, speed, longest)
 
 
 #: llama.cpp rounds a context up to a multiple of 256 (its KV cache pads to it): plan in those steps.
@@ -112,18 +119,7 @@ def max_context(
         return None
 
     def fits(ctx_size: int) -> bool:
-        forecast = forecast_memory(
-            quant.size_bytes,
-            architecture,
-            ctx_size=ctx_size,
-            parallel=request.parallel,
-            gpu_devices=budget.gpu_devices,
-            cuda_devices=budget.cuda_devices,
-            cache_type=request.cache_type,
-            rpc_devices=budget.rpc_devices,
-            rpc_workers=len(budget.workers),
-        )
-        return forecast.total <= budget.total_bytes
+        return quant_forecast(quant, budget, architecture, request, ctx_size).total <= budget.total_bytes
 
     low, high = 0, architecture.n_ctx_train // CTX_STEP  # in steps; the forecast grows with the context
     if high == 0 or not fits(CTX_STEP):
