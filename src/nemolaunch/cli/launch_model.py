@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nemolaunch.adapters.gguf_files import ModelFile
 from nemolaunch.cli.output import note, warn
 from nemolaunch.core.download_plan import human_bytes
 from nemolaunch.core.launch import DEFAULT_CTX_SIZE, DEFAULT_PARALLEL, alias_for_repo, default_alias
 from nemolaunch.errors import BadOption, ModelNotDownloaded
 
 if TYPE_CHECKING:
+    # A type only: reading GGUF files waits until a model is really inspected (`--help` stays fast).
+    from nemolaunch.adapters.gguf_files import ModelFile
     from nemolaunch.cli.context_options import ContextRequest
     from nemolaunch.core.cluster import Worker
     from nemolaunch.core.planner import Preference
