@@ -21,7 +21,10 @@ from nemolaunch.core.forecast import (
 )
 from nemolaunch.core.hardware import HardwareFacts
 from nemolaunch.core.speed import (
+    GPU_EFFICIENCY,
+    MEASURED_RAM_EFFICIENCY,
     Bandwidth,
+    FastPart,
     Sparsity,
     SpeedForecast,
     cpu_flops,
@@ -147,22 +150,15 @@ def _speed(
 ) -> SpeedForecast:
     """The generation and prompt speed of ``quant`` placed as the plan places it."""
     head_weights = None
-    worker_weights: tuple[tuple[str, int, Bandwidth, float | None], ...] = ()
+    workers: tuple[FastPart, ...] = ()
     spill = forecast.total - budget.gpu_bytes if budget.kind == "cuda" and budget.ram_bytes else 0
     if placement == "cluster":
         hosts = hosts_of(forecast, budget, facts)
         head_weights = hosts[0].weights_bytes
         spill = hosts[0].planned_bytes - budget.gpu_bytes if budget.ram_bytes else 0
-        ram = ram_bandwidth(facts)
         shares = {host.host: host.weights_bytes for host in hosts[1:]}
-        worker_weights = tuple(
-            (
-                str(worker.endpoint),
-                shares.get(str(worker.endpoint), 0),
-                _worker_bandwidth(worker, ram),
-                worker.devices[0].flops or cpu_flops(facts),
-            )
-            for worker in budget.remote_workers
+        workers = tuple(
+            _worker_part(worker, shares.get(str(worker.endpoint), 0), facts) for worker in budget.remote_workers
         )
     placed = place_weights(
         facts,
@@ -170,7 +166,7 @@ def _speed(
         placement=placement,
         spill_bytes=spill,
         head_weights_bytes=head_weights,
-        worker_weights=worker_weights,
+        workers=workers,
     )
     return forecast_placed(
         facts,
@@ -182,12 +178,21 @@ def _speed(
     )
 
 
-def _worker_bandwidth(worker: Worker, like_here: Bandwidth) -> Bandwidth:
+def _worker_part(worker: Worker, held_bytes: int, facts: HardwareFacts) -> FastPart:
+    """A worker as the speed forecast sees it: what it holds, how fast it reads, at what efficiency."""
+    kinds = {device.kind for device in worker.devices}
     known = [device.bandwidth_bytes_per_s for device in worker.devices if device.bandwidth_bytes_per_s]
-    if len(known) == len(worker.devices):
+    flops = worker.devices[0].flops or cpu_flops(facts)
+    if known and len(known) == len(worker.devices):
         # Its devices work one after another on their layers: the slowest sets the pace.
-        return Bandwidth(min(known), "table")
-    return Bandwidth(like_here.bytes_per_s, "estimated")
+        efficiency = GPU_EFFICIENCY if kinds == {"gpu"} else 1.0
+        return FastPart(str(worker.endpoint), held_bytes, Bandwidth(min(known), "table"), flops, "worker", efficiency)
+    # A live worker does not say what it lends: taken as fast as this machine's RAM.
+    here = ram_bandwidth(facts)
+    efficiency = MEASURED_RAM_EFFICIENCY if here.source == "measured" else 1.0
+    return FastPart(
+        str(worker.endpoint), held_bytes, Bandwidth(here.bytes_per_s, "estimated"), flops, "worker", efficiency
+    )
 
 
 def rank(item: QuantAssessment) -> tuple[float, bool, float]:

@@ -173,6 +173,7 @@ class FastPart:
     bandwidth: Bandwidth
     flops: float | None
     kind: Literal["gpu", "worker"] = "gpu"
+    efficiency: float = GPU_EFFICIENCY  # share of its bandwidth it reaches (RAM that was measured: less)
 
 
 @dataclass(frozen=True)
@@ -260,7 +261,7 @@ def forecast_speed(
     fast_read = max(active - ram_read, 0.0)
     fast_held = sum(part.held_bytes for part in fast_parts)
     parts = [
-        DevicePart(part.name, fast_read * part.held_bytes / fast_held, part.bandwidth, GPU_EFFICIENCY, part.flops)
+        DevicePart(part.name, fast_read * part.held_bytes / fast_held, part.bandwidth, part.efficiency, part.flops)
         for part in fast_parts
         if fast_held > 0
     ]
@@ -327,7 +328,7 @@ def place_weights(
     placement: str,
     spill_bytes: int,
     head_weights_bytes: int | None = None,
-    worker_weights: tuple[tuple[str, int, Bandwidth, float | None], ...] = (),
+    workers: tuple[FastPart, ...] = (),
 ) -> Placed:
     """The weights' places for a placement: GPUs in proportion to their free memory, what spills
     (``spill_bytes``) in RAM; over RPC, each worker's share and the rest on this machine."""
@@ -339,7 +340,6 @@ def place_weights(
         gpu = gpus[0]
         chip = facts.cpu.model
         return Placed(gpus=(FastPart(gpu.name, here, gpu_bandwidth(gpu, chip), gpu_flops(gpu, chip)),))
-    workers = tuple(FastPart(name, held, bandwidth, flops, "worker") for name, held, bandwidth, flops in worker_weights)
     gpu_free = sum(gpu.free_bytes for gpu in gpus)
     ram = min(max(spill_bytes, 0), here) if gpus else here
     on_gpus = here - ram
