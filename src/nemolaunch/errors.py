@@ -263,6 +263,27 @@ class ClusterNeedsLiveWorkers(NemolaunchError):
     """path, workers (list of endpoints in the file)"""
 
 
+# --- talking to a running server (nemolaunch chat) ---------------------------------------------
+class ServerUnreachable(NemolaunchError):
+    """url, reason"""
+
+
+class ApiKeyNeeded(NemolaunchError):
+    """url"""
+
+
+class ApiKeyRejected(NemolaunchError):
+    """url"""
+
+
+class ModelNotServed(NemolaunchError):
+    """url, model, served (list of model ids)"""
+
+
+class ChatRequestFailed(NemolaunchError):
+    """url, status, reason (the server's own words, one line)"""
+
+
 @dataclass(frozen=True)
 class ErrorSpec:
     exit_code: int
@@ -446,6 +467,25 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
         "--hardware {path} describes a cluster ({workers_list}), but a launch runs on live workers: "
         "pass them with --rpc HOST:PORT,... (plan and download read cluster files)",
     ),
+    ServerUnreachable: ErrorSpec(
+        EXIT_ENVIRONMENT,
+        "no server answers at {url} ({reason}): start one with `nemolaunch serve`, or pass --url with its address",
+    ),
+    ApiKeyNeeded: ErrorSpec(
+        EXIT_USAGE,
+        "the server at {url} wants an API key: pass --api-key-file FILE or set NEMOLAUNCH_API_KEY",
+    ),
+    ApiKeyRejected: ErrorSpec(
+        EXIT_USAGE,
+        "the server at {url} refused the API key: pass the key it was started with "
+        "(--api-key-file FILE or NEMOLAUNCH_API_KEY)",
+    ),
+    ModelNotServed: ErrorSpec(
+        EXIT_NOT_FOUND,
+        "the server at {url} serves no model {model!r} (it serves {served_list}): pass one of those "
+        "with --model, or leave --model out",
+    ),
+    ChatRequestFailed: ErrorSpec(EXIT_ENVIRONMENT, "the server at {url} answered {status}: {reason}"),
     ModelNotDownloaded: ErrorSpec(
         EXIT_NOT_FOUND,
         "{reference} is not downloaded yet: run `nemolaunch download {reference}` first",

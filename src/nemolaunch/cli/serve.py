@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from nemolaunch.cli.api_key import API_KEY_ENV, check_api_key_file
 from nemolaunch.cli.cluster import RpcOption, launch_cluster, read_endpoints, workers_for_launch
 from nemolaunch.cli.launch_model import ModelRequest
 from nemolaunch.cli.llama_binary import find_llama_binary, warn_if_gpus_go_unused
@@ -44,9 +44,8 @@ from nemolaunch.core.launch import (
     openai_snippet,
     server_argv,
 )
-from nemolaunch.errors import ApiKeyFileEmpty, ApiKeyFileMissing, BadOption, LaunchFailed
+from nemolaunch.errors import BadOption, LaunchFailed
 
-API_KEY_ENV = "NEMOLAUNCH_API_KEY"
 #: The variable llama-server reads its key from (LLAMA_ARG_API_KEY is ignored by this build).
 SERVER_KEY_ENV = "LLAMA_API_KEY"
 
@@ -136,7 +135,7 @@ def serve_command(
     )  # fmt: skip
     early = request.check_local()
     sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
-    key_file = _check_api_key_file(api_key_file)
+    key_file = check_api_key_file(api_key_file)
     env_key = os.environ.get(API_KEY_ENV)
     if key_file is None and env_key is not None and not env_key.strip():
         raise BadOption(option=API_KEY_ENV, value="(empty)", hint="set it to the key, or unset it")
@@ -357,26 +356,6 @@ def _sampling(*, temp: float, top_p: float, min_p: float) -> Sampling:
         if not 0.0 <= value <= 1.0:
             raise BadOption(option=option, value=value, hint="use a value from 0 to 1")
     return Sampling(temperature=temp, top_p=top_p, min_p=min_p)
-
-
-def _check_api_key_file(path: Path | None) -> Path | None:
-    if path is None:
-        return None
-    path = path.expanduser()
-    try:
-        info = path.stat()
-        first_line = path.read_text().strip()
-    except FileNotFoundError as exc:
-        raise ApiKeyFileMissing(path=str(path)) from exc
-    except (IsADirectoryError, UnicodeDecodeError, PermissionError) as exc:
-        raise BadOption(
-            option="--api-key-file", value=str(path), hint="it must be a readable text file holding the key"
-        ) from exc
-    if not first_line:
-        raise ApiKeyFileEmpty(path=str(path))
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        warn(f"{path} is readable by other users: chmod 600 {path}")
-    return path.resolve()
 
 
 def exec_launch(argv: list[str], env: dict[str, str]) -> None:
