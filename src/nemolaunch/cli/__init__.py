@@ -21,7 +21,7 @@ app = typer.Typer(
     name="nemolaunch",
     help="Run NVIDIA Nemotron 3 Ultra (or any GGUF) with llama.cpp on your own hardware.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain text: help strings say "[default: ...]" and must show it
 )
