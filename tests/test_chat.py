@@ -136,4 +136,4 @@ def test_ctrl_c_stops_a_one_shot_answer_and_the_server_sees_the_client_go() -> N
         assert stub.disconnected.wait(timeout=10), "the stream was still open after Ctrl-C"
     assert process.returncode == 130
     assert stdout.startswith("Four. more")
-    assert stderr.splitlines()[-1] == "nemolaunch: stopped by Ctrl-C before the answer was complete"
+    assert stderr.splitlines()[-1] == "nemolaunch: error: Ctrl-C stopped the answer: the server stopped generating it"

@@ -284,6 +284,10 @@ class ChatRequestFailed(NemolaunchError):
     """url, status, reason (the server's own words, one line)"""
 
 
+class Interrupted(NemolaunchError):
+    """what (the step Ctrl-C stopped), after (what is left and what to do)"""
+
+
 @dataclass(frozen=True)
 class ErrorSpec:
     exit_code: int
@@ -486,6 +490,7 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
         "with --model, or leave --model out",
     ),
     ChatRequestFailed: ErrorSpec(EXIT_ENVIRONMENT, "the server at {url} answered {status}: {reason}"),
+    Interrupted: ErrorSpec(EXIT_INTERRUPTED, "Ctrl-C stopped {what}: {after}"),
     ModelNotDownloaded: ErrorSpec(
         EXIT_NOT_FOUND,
         "{reference} is not downloaded yet: run `nemolaunch download {reference}` first",

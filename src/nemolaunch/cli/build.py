@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from nemolaunch.cli.output import err_console, print_json
-from nemolaunch.errors import BadOption, BuildFailed, BuildToolMissing
+from nemolaunch.errors import BadOption, BuildFailed, BuildToolMissing, Interrupted
 
 #: An offline default for --source (a llama.cpp tree or archive), for CI and air-gapped machines.
 SOURCE_ENV = "NEMOLAUNCH_LLAMA_CPP_SOURCE"
@@ -164,6 +164,13 @@ def run_build_with_progress(
             for line in log_tail(Path(str(exc.log))):
                 err_console.print(line, markup=False)
             raise
+        except KeyboardInterrupt:
+            progress.stop()
+            # The script's whole process group is gone by now (builder._stop_group): say so, in one line.
+            raise Interrupted(
+                what="building llama.cpp",
+                after="no compiler is left running and nothing was installed; run the same command to build",
+            ) from None
         except BuildToolMissing as exc:
             if not chosen_for_gpu:
                 raise

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from nemolaunch.adapters.chat_client import ChatServer, Message, Piece, TurnStats
 from nemolaunch.cli.output import console, err_console, styled
-from nemolaunch.errors import EXIT_INTERRUPTED, NemolaunchError, describe
+from nemolaunch.errors import Interrupted, NemolaunchError, describe
 
 PROMPT = "> "
 _HELP = "/exit (or Ctrl-D) leaves, /clear starts over, Ctrl-C stops an answer"
@@ -93,9 +93,8 @@ def answer_once(server: ChatServer, model: str, messages: list[Message], *, hide
     try:
         show_turn(server.stream(model, messages), printer)
     except KeyboardInterrupt:
-        console.print()
-        err_console.print(styled(("nemolaunch: ", "bold red"), "stopped by Ctrl-C before the answer was complete"))
-        raise SystemExit(EXIT_INTERRUPTED) from None
+        console.print()  # the partial answer keeps its line; the error has its own
+        raise Interrupted(what="the answer", after="the server stopped generating it") from None
 
 
 def converse(server: ChatServer, model: str, *, hide_thinking: bool) -> None:

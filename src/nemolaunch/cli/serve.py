@@ -21,7 +21,7 @@ from nemolaunch.cli.api_key import API_KEY_ENV, check_api_key_file
 from nemolaunch.cli.cluster import RpcOption, launch_cluster, read_endpoints, workers_for_launch
 from nemolaunch.cli.launch_model import ModelRequest
 from nemolaunch.cli.llama_binary import find_llama_binary, warn_if_gpus_go_unused
-from nemolaunch.cli.output import console, err_console, print_command, print_json, styled, warn
+from nemolaunch.cli.output import console, err_console, note, print_command, print_json, styled, warn
 from nemolaunch.cli.plan import (
     ForceOption,
     HardwareOption,
@@ -196,11 +196,26 @@ def serve_command(
             ),
             markup=False,
         )
+        _announce_web_ui(binary.path, base_url)
     if dry_run:
         return
     if not early:
         check_port_for_launch(host=host, port=port, dry_run=False)  # again: a download may have taken hours
     exec_launch(argv, env)
+
+
+def _announce_web_ui(server: Path, base_url: str) -> None:
+    """Where the web chat is, or, for a build without one, that the terminal chat is the way to talk."""
+    from nemolaunch.adapters.builder import web_ui_of
+
+    web_ui = web_ui_of(server.parent)
+    if web_ui is None:
+        return  # a llama-server of someone's: what it serves at / is not known here
+    if web_ui.startswith("none"):
+        note(f"No web chat at {base_url.removesuffix('/v1')}/ ({web_ui}): chat in the terminal with "
+             f"`nemolaunch chat --url {base_url}`.")  # fmt: skip
+    else:
+        err_console.print(styled("Web chat at ", (base_url.removesuffix("/v1") + "/", "bold"), f" ({web_ui})."))
 
 
 def run_command(
