@@ -6,7 +6,7 @@
 #
 #   scripts/build_llamacpp.sh [--source DIR|TARBALL] [--ref REF]
 #                             [--backend auto|cuda|metal|cpu] [--cuda-arch LIST]
-#                             [--prefix DIR] [--jobs N]
+#                             [--prefix DIR] [--jobs N] [--web-ui auto|npm|prebuilt|off]
 #
 # --source   a llama.cpp tree, or an archive holding one (for example the
 #            llama-cpp-python sdist, whose tree is under vendor/llama.cpp).
@@ -20,6 +20,11 @@
 #            so a machine without a visible GPU, a container build, needs it).
 # --prefix   where bin/ lands (default: ./llama.cpp-build).
 # --jobs     parallel compile jobs (default: the number of CPUs).
+# --web-ui   llama-server's web chat (tools/ui): npm builds it from the tree's
+#            source (npm ci + npm run build, ~2.5 min); prebuilt fetches
+#            llama.cpp's built assets from a Hugging Face bucket; off leaves it
+#            out. auto: npm when npm is on PATH, else prebuilt when the Hub
+#            answers, else off. PREFIX/web-ui.txt says what the build got.
 #
 # Idempotent: PREFIX/build-stamp.txt records the source hash, ref, backend,
 # CMake flags and compiler; when all of them match and the binaries exist, the
@@ -43,7 +48,7 @@ die() {
 say() { printf 'build_llamacpp: %s\n' "$*" >&2; }
 
 usage() {
-    sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 source_arg=""
@@ -52,6 +57,7 @@ backend="auto"
 prefix="./llama.cpp-build"
 jobs=""
 cuda_arch=""
+web_ui="auto"
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -61,6 +67,7 @@ while [[ $# -gt 0 ]]; do
         --cuda-arch) [[ $# -ge 2 ]] || die 2 "--cuda-arch needs a list such as 90 or '86;89'"; cuda_arch="$2"; shift 2 ;;
         --prefix) [[ $# -ge 2 ]] || die 2 "--prefix needs a directory"; prefix="$2"; shift 2 ;;
         --jobs) [[ $# -ge 2 ]] || die 2 "--jobs needs a number"; jobs="$2"; shift 2 ;;
+        --web-ui) [[ $# -ge 2 ]] || die 2 "--web-ui needs one of auto, npm, prebuilt, off"; web_ui="$2"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) die 2 "unknown option '$1' (see --help)" ;;
     esac
@@ -74,6 +81,23 @@ if [[ -z "$jobs" ]]; then
     jobs="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)"
 fi
 [[ "$jobs" =~ ^[1-9][0-9]*$ ]] || die 2 "--jobs must be a positive whole number (got '$jobs')"
+case "$web_ui" in
+    auto | npm | prebuilt | off) ;;
+    *) die 2 "--web-ui must be one of auto, npm, prebuilt, off (got '$web_ui')" ;;
+esac
+if [[ "$web_ui" == "auto" ]]; then
+    if command -v npm >/dev/null 2>&1; then
+        web_ui="npm"
+    elif [[ "${HF_HUB_OFFLINE:-0}" != "1" ]] && timeout 5 bash -c ': >/dev/tcp/huggingface.co/443' 2>/dev/null; then
+        web_ui="prebuilt"
+    else
+        web_ui="off"
+    fi
+    say "web UI auto -> $web_ui"
+fi
+if [[ "$web_ui" == "npm" ]] && ! command -v npm >/dev/null 2>&1; then
+    die 3 "--web-ui npm needs npm: install Node.js 20 or newer with npm, or pass --web-ui off"
+fi
 if [[ -n "$cuda_arch" ]]; then
     # CMake's list separator is ';'; a comma is easier to type in a shell.
     cuda_arch="${cuda_arch//,/;}"
@@ -183,11 +207,16 @@ cmake_flags=(
     -DLLAMA_BUILD_EXAMPLES=OFF
     -DLLAMA_BUILD_TOOLS=ON
     -DLLAMA_BUILD_SERVER=ON
-    # The prebuilt web UI is fetched from a Hugging Face bucket at build time;
-    # builds must work offline, and the OpenAI API does not need it.
-    -DLLAMA_USE_PREBUILT_UI=OFF
     -DLLAMA_OPENSSL=OFF
 )
+# The web UI: built here by npm, or llama.cpp's prebuilt assets from a Hugging Face bucket (which
+# needs the Hub at build time). "off" keeps exactly the flags of builds made before the UI was
+# offered, so their stamps still match and they stay up to date.
+case "$web_ui" in
+    npm) cmake_flags+=(-DLLAMA_BUILD_UI=ON -DLLAMA_USE_PREBUILT_UI=OFF) ;;
+    prebuilt) cmake_flags+=(-DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=ON) ;;
+    off) cmake_flags+=(-DLLAMA_USE_PREBUILT_UI=OFF) ;;
+esac
 case "$backend" in
     cuda)
         cmake_flags+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_COMPILER=$nvcc")
@@ -200,6 +229,10 @@ esac
 compiler="$("$cxx" --version 2>/dev/null | head -n 1)"
 if [[ -n "$nvcc" ]]; then
     compiler="$compiler; $("$nvcc" --version 2>/dev/null | tail -n 1)"
+fi
+if [[ "$web_ui" == "npm" ]]; then
+    # A new node can build different UI assets: its version is part of the build's identity.
+    compiler="$compiler; node $(node --version 2>/dev/null || echo unknown)"
 fi
 
 # Resolve the source's identity without extracting or cloning when possible,
@@ -238,6 +271,7 @@ binaries_present() {
 
 if [[ -f "$stamp" ]] && binaries_present && [[ "$(cat "$stamp")" == "$stamp_text" ]]; then
     say "up to date: $prefix/bin ($backend, $source_id)"
+    [[ ! -f "$prefix/web-ui.txt" ]] || say "web UI: $(cat "$prefix/web-ui.txt")"
     exit 0
 fi
 
@@ -302,6 +336,24 @@ for target in "${TARGETS[@]}"; do
 done
 # llama.cpp's docs call the RPC worker rpc-server; keep that name too.
 ln -sf ggml-rpc-server "$prefix/bin/rpc-server"
+
+# What llama-server got for its web UI, read from the header llama.cpp generates: one line, for
+# `nemolaunch build` and `serve` to repeat (npm or the Hub can fail without failing the build).
+if grep -qs '^#define LLAMA_UI_HAS_ASSETS' "$build_dir/tools/ui/ui.h"; then
+    case "$web_ui" in
+        npm) web_ui_result="built with npm ($(node --version 2>/dev/null || echo node))" ;;
+        *) web_ui_result="prebuilt, from the Hugging Face bucket" ;;
+    esac
+else
+    case "$web_ui" in
+        npm) web_ui_result="none: npm could not build it (see $prefix/build.log)" ;;
+        prebuilt) web_ui_result="none: the prebuilt assets could not be fetched from the Hugging Face Hub" ;;
+        *) web_ui_result="none: neither npm nor the Hugging Face Hub was available to build it" ;;
+    esac
+fi
+printf '%s\n' "$web_ui_result" >"$prefix/web-ui.txt.tmp"
+mv -f "$prefix/web-ui.txt.tmp" "$prefix/web-ui.txt"
+say "web UI: $web_ui_result"
 
 printf '%s\n' "$stamp_text" >"$stamp.tmp"
 mv -f "$stamp.tmp" "$stamp"

@@ -158,7 +158,8 @@ def test_script_argv_and_source_key(tmp_path: Path) -> None:
     archive.write_bytes(b"one")
     request = BuildRequest(backend="cpu", source=archive, ref=None, jobs=2, prefix=tmp_path / "p")
     assert script_argv(request, script=Path("/s.sh")) == [
-        "bash", "/s.sh", "--backend", "cpu", "--prefix", str(tmp_path / "p"), "--source", str(archive), "--jobs", "2",
+        "bash", "/s.sh", "--backend", "cpu", "--prefix", str(tmp_path / "p"), "--web-ui", "off",
+        "--source", str(archive), "--jobs", "2",
     ]  # fmt: skip
     first = source_key(archive, None)
     archive.write_bytes(b"two")

@@ -263,11 +263,32 @@ class ClusterNeedsLiveWorkers(NemolaunchError):
     """path, workers (list of endpoints in the file)"""
 
 
-# --- sessions ---------------------------------------------------------------------------
-class SessionServerUnreachable(NemolaunchError):
+# --- talking to a running server (nemolaunch chat) ---------------------------------------------
+class ServerUnreachable(NemolaunchError):
     """url, reason"""
 
 
+class ApiKeyNeeded(NemolaunchError):
+    """url"""
+
+
+class ApiKeyRejected(NemolaunchError):
+    """url"""
+
+
+class ModelNotServed(NemolaunchError):
+    """url, model, served (list of model ids)"""
+
+
+class ChatRequestFailed(NemolaunchError):
+    """url, status, reason (the server's own words, one line)"""
+
+
+class Interrupted(NemolaunchError):
+    """what (the step Ctrl-C stopped), after (what is left and what to do)"""
+
+
+# --- sessions ---------------------------------------------------------------------------
 class SessionsNotEnabled(NemolaunchError):
     """url"""
 
@@ -463,10 +484,26 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
         "--hardware {path} describes a cluster ({workers_list}), but a launch runs on live workers: "
         "pass them with --rpc HOST:PORT,... (plan and download read cluster files)",
     ),
-    SessionServerUnreachable: ErrorSpec(
+    ServerUnreachable: ErrorSpec(
         EXIT_ENVIRONMENT,
-        "no server answers at {url} ({reason}): start one with `nemolaunch serve --sessions DIR`, or pass --url",
+        "no server answers at {url} ({reason}): start one with `nemolaunch serve`, or pass --url with its address",
     ),
+    ApiKeyNeeded: ErrorSpec(
+        EXIT_USAGE,
+        "the server at {url} wants an API key: pass --api-key-file FILE or set NEMOLAUNCH_API_KEY",
+    ),
+    ApiKeyRejected: ErrorSpec(
+        EXIT_USAGE,
+        "the server at {url} refused the API key: pass the key it was started with "
+        "(--api-key-file FILE or NEMOLAUNCH_API_KEY)",
+    ),
+    ModelNotServed: ErrorSpec(
+        EXIT_NOT_FOUND,
+        "the server at {url} serves no model {model!r} (it serves {served_list}): pass one of those "
+        "with --model, or leave --model out",
+    ),
+    ChatRequestFailed: ErrorSpec(EXIT_ENVIRONMENT, "the server at {url} answered {status}: {reason}"),
+    Interrupted: ErrorSpec(EXIT_INTERRUPTED, "Ctrl-C stopped {what}: {after}"),
     SessionsNotEnabled: ErrorSpec(
         EXIT_ENVIRONMENT,
         "the server at {url} keeps no sessions: restart it with `nemolaunch serve --sessions DIR`",

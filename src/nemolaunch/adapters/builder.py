@@ -35,6 +35,7 @@ class BuildRequest:
     jobs: int | None
     prefix: Path
     cuda_arch: str | None = None  # CMAKE_CUDA_ARCHITECTURES; None: llama.cpp's "native"
+    web_ui: str = "off"  # npm, prebuilt or off: resolved by the caller (see web_ui_mode)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,52 @@ class BuildResult:
     @property
     def bin_dir(self) -> Path:
         return self.prefix / "bin"
+
+    @property
+    def web_ui(self) -> str | None:
+        """What llama-server got for its web UI, in the script's words; None for a build that does not say."""
+        return web_ui_of(self.bin_dir)
+
+
+WEB_UI_FILE = "web-ui.txt"
+WEB_UI_MODES = ("auto", "npm", "prebuilt", "off")
+
+
+def web_ui_of(bin_dir: Path) -> str | None:
+    """The web UI a build of nemolaunch's holds ("built with npm ...", "none: ..."), from its record.
+
+    A nemolaunch build from before the UI was offered has a stamp and no record: it has no UI.
+    Anything else (a llama.cpp on PATH, a folder of someone's) is unknown: None.
+    """
+    prefix = bin_dir.parent
+    try:
+        return (prefix / WEB_UI_FILE).read_text().strip() or None
+    except OSError:
+        pass
+    if (prefix / "build-stamp.txt").is_file():
+        return "none: this build predates nemolaunch's web UI support; run `nemolaunch build` again to add it"
+    return None
+
+
+def web_ui_mode(requested: str, *, hub_reachable: Callable[[], bool] | None = None) -> str:
+    """npm, prebuilt or off: what ``auto`` means on this machine (npm first: it needs no Hub)."""
+    if requested != "auto":
+        return requested
+    if shutil.which("npm"):
+        return "npm"
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
+        return "off"
+    return "prebuilt" if (hub_reachable or _hub_answers)() else "off"
+
+
+def _hub_answers() -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=3):
+            return True
+    except OSError:
+        return False
 
 
 def script_path() -> Path:
@@ -68,15 +115,27 @@ def source_key(source: Path | None, ref: str | None) -> str:
 
 
 def build_prefix(
-    root: Path, *, backend: str, source: Path | None, ref: str | None, cuda_arch: str | None = None
+    root: Path,
+    *,
+    backend: str,
+    source: Path | None,
+    ref: str | None,
+    cuda_arch: str | None = None,
+    web_ui: str = "off",
 ) -> Path:
-    """One folder per build key, so that builds for other backends or GPU targets live side by side."""
+    """One folder per build key, so that builds for other backends or GPU targets live side by side.
+
+    A build with the web UI gets its own folder too: the build without it stays as it was (up to
+    date, usable), and the newest build, the one with the UI, is the one found.
+    """
     target = "" if cuda_arch is None else "sm" + re.sub(r"[^0-9A-Za-z]+", "_", cuda_arch) + "-"
-    return root / f"{backend}-{target}{source_key(source, ref)}"
+    ui = "" if web_ui == "off" else "ui-"
+    return root / f"{backend}-{target}{ui}{source_key(source, ref)}"
 
 
 def script_argv(request: BuildRequest, *, script: Path) -> list[str]:
     argv = ["bash", str(script), "--backend", request.backend, "--prefix", str(request.prefix)]
+    argv += ["--web-ui", request.web_ui]
     if request.source is not None:
         argv += ["--source", str(request.source)]
     if request.ref is not None:

@@ -26,9 +26,9 @@ from typing import Any
 
 from nemolaunch.errors import (
     BadOption,
+    ServerUnreachable,
     SessionFailed,
     SessionNotFound,
-    SessionServerUnreachable,
     SessionsNotEnabled,
 )
 
@@ -79,7 +79,7 @@ def _post(base_url: str, path: str, body: dict[str, Any], api_key: str | None, *
         raise SessionFailed(url=base_url, status=exc.code, reason=str(message)[:200]) from exc
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise SessionServerUnreachable(url=base_url, reason=str(reason)) from exc
+        raise ServerUnreachable(url=base_url, reason=str(reason)) from exc
 
 
 def shared_prefix(base_url: str, messages: list[dict[str, Any]], api_key: str | None) -> str:

@@ -13,7 +13,7 @@ import traceback
 import typer
 
 from nemolaunch import __version__
-from nemolaunch.cli import build, doctor, download, plan, rpc_worker, serve, session, tiny
+from nemolaunch.cli import build, chat, doctor, download, plan, rpc_worker, serve, session, tiny
 from nemolaunch.cli.output import err_console, styled
 from nemolaunch.errors import NemolaunchError, describe
 
@@ -21,7 +21,7 @@ app = typer.Typer(
     name="nemolaunch",
     help="Run NVIDIA Nemotron 3 Ultra (or any GGUF) with llama.cpp on your own hardware.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain text: help strings say "[default: ...]" and must show it
 )
@@ -56,6 +56,7 @@ app.command(
     "run",
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )(serve.run_command)
+app.command("chat")(chat.chat_command)
 app.command("plan")(plan.plan_command)
 app.command("download")(download.download_command)
 app.command("doctor")(doctor.doctor_command)

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from nemolaunch.cli.output import err_console, print_json
-from nemolaunch.errors import BadOption, BuildFailed, BuildToolMissing
+from nemolaunch.errors import BadOption, BuildFailed, BuildToolMissing, Interrupted
 
 #: An offline default for --source (a llama.cpp tree or archive), for CI and air-gapped machines.
 SOURCE_ENV = "NEMOLAUNCH_LLAMA_CPP_SOURCE"
@@ -44,14 +44,30 @@ def build_command(
             "[default: the GPUs visible here]; needed where no GPU is visible, such as a container build.",
         ),
     ] = None,
+    web_ui: Annotated[
+        str,
+        typer.Option(
+            "--web-ui",
+            help="llama-server's web chat: npm (build it, ~2.5 min), prebuilt (fetch it from the Hub), off, "
+            "or auto (npm if present, else prebuilt if the Hub answers).",
+        ),
+    ] = "auto",
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Build llama-server, llama-cli, llama-gguf-split and rpc-server from llama.cpp's source."""
     result = run_build_with_progress(
-        source=source, ref=ref, backend=backend, prefix=prefix, jobs=jobs, cuda_arch=cuda_arch, quiet=json_output
-    )
+        source=source, ref=ref, backend=backend, prefix=prefix, jobs=jobs, cuda_arch=cuda_arch, quiet=json_output,
+        web_ui=web_ui,
+    )  # fmt: skip
     if json_output:
-        print_json({"bin_dir": str(result.bin_dir), "log": str(result.log), "up_to_date": result.up_to_date})
+        print_json(
+            {
+                "bin_dir": str(result.bin_dir),
+                "log": str(result.log),
+                "up_to_date": result.up_to_date,
+                "web_ui": result.web_ui,
+            }
+        )
 
 
 def build_default() -> Path:
@@ -68,14 +84,17 @@ def run_build_with_progress(
     jobs: int | None,
     cuda_arch: str | None = None,
     quiet: bool = False,
+    web_ui: str = "auto",
 ):  # -> BuildResult
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from nemolaunch.adapters.builder import BuildRequest, build_prefix, log_tail, run_build
+    from nemolaunch.adapters.builder import WEB_UI_MODES, BuildRequest, build_prefix, log_tail, run_build, web_ui_mode
     from nemolaunch.adapters.llamacpp import builds_root, machine_backends
 
     if backend not in BACKENDS:
         raise BadOption(option="--backend", value=backend, hint=f"use one of {', '.join(BACKENDS)}")
+    if web_ui not in WEB_UI_MODES:
+        raise BadOption(option="--web-ui", value=web_ui, hint=f"use one of {', '.join(WEB_UI_MODES)}")
     if jobs is not None and jobs < 1:
         raise BadOption(option="--jobs", value=jobs, hint="use 1 or more")
     if backend == "metal" and platform.system() != "Darwin":
@@ -103,11 +122,15 @@ def run_build_with_progress(
         chosen_for_gpu = backend != "cpu"
     if cuda_arch is not None and backend != "cuda":
         raise BadOption(option="--cuda-arch", value=cuda_arch, hint=f"it is for CUDA builds, not {backend} ones")
+    web_ui = web_ui_mode(web_ui)
     if prefix is None:
-        prefix = build_prefix(builds_root(), backend=backend, source=source, ref=ref, cuda_arch=cuda_arch)
+        prefix = build_prefix(
+            builds_root(), backend=backend, source=source, ref=ref, cuda_arch=cuda_arch, web_ui=web_ui
+        )
     request = BuildRequest(
-        backend=backend, source=source, ref=ref, jobs=jobs, prefix=prefix.expanduser(), cuda_arch=cuda_arch
-    )
+        backend=backend, source=source, ref=ref, jobs=jobs, prefix=prefix.expanduser(), cuda_arch=cuda_arch,
+        web_ui=web_ui,
+    )  # fmt: skip
     if not quiet:
         err_console.print(f"Building llama.cpp ({backend}) into {request.prefix}")
     progress = Progress(
@@ -141,6 +164,13 @@ def run_build_with_progress(
             for line in log_tail(Path(str(exc.log))):
                 err_console.print(line, markup=False)
             raise
+        except KeyboardInterrupt:
+            progress.stop()
+            # The script's whole process group is gone by now (builder._stop_group): say so, in one line.
+            raise Interrupted(
+                what="building llama.cpp",
+                after="no compiler is left running and nothing was installed; run the same command to build",
+            ) from None
         except BuildToolMissing as exc:
             if not chosen_for_gpu:
                 raise
@@ -152,4 +182,13 @@ def run_build_with_progress(
     if not quiet:
         state = "already up to date" if result.up_to_date else "built"
         err_console.print(f"llama.cpp {state}: {result.bin_dir}")
+        # Said once, here: a build without the web chat is complete, but a person opening the URL should know.
+        err_console.print(f"web UI: {result.web_ui or 'unknown'}" + _NO_UI_HINT * _lacks_web_ui(result.web_ui))
     return result
+
+
+_NO_UI_HINT = " (chat in the terminal with `nemolaunch chat`)"
+
+
+def _lacks_web_ui(web_ui: str | None) -> bool:
+    return web_ui is not None and web_ui.startswith("none")

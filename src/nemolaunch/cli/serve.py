@@ -18,11 +18,12 @@ from typing import Annotated
 
 import typer
 
+from nemolaunch.cli.api_key import API_KEY_ENV, check_api_key_file
 from nemolaunch.cli.cluster import RpcOption, launch_cluster, read_endpoints, workers_for_launch
 from nemolaunch.cli.context_options import CacheTypeOption, CtxOption, read_context
 from nemolaunch.cli.launch_model import ModelRequest
 from nemolaunch.cli.llama_binary import find_llama_binary, warn_if_gpus_go_unused
-from nemolaunch.cli.output import console, err_console, print_command, print_json, styled, warn
+from nemolaunch.cli.output import console, err_console, note, print_command, print_json, styled, warn
 from nemolaunch.cli.plan import (
     ForceOption,
     HardwareOption,
@@ -44,9 +45,8 @@ from nemolaunch.core.launch import (
     openai_snippet,
     server_argv,
 )
-from nemolaunch.errors import ApiKeyFileEmpty, ApiKeyFileMissing, BadOption, LaunchFailed
+from nemolaunch.errors import BadOption, LaunchFailed
 
-API_KEY_ENV = "NEMOLAUNCH_API_KEY"
 #: The variable llama-server reads its key from (LLAMA_ARG_API_KEY is ignored by this build).
 SERVER_KEY_ENV = "LLAMA_API_KEY"
 
@@ -198,11 +198,26 @@ def serve_command(
             ),
             markup=False,
         )
+        _announce_web_ui(binary.path, base_url)
     if dry_run:
         return
     if not early:
         check_port_for_launch(host=host, port=port, dry_run=False)  # again: a download may have taken hours
     exec_launch(argv, env)
+
+
+def _announce_web_ui(server: Path, base_url: str) -> None:
+    """Where the web chat is, or, for a build without one, that the terminal chat is the way to talk."""
+    from nemolaunch.adapters.builder import web_ui_of
+
+    web_ui = web_ui_of(server.parent)
+    if web_ui is None:
+        return  # a llama-server of someone's: what it serves at / is not known here
+    if web_ui.startswith("none"):
+        note(f"No web chat at {base_url.removesuffix('/v1')}/ ({web_ui}): chat in the terminal with "
+             f"`nemolaunch chat --url {base_url}`.")  # fmt: skip
+    else:
+        err_console.print(styled("Web chat at ", (base_url.removesuffix("/v1") + "/", "bold"), f" ({web_ui})."))
 
 
 def run_command(
@@ -380,26 +395,6 @@ def _sampling(*, temp: float, top_p: float, min_p: float) -> Sampling:
         if not 0.0 <= value <= 1.0:
             raise BadOption(option=option, value=value, hint="use a value from 0 to 1")
     return Sampling(temperature=temp, top_p=top_p, min_p=min_p)
-
-
-def check_api_key_file(path: Path | None) -> Path | None:
-    if path is None:
-        return None
-    path = path.expanduser()
-    try:
-        info = path.stat()
-        first_line = path.read_text().strip()
-    except FileNotFoundError as exc:
-        raise ApiKeyFileMissing(path=str(path)) from exc
-    except (IsADirectoryError, UnicodeDecodeError, PermissionError) as exc:
-        raise BadOption(
-            option="--api-key-file", value=str(path), hint="it must be a readable text file holding the key"
-        ) from exc
-    if not first_line:
-        raise ApiKeyFileEmpty(path=str(path))
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        warn(f"{path} is readable by other users: chmod 600 {path}")
-    return path.resolve()
 
 
 def exec_launch(argv: list[str], env: dict[str, str]) -> None:

@@ -9,7 +9,6 @@ reuses the whole prompt instead of processing it again (see nemolaunch.adapters.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -103,10 +102,6 @@ def _read_messages(path: Path) -> list[dict[str, Any]]:
 
 
 def _api_key(path: Path | None) -> str | None:
-    if path is not None:
-        from nemolaunch.cli.serve import check_api_key_file
+    from nemolaunch.cli.api_key import read_api_key
 
-        checked = check_api_key_file(path)
-        assert checked is not None
-        return checked.read_text().strip().splitlines()[0]
-    return os.environ.get("NEMOLAUNCH_API_KEY") or None
+    return read_api_key(path)

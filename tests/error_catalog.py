@@ -1,0 +1,254 @@
+# ruff: noqa: E501  (the table: one case a few lines, as it reads in docs/errors.md)
+"""The catalog of every refusal and fault: the input, the exact message, the exit code.
+
+Each case is run for real by tests/test_error_catalog.py (the command, its setup, its exit code and the
+one line it prints), and docs/errors.md is rendered from this table, so the two never drift:
+
+    python tests/error_catalog.py --write     # regenerate docs/errors.md after editing a case
+
+In ``args``, ``env`` and ``message``: ``{tmp}`` is the case's own folder, ``{model}`` a small valid GGUF
+there, ``{shim}`` a stand-in llama.cpp bin folder, ``{hub}`` the fake Hub, ``{url}`` a chat server's
+base URL, ``{port}`` a port; ``{*}`` in a message stands for what differs from run to run (a size, a pid).
+``setup`` names what the case needs beyond those files (see the test module's SETUPS); ``check`` names
+an extra assertion made there (nothing left running, a secret nowhere in argv).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
+E = "nemolaunch: error: "
+W = "warning: "
+REPO = "acme/Small-GGUF"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    verb: str
+    input: str  # in words: what a person did
+    args: tuple[str, ...]
+    code: int
+    message: str  # the line on stderr (the whole line)
+    setup: str = "files"
+    env: dict[str, str] = field(default_factory=dict)
+    check: str | None = None
+    stdin: str = ""
+
+
+def c(id: str, verb: str, input: str, args: str | tuple[str, ...], code: int, message: str, **kw: object) -> Case:
+    words = tuple(args.split()) if isinstance(args, str) else args
+    return Case(id, verb, input, words, code, message, **kw)  # type: ignore[arg-type]
+
+
+SOURCE_HINT = "(looked for CMakeLists.txt, include/llama.h and tools/server, also under vendor/llama.cpp)"
+CASES: list[Case] = [
+    # --- build -------------------------------------------------------------------------------------------------
+    c("build-backend", "build", "an unknown backend", "build --backend tpu", 2,
+      E + "--backend tpu is not valid: use one of auto, cuda, metal, cpu"),
+    c("build-jobs", "build", "zero compile jobs", "build --jobs 0", 2, E + "--jobs 0 is not valid: use 1 or more"),
+    c("build-web-ui", "build", "an unknown web UI choice", "build --web-ui maybe", 2,
+      E + "--web-ui maybe is not valid: use one of auto, npm, prebuilt, off"),
+    c("build-source-missing", "build", "a --source that does not exist", "build --source {tmp}/nowhere", 2,
+      E + "--source {tmp}/nowhere is not valid: it does not exist; pass a llama.cpp tree or archive"),
+    c("build-source-empty", "build", "a --source folder without llama.cpp",
+      "build --backend cpu --web-ui off --source {tmp}/empty --prefix {tmp}/p", 2,
+      E + "--source '{tmp}/empty' holds no llama.cpp tree " + SOURCE_HINT),
+    c("build-web-ui-no-npm", "build", "a web UI built by npm, without npm",
+      "build --backend cpu --web-ui npm --source {tree} --prefix {tmp}/p", 4,
+      E + "--web-ui npm needs npm: install Node.js 20 or newer with npm, or pass --web-ui off", setup="no-npm"),
+    c("build-metal-linux", "build", "a Metal build on Linux", "build --backend metal", 2,
+      E + "--backend metal is not valid: Metal builds need macOS; use cpu or cuda here"),
+    c("build-cuda-arch-cpu", "build", "GPU targets for a CPU build", "build --backend cpu --cuda-arch 90", 2,
+      E + "--cuda-arch 90 is not valid: it is for CUDA builds, not cpu ones"),
+    c("build-no-nvcc", "build", "a CUDA build without nvcc", "build --backend cuda --web-ui off --source {tree} --prefix {tmp}/p",
+      4, E + "--backend cuda needs nvcc: install the CUDA toolkit (https://developer.nvidia.com/cuda-downloads) "
+      "and put nvcc on PATH", setup="no-nvcc"),
+    c("build-no-cmake", "build", "no cmake on PATH", "build --backend cpu --web-ui off --source {tree} --prefix {tmp}/p",
+      4, E + "cmake not found: install CMake 3.14 or newer (apt-get install cmake, brew install cmake or pip install "
+      "cmake)", setup="no-cmake"),
+    c("build-fails", "build", "a tree that does not compile (the log's tail is shown above the line)",
+      "build --backend cpu --web-ui off --source {broken} --prefix {tmp}/p", 5,
+      E + "building llama.cpp failed (exit 5): the full log is {tmp}/p/build.log", setup="broken-tree"),
+    c("build-ctrl-c", "build", "Ctrl-C while compiling", "build --backend cpu --web-ui off --source {tree} --prefix {tmp}/p",
+      130, E + "Ctrl-C stopped building llama.cpp: no compiler is left running and nothing was installed; "
+      "run the same command to build", setup="slow-tree", check="ctrl-c-build"),
+    # --- plan --------------------------------------------------------------------------------------------------
+    c("plan-ctx-zero", "plan", "a context of 0 tokens", "plan {model} --ctx-size 0", 2,
+      E + "--ctx-size 0 is not valid: use a positive number of tokens"),
+    c("plan-ctx-too-big", "plan", "a context above the model's trained one", "plan {tiny} --ctx-size 100000", 2,
+      E + "--ctx-size 100000 is above the model's maximum of 4096 tokens: use 4096 or less", setup="tiny"),
+    c("plan-hardware-missing", "plan", "a --hardware file that does not exist", "plan --hardware {tmp}/none.json", 3,
+      E + "--hardware {tmp}/none.json does not exist: pass a JSON file in the hardware facts shape"),
+    c("plan-hardware-not-json", "plan", "a --hardware file that is not JSON", "plan --hardware {tmp}/not.json", 2,
+      E + "--hardware {tmp}/not.json is not JSON (Expecting value at line 1 column 1): "
+      "pass a hardware facts JSON file"),
+    c("plan-hardware-shape", "plan", "a --hardware file of the wrong shape", "plan --hardware {tmp}/shape.json", 2,
+      E + "--hardware {tmp}/shape.json does not match the hardware facts shape: {*}"),
+    c("plan-malformed", "plan", "a model reference that is neither a file nor owner/repo", "plan a/b/c:Q4", 2,
+      E + "model 'a/b/c:Q4' is malformed ({*}): write owner/repo or owner/repo:QUANT, "
+      "such as unsloth/NVIDIA-Nemotron-3-Ultra-550B-A55B-GGUF:UD-Q4_K_XL"),
+    c("plan-prefer", "plan", "an unknown --prefer", "plan {model} --prefer fast", 2,
+      E + "--prefer fast is not valid: {*}"),
+    c("plan-rpc", "plan", "a worker address whose port is not a number", "plan --rpc 10.0.0.2:port", 2,
+      E + "--rpc '10.0.0.2:port' is not a worker address ({*}): write HOST:PORT, such as 10.0.0.2:50052, "
+      "and separate several with commas"),
+    c("plan-not-gguf", "plan", "a .gguf file that is not GGUF", "plan {tmp}/text.gguf", 2,
+      E + "{tmp}/text.gguf is not a GGUF file (it starts with b'hell', not b'GGUF'): pass a .gguf model"),
+    c("plan-nothing-fits", "plan", "a machine too small for any Ultra quant (the ways out are listed)",
+      "plan --hardware {small_machine}", 6, E + "no recommended quant of {*} fits: {*}", env={"HF_HUB_OFFLINE": "1"}),
+    c("plan-offline-uncached", "plan", "offline, a repository that was never cached", f"plan {REPO}", 3,
+      E + "HF_HUB_OFFLINE is set, and the HF cache holds no complete quant of " + REPO + " (cached: none): "
+      "connect to the Hub to list and download it", env={"HF_HUB_OFFLINE": "1"}),
+    c("plan-unknown-quant", "plan", "a quant the repository lacks", f"plan {REPO}:Q2_K --hardware {{machine}}", 3,
+      E + REPO + " has no quant Q2_K: pick one of Q8_0", setup="hub"),
+    # --- download ----------------------------------------------------------------------------------------------
+    c("download-repo-missing", "download", "a repository the Hub does not have",
+      "download acme/Nothing-GGUF:Q8_0 --hardware {machine}", 3,
+      E + "repo acme/Nothing-GGUF was not found on {hub}: check the name, or run `hf auth login` if it is private",
+      setup="hub"),
+    c("download-gated", "download", "a gated repository without a token", "download acme/Gated-GGUF:Q8_0 --hardware {machine}",
+      7, E + "acme/Gated-GGUF is gated: accept its terms at {hub}/acme/Gated-GGUF, then run `hf auth login` or set "
+      "HF_TOKEN", setup="hub"),
+    c("download-corrupt", "download", "the Hub sends bytes whose sha256 is not the listed one, twice",
+      f"download {REPO}:Q8_0 --hardware {{machine}}", 8,
+      E + "Q8_0/Small-Q8_0.gguf has sha256 {*}, not the {*} the Hub lists: {*}", setup="hub-corrupt"),
+    c("download-no-space", "download", "a folder with less free space than the quant plus the 2 GiB margin",
+      f"download {REPO}:Q8_0 --hardware {{machine}} --local-dir {{small_disk}}", 4,
+      E + "{small_disk} has {*} free, but the download needs {*} more plus a 2.1 GB margin: free {*} there or "
+      "choose another folder", setup="hub-small-disk"),
+    c("download-disk-fills", "download", "the disk fills up while the shard downloads",
+      f"download {REPO}:Q8_0 --hardware {{machine}} --local-dir {{small_disk}}", 4,
+      E + "{*} has {*} free, but the download needs {*} more plus a 0 B margin: free {*} there or "
+      "choose another folder", setup="hub-disk-fills", check="fill-disk"),
+    c("download-ctrl-c", "download", "Ctrl-C while a shard downloads", f"download {REPO}:Q8_0 --hardware {{machine}}",
+      130, E + "download stopped with {*} of {*} on disk: run the same command again to resume", setup="hub-slow",
+      check="ctrl-c-download"),
+    c("download-hf-token", "download", "HF_TOKEN set: used, and never printed or put in argv",
+      f"download {REPO}:Q8_0 --hardware {{machine}}", 0, "", setup="hub", env={"HF_TOKEN": "hf_catalogsecret"},
+      check="token-hidden"),
+    # --- serve -------------------------------------------------------------------------------------------------
+    c("serve-model-missing", "serve", "a model file that does not exist", "serve {tmp}/none.gguf --llama-cpp {shim}", 3,
+      E + "model file {tmp}/none.gguf does not exist: pass the path of a .gguf file"),
+    c("serve-not-gguf", "serve", "a file that is not GGUF", "serve {tmp}/text.gguf --llama-cpp {shim}", 2,
+      E + "{tmp}/text.gguf is not a GGUF file (it starts with b'hell', not b'GGUF'): pass a .gguf model"),
+    c("serve-truncated", "serve", "a GGUF cut short", "serve {tmp}/cut.gguf --llama-cpp {shim}", 8,
+      E + "{tmp}/cut.gguf is a damaged or incomplete GGUF ({*}): download it again"),
+    c("serve-shard-missing", "serve", "a split model with a shard missing",
+      "serve {tmp}/m-00001-of-00002.gguf --llama-cpp {shim}", 8,
+      E + "{tmp}/m-00001-of-00002.gguf is part of a 2-file split model, but m-00002-of-00002.gguf is missing: "
+      "download every shard into the same folder"),
+    c("serve-port-range", "serve", "a port out of range", "serve {model} --port 70000 --llama-cpp {shim}", 2,
+      E + "port 70000 is out of range: use a port from 1 to 65535"),
+    c("serve-port-in-use", "serve", "a port another program holds", "serve {model} --port {busy_port} --llama-cpp {shim}",
+      4, E + "port {busy_port} on 127.0.0.1 is already in use: stop what holds it or pass another --port",
+      setup="busy-port"),
+    c("serve-host", "serve", "a --host that does not resolve", "serve {model} --host no-such-host.invalid --llama-cpp {shim}",
+      2, E + "--host no-such-host.invalid does not resolve to an address of any machine ({*}): pass an address of "
+      "this machine such as 127.0.0.1 or 0.0.0.0, or a name that resolves"),
+    c("serve-key-file-missing", "serve", "an API key file that does not exist",
+      "serve {model} --api-key-file {tmp}/nokey --llama-cpp {shim}", 3,
+      E + "--api-key-file {tmp}/nokey does not exist: create it with the key on one line"),
+    c("serve-key-file-empty", "serve", "an empty API key file", "serve {model} --api-key-file {tmp}/empty-key --llama-cpp {shim}",
+      2, E + "--api-key-file {tmp}/empty-key is empty: put the key on its first line"),
+    c("serve-key-file-readable", "serve", "a key file readable by others (a warning; the dry run goes on)",
+      "serve {model} --api-key-file {tmp}/open-key --llama-cpp {shim} --dry-run", 0,
+      W + "{tmp}/open-key is readable by other users: chmod 600 {tmp}/open-key"),
+    c("serve-key-in-argv", "serve", "an API key after -- (it would show in ps)",
+      ("serve", "{model}", "--llama-cpp", "{shim}", "--", "--api-key", "sk-x"), 2,
+      E + "--api-key (hidden) is not valid: use --api-key-file FILE or NEMOLAUNCH_API_KEY, not argv"),
+    c("serve-managed-option", "serve", "an option nemolaunch sets, after --",
+      ("serve", "{model}", "--llama-cpp", "{shim}", "--", "--port", "9"), 2,
+      E + "--port after -- is not valid: use nemolaunch's own --port (it checks the value and shows the URL)"),
+    c("serve-json-no-dry-run", "serve", "--json without --dry-run", "serve {model} --llama-cpp {shim} --json", 2,
+      E + "--json without --dry-run is not valid: add --dry-run to print the launch as JSON"),
+    c("serve-temp", "serve", "a negative temperature", "serve {model} --temp -1 --llama-cpp {shim}", 2,
+      E + "--temp -1.0 is not valid: use 0 or more (NVIDIA recommends 1.0)"),
+    c("serve-llama-cpp-dir", "serve", "a --llama-cpp folder without llama-server", "serve {model} --llama-cpp {tmp}/empty",
+      3, E + "--llama-cpp names {tmp}/empty, which holds no executable llama-server: point it at llama.cpp's bin folder"),
+    c("serve-no-llama-cpp", "serve", "no llama.cpp anywhere", "serve {model}", 3,
+      E + "llama-server not found (looked in {tmp}/data/nemolaunch/llama.cpp, PATH): run `nemolaunch build`, "
+      "or pass --llama-cpp DIR / set NEMOLAUNCH_LLAMA_CPP to a folder holding it", setup="no-llama-cpp"),
+    c("serve-env-key-hidden", "serve", "NEMOLAUNCH_API_KEY set: never in the dry run's command or the server's argv",
+      "serve {model} --llama-cpp {shim} --dry-run", 0, "", env={"NEMOLAUNCH_API_KEY": "sk-catalog-secret"},
+      check="key-hidden"),
+    c("serve-ctrl-c-loading", "serve", "Ctrl-C while llama-server loads the model (before its own handler is set)",
+      "serve {tiny} --port {port} --llama-cpp {real}", 130, "", setup="real-server", check="ctrl-c-loading"),
+    # --- run ---------------------------------------------------------------------------------------------------
+    c("run-n-predict", "run", "a token count of 0", "run {model} -n 0 --llama-cpp {shim}", 2,
+      E + "--n-predict 0 is not valid: use a positive count, or -1 for no limit"),
+    c("run-managed-option", "run", "-p after -- (use --prompt)", ("run", "{model}", "--llama-cpp", "{shim}", "--", "-p", "hi"),
+      2, E + "-p after -- is not valid: use nemolaunch's own --prompt (it checks the value and shows the URL)"),
+    c("run-model-missing", "run", "a model file that does not exist", "run {tmp}/none.gguf --llama-cpp {shim}", 3,
+      E + "model file {tmp}/none.gguf does not exist: pass the path of a .gguf file"),
+    c("run-two-models", "run", "two models", "run {model} {model} --llama-cpp {shim}", 2,
+      E + "argument {model} is not valid: name one model (MODEL or --model); put llama.cpp's own options after --"),
+    # --- chat --------------------------------------------------------------------------------------------------
+    c("chat-not-up", "chat", "no server at the URL", "chat --url http://127.0.0.1:{port}/v1 -p hi", 4,
+      E + "no server answers at http://127.0.0.1:{port}/v1 (connection refused): start one with `nemolaunch serve`, "
+      "or pass --url with its address"),
+    c("chat-bad-url", "chat", "a URL that is not http(s)", "chat --url 127.0.0.1:8001 -p hi", 2,
+      E + "--url 127.0.0.1:8001 is not valid: write the server's base URL, such as http://127.0.0.1:8001/v1"),
+    c("chat-empty-prompt", "chat", "an empty prompt on stdin", "chat", 2,
+      E + "stdin (empty) is not valid: give a question, or leave it out to chat", stdin="  \n"),
+    c("chat-no-key", "chat", "a server that wants a key, and none given", "chat --url {url} -p hi", 2,
+      E + "the server at {url} wants an API key: pass --api-key-file FILE or set NEMOLAUNCH_API_KEY", setup="stub-key"),
+    c("chat-wrong-key", "chat", "the wrong key", "chat --url {url} -p hi", 2,
+      E + "the server at {url} refused the API key: pass the key it was started with (--api-key-file FILE or "
+      "NEMOLAUNCH_API_KEY)", setup="stub-key", env={"NEMOLAUNCH_API_KEY": "sk-wrong"}),
+    c("chat-key-file-missing", "chat", "a key file that does not exist", "chat --api-key-file {tmp}/nokey -p hi", 3,
+      E + "--api-key-file {tmp}/nokey does not exist: create it with the key on one line"),
+    c("chat-wrong-model", "chat", "a model the server does not serve", "chat --url {url} --model nope -p hi", 3,
+      E + "the server at {url} serves no model 'nope' (it serves stub-model): pass one of those with --model, "
+      "or leave --model out", setup="stub"),
+    c("chat-ctrl-c", "chat", "Ctrl-C during a one-shot answer", "chat --url {url} -p count", 130,
+      E + "Ctrl-C stopped the answer: the server stopped generating it", setup="stub-endless", check="ctrl-c-chat"),
+    # --- rpc-worker --------------------------------------------------------------------------------------------
+    c("rpc-port", "rpc-worker", "a port out of range", "rpc-worker --port 0 --llama-cpp {shim}", 2,
+      E + "port 0 is out of range: use a port from 1 to 65535"),
+    c("rpc-port-in-use", "rpc-worker", "a port another program holds", "rpc-worker --port {busy_port} --llama-cpp {shim}",
+      4, E + "port {busy_port} on 127.0.0.1 is already in use: stop what holds it or pass another --port",
+      setup="busy-port"),
+    c("rpc-no-binary", "rpc-worker", "a llama.cpp folder without rpc-server", "rpc-worker --llama-cpp {tmp}/empty", 3,
+      E + "--llama-cpp names {tmp}/empty, which holds no executable rpc-server: point it at llama.cpp's bin folder"),
+]  # fmt: skip
+
+
+def render() -> str:
+    lines = [
+        "# Errors",
+        "",
+        "Every refusal and fault of nemolaunch: what a person did, the one line it prints (on stderr) and the exit",
+        "code. Each row is run for real by `tests/test_error_catalog.py`; this page is generated from",
+        "`tests/error_catalog.py` (`python tests/error_catalog.py --write`), and a test fails when the two differ.",
+        "`{*}` in a message stands for what differs from run to run. In commands, `{tmp}` is a folder of the",
+        "test's, `{model}` a small GGUF, `{tiny}` the tiny Nemotron model, `{shim}` a stand-in llama.cpp folder,",
+        "`{real}` a real llama.cpp build, `{tree}`/`{broken}` small CMake trees shaped like llama.cpp, `{machine}` a",
+        "recorded 64 GB laptop, `{small_disk}` a small tmpfs, `{busy_port}` a port the test holds, `{url}` a chat",
+        "server of the test's. An empty message means the row checks something else (named in its input): exit 130",
+        "there is the signal's (the shell's 128 + 2), and the test also checks that nothing is left running.",
+        "",
+        "| command | input | exit | message |",
+        "| --- | --- | ---: | --- |",
+    ]
+    for case in CASES:
+        command = " ".join(case.args).replace("|", "\\|")
+        env = " ".join(f"{key}=…" for key in case.env)
+        shown = f"`{(env + ' ') if env else ''}nemolaunch {command}`"
+        message = ("`" + case.message.replace("|", "\\|") + "`") if case.message else "—"
+        lines.append(f"| {case.verb} | {case.input}: {shown} | {case.code} | {message} |")
+    lines.append("")
+    lines.append(f"{len(CASES)} rows.")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write"]:
+        DOC.parent.mkdir(exist_ok=True)
+        DOC.write_text(render())
+        print(f"wrote {DOC} ({len(CASES)} rows)")
+    else:
+        sys.stdout.write(render())

@@ -1,0 +1,318 @@
+"""Runs every row of tests/error_catalog.py for real: the command, its exit code and its one line; and checks
+that docs/errors.md is the table rendered from it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from test_build import fake_llama_cpp_tree
+
+from conftest import REPO_ROOT, cli_env, free_port, llama_cpp_shim, nemolaunch_argv, path_without, write_gguf
+from error_catalog import CASES, DOC, REPO, Case, render
+from fakehub import FakeHub, Fault
+from openai_stub import StubBehaviour, openai_stub
+from test_smoke import process_alive, stop_with_sigint, wait_for_health
+
+MACHINE = REPO_ROOT / "tests" / "fixtures" / "hardware" / "laptop_64gb.json"
+SECRETS = ("hf_catalogsecret", "sk-catalog-secret")
+
+
+@dataclass
+class Ctx:
+    tmp: Path
+    values: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    stack: ExitStack = field(default_factory=ExitStack)
+    hub: FakeHub | None = None
+    stub: StubBehaviour | None = None
+
+    def fill(self, text: str) -> str:
+        for key, value in self.values.items():
+            text = text.replace("{" + key + "}", value)
+        return text
+
+
+def _files(ctx: Ctx) -> None:
+    tmp = ctx.tmp
+    model = write_gguf(tmp / "model.gguf")
+    (tmp / "text.gguf").write_text("hello, not a model\n")
+    (tmp / "cut.gguf").write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    write_gguf(tmp / "m-00001-of-00002.gguf", **{"split.count": 2, "split.no": 0})
+    (tmp / "empty").mkdir()
+    (tmp / "not.json").write_text("not json\n")
+    (tmp / "shape.json").write_text('{"os": 7}\n')
+    (tmp / "empty-key").write_text("")
+    (tmp / "open-key").write_text("sk-open\n")
+    (tmp / "open-key").chmod(0o644)
+    shim = llama_cpp_shim(tmp / "shim")
+    (shim / "rpc-server").write_text("#!/bin/sh\nexit 1\n")
+    (shim / "rpc-server").chmod(0o755)
+    tree = fake_llama_cpp_tree(tmp / "tree")
+    ctx.values.update(
+        tmp=str(tmp), model=str(model), shim=str(shim), tree=str(tree), machine=str(MACHINE),
+        small_machine=str(MACHINE), port=str(free_port()),
+    )  # fmt: skip
+
+
+def _hub(ctx: Ctx, *, payload: int = 4096, rate: float | None = None) -> FakeHub:
+    hub = ctx.stack.enter_context(FakeHub())
+    model = write_gguf(ctx.tmp / "hub-model.gguf", padding="x" * payload)
+    hub.add_repo(REPO, {"Q8_0/Small-Q8_0.gguf": model.read_bytes()})
+    hub.add_repo("acme/Gated-GGUF", {"Q8_0/Gated-Q8_0.gguf": model.read_bytes()}, gated=True)
+    hub.rate_bytes_per_s = rate
+    ctx.env.update(hub.env(ctx.tmp / "hf"))
+    ctx.values["hub"] = hub.url
+    ctx.hub = hub
+    return hub
+
+
+@contextmanager
+def _tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip()}): disk-full row not run")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _setup(ctx: Ctx, name: str, request: pytest.FixtureRequest) -> None:
+    _files(ctx)
+    if name.startswith("hub"):
+        big = name in ("hub-slow", "hub-disk-fills")
+        hub = _hub(ctx, payload=4_000_000 if big else 4096, rate=1_000_000 if big else None)
+        if name == "hub-corrupt":
+            hub.add_fault(REPO, "Q8_0/Small-Q8_0.gguf", Fault(corrupt=True, times=None))
+        if name in ("hub-small-disk", "hub-disk-fills"):
+            # 2 GiB is the margin download keeps free: a folder just above it takes the download, then fills.
+            size = "1m" if name == "hub-small-disk" else "2060m"
+            ctx.values["small_disk"] = str(ctx.stack.enter_context(_tmpfs(ctx.tmp / "small", size)))
+    elif name in ("no-nvcc", "no-cmake", "no-npm"):
+        ctx.env["PATH"] = path_without(ctx.tmp, name.removeprefix("no-"))
+        ctx.env["CUDA_HOME"] = str(ctx.tmp / "no-cuda")  # the script also looks for $CUDA_HOME/bin/nvcc
+    elif name in ("broken-tree", "slow-tree"):
+        tree = fake_llama_cpp_tree(ctx.tmp / name, broken=name == "broken-tree")
+        ctx.values["broken"] = str(tree)
+        if name == "slow-tree":
+            (tree / "slow.sh").write_text(f"echo $$ > {ctx.tmp}/compiler.pid\nexec sleep 120\n")
+            with (tree / "CMakeLists.txt").open("a") as cmake:
+                cmake.write("add_custom_target(slow ALL COMMAND sh ${CMAKE_SOURCE_DIR}/slow.sh)\n")
+                cmake.write("add_dependencies(llama-server slow)\n")
+            ctx.values["tree"] = str(tree)
+    elif name == "busy-port":
+        holder = ctx.stack.enter_context(socket.socket())
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        ctx.values["busy_port"] = str(holder.getsockname()[1])
+    elif name == "no-llama-cpp":
+        ctx.env.update(XDG_DATA_HOME=str(ctx.tmp / "data"), PATH=path_without(ctx.tmp, "llama-server"))
+    elif name == "tiny":
+        from nemolaunch.tiny_model import write_tiny_model
+
+        ctx.values["tiny"] = str(write_tiny_model(ctx.tmp / "tiny.gguf"))
+    elif name == "real-server":
+        from nemolaunch.tiny_model import write_tiny_model
+
+        ctx.values.update(
+            tiny=str(write_tiny_model(ctx.tmp / "tiny.gguf")), real=str(request.getfixturevalue("llama_bin_dir"))
+        )
+    elif name.startswith("stub"):
+        behaviour = StubBehaviour(endless=name == "stub-endless", api_key="sk-right" if name == "stub-key" else None)
+        url, ctx.stub = ctx.stack.enter_context(openai_stub(behaviour))
+        ctx.values["url"] = url
+
+
+def _pattern(expected: str) -> re.Pattern[str]:
+    return re.compile(".+?".join(re.escape(part) for part in expected.split("{*}")))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_catalog_row(case: Case, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    ctx = Ctx(tmp=tmp_path)
+    with ctx.stack:
+        _setup(ctx, case.setup, request)
+        env = cli_env(**ctx.env, **{key: ctx.fill(value) for key, value in case.env.items()})
+        args = [ctx.fill(arg) for arg in case.args]
+        if case.check in CHECKS:
+            returncode, stdout, stderr = CHECKS[case.check](ctx, args, env)
+        else:
+            done = subprocess.run(
+                nemolaunch_argv(*args), input=case.stdin, capture_output=True, text=True, env=env, timeout=180
+            )
+            returncode, stdout, stderr = done.returncode, done.stdout, done.stderr
+        expected_code = -signal.SIGINT if case.check == "ctrl-c-loading" else case.code
+        assert returncode == expected_code, stderr[-3000:]
+        assert "Traceback" not in stderr
+        if case.message:
+            expected = _pattern(ctx.fill(case.message))
+            assert any(expected.fullmatch(line) for line in stderr.splitlines()), stderr[-3000:]
+        if case.code != 0:
+            assert sum(line.startswith("nemolaunch: error:") for line in stderr.splitlines()) <= 1
+        for secret in SECRETS:
+            assert secret not in stdout + stderr
+
+
+def _interrupt_when(args: list[str], env: dict[str, str], ready, *, after_s: float = 0.3) -> tuple[int, str, str]:
+    """Start the command, send Ctrl-C (SIGINT) once ``ready()`` holds, and collect what it printed."""
+    process = subprocess.Popen(
+        nemolaunch_argv(*args), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while not ready() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        assert ready(), f"never ready: {process.poll()}"
+        time.sleep(after_s)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, stdout, stderr
+
+
+def _partial_bytes(folder: Path) -> int:
+    # Every file: huggingface_hub's partial files are named by hash, not by the shard.
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def _check_ctrl_c_build(ctx: Ctx, args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    pid_file = ctx.tmp / "compiler.pid"
+    result = _interrupt_when(args, env, pid_file.exists, after_s=0.2)
+    sleeper = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while process_alive(sleeper) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not process_alive(sleeper), "a build step outlived Ctrl-C"
+    assert not (ctx.tmp / "p" / "build-stamp.txt").exists()
+    return result
+
+
+def _check_ctrl_c_download(ctx: Ctx, args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    return _interrupt_when(args, env, lambda: _partial_bytes(ctx.tmp / "hf") > 200_000)
+
+
+def _check_fill_disk(ctx: Ctx, args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    disk = Path(ctx.values["small_disk"])
+    process = subprocess.Popen(
+        nemolaunch_argv(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while _partial_bytes(disk) < 100_000 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    # Another program takes the rest of the disk while the shard is on its way.
+    subprocess.run(["fallocate", "-l", str(os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize), disk / "filler"])
+    stdout, stderr = process.communicate(timeout=60)
+    (disk / "filler").unlink()
+    return process.returncode, stdout, stderr
+
+
+def _check_ctrl_c_chat(ctx: Ctx, args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    assert ctx.stub is not None
+    result = _interrupt_when(args, env, lambda: bool(ctx.stub.requests))
+    assert ctx.stub.disconnected.wait(timeout=10), "the answer's stream stayed open after Ctrl-C"
+    return result
+
+
+def _check_ctrl_c_loading(ctx: Ctx, args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """Catch llama-server between exec and its SIGINT handler (set once the model is loaded): stop it
+    there, send Ctrl-C, let it go on. It dies of the signal, as a person's Ctrl-C would make it."""
+    real = Path(ctx.values["real"]) / "llama-server"
+    for _ in range(5):
+        process = subprocess.Popen(
+            nemolaunch_argv(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        while process.poll() is None:
+            try:
+                if Path(f"/proc/{process.pid}/exe").resolve() == real.resolve():
+                    break
+            except OSError:
+                pass
+            time.sleep(0.002)
+        os.kill(process.pid, signal.SIGSTOP)
+        caught = int(re.search(r"SigCgt:\s*(\w+)", Path(f"/proc/{process.pid}/status").read_text())[1], 16)
+        if caught & (1 << (signal.SIGINT - 1)):
+            os.kill(process.pid, signal.SIGCONT)
+            stop_with_sigint(process)  # loaded already: try again
+            continue
+        os.kill(process.pid, signal.SIGINT)
+        os.kill(process.pid, signal.SIGCONT)
+        output, _ = process.communicate(timeout=30)
+        port = int(ctx.values["port"])
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens on the port
+        return process.returncode, "", output
+    pytest.fail("llama-server loaded the model before it could be stopped, five times")
+
+
+def _check_key_hidden(ctx: Ctx, args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """The key is nowhere in the dry run's output, nor in the launched llama-server's argv (/proc/PID/cmdline)."""
+    dry = subprocess.run(nemolaunch_argv(*args), capture_output=True, text=True, env=env, timeout=60)
+    from nemolaunch.tiny_model import write_tiny_model
+
+    tiny = write_tiny_model(ctx.tmp / "tiny.gguf")
+    real = str(Path(os.environ.get("NEMOLAUNCH_TEST_LLAMA_CPP", "")) or "")
+    if not real or not Path(real, "llama-server").exists():
+        return dry.returncode, dry.stdout, dry.stderr  # the launch half needs a real build (scripts/test.sh has one)
+    port = free_port()
+    server = subprocess.Popen(
+        nemolaunch_argv("serve", str(tiny), "--port", str(port), "--llama-cpp", real, "--", "--threads", "1"),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_health(port, server)
+        assert b"sk-catalog-secret" not in Path(f"/proc/{server.pid}/cmdline").read_bytes()
+    finally:
+        stop_with_sigint(server)
+    output = server.stdout.read() if server.stdout else ""
+    return dry.returncode, dry.stdout, dry.stderr + output
+
+
+def _check_token_hidden(ctx: Ctx, args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """HF_TOKEN is used (the Hub sees it) but never printed; serve's command for the download holds no token."""
+    done = subprocess.run(nemolaunch_argv(*args), capture_output=True, text=True, env=env, timeout=120)
+    assert ctx.hub is not None
+    serve = subprocess.run(
+        nemolaunch_argv("serve", f"{REPO}:Q8_0", "--llama-cpp", ctx.values["shim"], "--hardware", str(MACHINE),
+                        "--dry-run", "--json"),
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert serve.returncode == 0, serve.stderr
+    return done.returncode, done.stdout + serve.stdout, done.stderr + serve.stderr
+
+
+CHECKS = {
+    "ctrl-c-build": _check_ctrl_c_build,
+    "ctrl-c-download": _check_ctrl_c_download,
+    "fill-disk": _check_fill_disk,
+    "ctrl-c-chat": _check_ctrl_c_chat,
+    "ctrl-c-loading": _check_ctrl_c_loading,
+    "key-hidden": _check_key_hidden,
+    "token-hidden": _check_token_hidden,
+}
+
+
+def test_the_catalog_has_forty_rows_across_every_command() -> None:
+    assert len(CASES) >= 40
+    assert len({case.id for case in CASES}) == len(CASES)
+    assert {case.verb for case in CASES} >= {"build", "plan", "download", "serve", "run", "chat", "rpc-worker"}
+    assert all(case.check is None or case.check in CHECKS for case in CASES)
+
+
+def test_docs_errors_md_is_the_rendered_catalog() -> None:
+    assert DOC.read_text() == render(), "docs/errors.md is stale: run `python tests/error_catalog.py --write`"

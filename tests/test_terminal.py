@@ -1,0 +1,104 @@
+"""Real terminals (tmux): a person types a prompt into `serve`'s chat and `run`, sees the answer, presses
+Ctrl-C, and nothing is left running under the shell."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+
+import pytest
+
+from nemolaunch.scripted_model import write_scripted_model
+
+from conftest import free_port, nemolaunch_argv
+from openai_stub import StubBehaviour, openai_stub
+from test_smoke import wait_for_health
+from tmux_pane import terminal, wait_until_gone
+
+__all__ = ["terminal"]  # the fixture, imported for pytest
+SCRIPT = ["Let me think.", "</think>", "Hello there!", "<|im_end|>"]
+
+
+def command(*args: str) -> str:
+    return shlex.join(nemolaunch_argv(*args))
+
+
+@pytest.mark.llama
+def test_serve_and_chat_in_two_panes(terminal, llama_bin_dir: Path, tmp_path: Path) -> None:
+    model = write_scripted_model(tmp_path / "scripted.gguf", SCRIPT)
+    port = free_port()
+    server = terminal()
+    server.type_line(
+        command("serve", str(model), "--port", str(port), "--llama-cpp", str(llama_bin_dir)) + " -- --threads 1"
+    )
+    wait_for_health(port)
+    client = terminal()
+    client.type_line(command("chat", "--url", f"http://127.0.0.1:{port}/v1"))
+    client.wait_for("Chatting with scripted")
+    client.type_line("What is 2+2?")
+    screen = client.wait_for("tokens/s]", after="> What is 2+2?")
+    turn = screen.rsplit("> What is 2+2?", 1)[1]
+    assert turn.split()[:5] == ["Let", "me", "think.", "Hello", "there!"], screen  # thinking, then the answer
+    client.type_line("And 3+3?")  # the conversation goes on: the same model answers the second question
+    client.wait_for("Hello there!", after="> And 3+3?")
+
+    client.send("C-c")  # at the prompt: one Ctrl-C says how to leave, a second one leaves
+    client.wait_for("Ctrl-C again")
+    client.send("C-c")
+    assert wait_until_gone(client) == [], client.screen()[-2000:]
+    server.send("C-c")
+    left = wait_until_gone(server)
+    if left:  # llama-server exits on a second Ctrl-C at once
+        server.send("C-c")
+        left = wait_until_gone(server)
+    assert left == [], server.screen()[-2000:]
+
+
+def test_chat_keeps_the_conversation_and_ctrl_c_stops_an_answer(terminal) -> None:
+    with openai_stub(StubBehaviour(endless=True)) as (url, stub):
+        pane = terminal()
+        pane.type_line(command("chat", "--url", url))
+        pane.wait_for("Chatting with stub-model")
+        pane.type_line("Count forever.")
+        pane.wait_for("Four. more more", after="> Count forever.")
+        pane.send("C-c")
+        pane.wait_for("(stopped; this turn is left out", after="> Count forever.")
+        assert stub.disconnected.wait(timeout=10), "the answer's stream stayed open after Ctrl-C"
+        assert pane.children(), "the first Ctrl-C stops the answer, not the chat"
+
+        stub.endless = False
+        pane.type_line("What is 2+2?")
+        pane.wait_for("tokens/s, measured here]", after="> What is 2+2?")
+        pane.type_line("And 3+3?")
+        pane.wait_for("tokens/s", after="> And 3+3?")
+        # The stopped turn is left out; the answered one is kept, thinking aside.
+        assert stub.requests[-1]["messages"] == [
+            {"role": "user", "content": "What is 2+2?"},
+            {"role": "assistant", "content": "Four."},
+            {"role": "user", "content": "And 3+3?"},
+        ]
+        pane.type_line("/clear")
+        pane.wait_for("(conversation cleared)")
+        pane.type_line("Again?")
+        pane.wait_for("tokens/s", after="> Again?")
+        assert stub.requests[-1]["messages"] == [{"role": "user", "content": "Again?"}]
+        pane.type_line("/exit")
+        assert wait_until_gone(pane) == [], pane.screen()[-2000:]
+
+
+@pytest.mark.llama
+def test_run_answers_a_typed_prompt_and_ctrl_c_leaves_nothing(terminal, llama_bin_dir: Path, tmp_path: Path) -> None:
+    model = write_scripted_model(tmp_path / "scripted.gguf", SCRIPT)
+    pane = terminal()
+    pane.type_line(command("run", str(model), "--llama-cpp", str(llama_bin_dir)) + " -- --threads 1")
+    pane.wait_for("/exit or Ctrl+C")
+    time.sleep(0.5)  # llama-cli draws its prompt after the help
+    pane.type_line("What is 2+2?")
+    screen = pane.wait_for("Generation:", after="> What is 2+2?")
+    turn = screen.rsplit("> What is 2+2?", 1)[1]
+    assert "Let me think." in turn and "Hello there!" in turn
+    pane.send("C-c")
+    left = wait_until_gone(pane)
+    assert left == [], pane.screen()[-2000:]
+    assert pane.shell_pid  # the shell is still there, its prompt back
