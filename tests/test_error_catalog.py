@@ -3,6 +3,7 @@ that docs/errors.md is the table rendered from it."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -25,6 +26,7 @@ from openai_stub import StubBehaviour, openai_stub
 from test_smoke import process_alive, stop_with_sigint, wait_for_health
 
 MACHINE = REPO_ROOT / "tests" / "fixtures" / "hardware" / "laptop_64gb.json"
+CLUSTER = REPO_ROOT / "tests" / "fixtures" / "clusters" / "two_cpu_256gb.json"
 SECRETS = ("hf_catalogsecret", "sk-catalog-secret")
 
 
@@ -59,9 +61,13 @@ def _files(ctx: Ctx) -> None:
     (shim / "rpc-server").write_text("#!/bin/sh\nexit 1\n")
     (shim / "rpc-server").chmod(0o755)
     tree = fake_llama_cpp_tree(tmp / "tree")
+    (tmp / "history.json").write_text('[{"role": "user", "content": "hi"}]')
+    cluster = json.loads(CLUSTER.read_text())
+    cluster["workers"][0]["endpoint"] = "10.0.0.2:"
+    (tmp / "bad-cluster.json").write_text(json.dumps(cluster))
     ctx.values.update(
         tmp=str(tmp), model=str(model), shim=str(shim), tree=str(tree), machine=str(MACHINE),
-        small_machine=str(MACHINE), port=str(free_port()),
+        small_machine=str(MACHINE), port=str(free_port()), cluster=str(CLUSTER),
     )  # fmt: skip
 
 
