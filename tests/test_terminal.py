@@ -102,3 +102,38 @@ def test_run_answers_a_typed_prompt_and_ctrl_c_leaves_nothing(terminal, llama_bi
     left = wait_until_gone(pane)
     assert left == [], pane.screen()[-2000:]
     assert pane.shell_pid  # the shell is still there, its prompt back
+
+
+@pytest.mark.llama
+def test_chat_saves_and_loads_a_session(terminal, llama_bin_dir: Path, tmp_path: Path) -> None:
+    """/save and /load in the chat, against a server that keeps sessions (the restart itself is in test_sessions)."""
+    model = write_scripted_model(tmp_path / "scripted.gguf", SCRIPT)
+    port = free_port()
+    server = terminal()
+    server.type_line(
+        command("serve", str(model), "--port", str(port), "--llama-cpp", str(llama_bin_dir), "--sessions",
+                str(tmp_path / "sessions")) + " -- --threads 1"
+    )  # fmt: skip
+    wait_for_health(port)
+    client = terminal(XDG_DATA_HOME=str(tmp_path / "data"))
+    client.type_line(command("chat", "--url", f"http://127.0.0.1:{port}/v1"))
+    client.wait_for("Chatting with scripted")
+    client.type_line("What is 2+2?")
+    client.wait_for("tokens/s]", after="> What is 2+2?")
+    client.type_line("/save sums")
+    client.wait_for("(saved sums:", after="> /save sums")
+    client.type_line("/clear")
+    client.wait_for("(conversation cleared)")
+    client.type_line("/load sums")
+    client.wait_for("(loaded sums: 2 messages", after="> /load sums")
+    client.type_line("/load ../nope")
+    client.wait_for("session name '../nope' is not valid", after="> /load ../nope")  # one line; the chat goes on
+    client.type_line("/exit")
+    assert wait_until_gone(client) == [], client.screen()[-2000:]
+    server.send("C-c")
+    left = wait_until_gone(server)
+    if left:
+        server.send("C-c")
+        left = wait_until_gone(server)
+    assert left == [], server.screen()[-2000:]
+    assert (tmp_path / "data" / "nemolaunch" / "sessions" / "sums.json").is_file()

@@ -51,6 +51,7 @@ Message = dict[str, str]
 class ChatServer:
     def __init__(self, url: str, api_key: str | None) -> None:
         self.url = url
+        self.api_key = api_key  # for llama-server's own endpoints beside the OpenAI ones (sessions)
         self._has_key = api_key is not None
         # No retries: a server that is down is one line at once, not three attempts later.
         self._client = openai.OpenAI(base_url=url, api_key=api_key or NO_KEY, max_retries=0, timeout=_TIMEOUT)

@@ -18,7 +18,10 @@ from nemolaunch.cli.output import console, err_console, styled
 from nemolaunch.errors import Interrupted, NemolaunchError, describe
 
 PROMPT = "> "
-_HELP = "/exit (or Ctrl-D) leaves, /clear starts over, Ctrl-C stops an answer"
+_HELP = (
+    "/exit (or Ctrl-D) leaves, /clear starts over, /save NAME and /load NAME keep a conversation across "
+    "server restarts (serve --sessions DIR), Ctrl-C stops an answer"
+)
 
 
 class TurnPrinter:
@@ -124,7 +127,7 @@ def converse(server: ChatServer, model: str, *, hide_thinking: bool) -> None:
         if text.startswith("/"):
             if text in ("/exit", "/quit", "/bye"):
                 return
-            _command(text, messages)
+            _command(text, messages, server)
             continue
         messages.append({"role": "user", "content": text})
         answer, leaving = _turn(server, model, messages, hide_thinking=hide_thinking)
@@ -150,12 +153,31 @@ def _turn(server: ChatServer, model: str, messages: list[Message], *, hide_think
         return None, False
 
 
-def _command(text: str, messages: list[Message]) -> None:
-    if text == "/clear":
+def _command(text: str, messages: list[Message], server: ChatServer) -> None:
+    word, _, name = text.partition(" ")
+    if word == "/clear":
         messages.clear()
         console.print(Text("(conversation cleared)", style="dim"))
+    elif word in ("/save", "/load") and name.strip():
+        try:
+            _session(word, name.strip(), messages, server)
+        except NemolaunchError as exc:  # the conversation goes on: a name or the server can be fixed
+            err_console.print(styled(("nemolaunch: error: ", "bold red"), describe(exc)[1]))
     else:
         console.print(Text(f"(unknown command {text}: {_HELP})", style="dim"))
+
+
+def _session(word: str, name: str, messages: list[Message], server: ChatServer) -> None:
+    """/save: the server's state where the next turn begins; /load: that state and the conversation back."""
+    from nemolaunch.adapters.sessions import load_session, save_session
+
+    if word == "/save":
+        saved = save_session(server.url, name, list(messages), api_key=server.api_key)
+        console.print(Text(f"(saved {name}: {saved['tokens']} tokens)", style="dim"))
+        return
+    loaded = load_session(server.url, name, api_key=server.api_key)
+    messages[:] = loaded["messages"]
+    console.print(Text(f"(loaded {name}: {len(messages)} messages, {loaded['tokens']} tokens)", style="dim"))
 
 
 def _enable_line_editing() -> None:
