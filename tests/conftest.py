@@ -105,6 +105,8 @@ def llama_cpp_shim(folder: Path, *, devices: tuple[str, ...] = (), version: str 
 def cli_env(**extra: str) -> dict[str, str]:
     """The environment for a nemolaunch subprocess: this one, minus anything that would steer it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NEMOLAUNCH_", "LLAMA_"))}
+    # A config.toml of this machine's user must not steer the tests: point at one that is not there.
+    env["NEMOLAUNCH_CONFIG"] = str(REPO_ROOT / "tests" / "fixtures" / "no-such-config.toml")
     env.update(extra)
     env.setdefault("COLUMNS", "200")
     return env

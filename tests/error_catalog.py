@@ -233,6 +233,18 @@ CASES: list[Case] = [
     c("plan-cluster-file-mistake", "plan", "a cluster file with a worker address lacking its port",
       "plan --hardware {tmp}/bad-cluster.json", 2,
       E + "--hardware {tmp}/bad-cluster.json does not match the hardware facts shape: workers[0].endpoint: Value error, the port after ':' is missing"),
+    # --- config (config.toml and NEMOLAUNCH_*) -------------------------------------------------------------
+    c("config-not-toml", "config", "a config.toml that is not TOML", "config show", 2,
+      E + "{tmp}/broken.toml is not TOML ({*}): fix it, or remove the file (`nemolaunch config path` names it)",
+      env={"NEMOLAUNCH_CONFIG": "{tmp}/broken.toml"}),
+    c("config-unknown-key", "config", "a key config.toml does not know (a typo is named, not ignored)", "plan", 2,
+      E + "{tmp}/typo.toml: colour: unknown key (known: {*}); fix it there, or remove the key",
+      env={"NEMOLAUNCH_CONFIG": "{tmp}/typo.toml"}),
+    c("config-bad-value", "config", "a value config.toml gives that is not valid", "serve {model} --llama-cpp {shim}", 2,
+      E + "{tmp}/bad-port.toml: port: 70000 is not valid: use a port from 1 to 65535; fix it there, or remove the key",
+      env={"NEMOLAUNCH_CONFIG": "{tmp}/bad-port.toml"}),
+    c("config-bad-env", "config", "a NEMOLAUNCH_* variable that is not valid", "serve {model} --llama-cpp {shim}", 2,
+      E + "NEMOLAUNCH_TEMP hot is not valid: input should be a valid number", env={"NEMOLAUNCH_TEMP": "hot"}),
     # --- sessions --------------------------------------------------------------------------------------------
     c("session-name", "session", "a session name that is not a plain file name",
       "session save ../escape --messages {tmp}/history.json", 2,

@@ -62,6 +62,9 @@ def _files(ctx: Ctx) -> None:
     (shim / "rpc-server").chmod(0o755)
     tree = fake_llama_cpp_tree(tmp / "tree")
     (tmp / "history.json").write_text('[{"role": "user", "content": "hi"}]')
+    (tmp / "broken.toml").write_text("port = [\n")
+    (tmp / "typo.toml").write_text('colour = "blue"\n')
+    (tmp / "bad-port.toml").write_text("port = 70000\n")
     cluster = json.loads(CLUSTER.read_text())
     cluster["workers"][0]["endpoint"] = "10.0.0.2:"
     (tmp / "bad-cluster.json").write_text(json.dumps(cluster))

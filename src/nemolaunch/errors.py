@@ -301,6 +301,15 @@ class SessionNotFound(NemolaunchError):
     """name, folder"""
 
 
+# --- settings (config.toml and NEMOLAUNCH_*) ----------------------------------------------
+class SettingsFileInvalid(NemolaunchError):
+    """path, key, problem"""
+
+
+class SettingsFileNotToml(NemolaunchError):
+    """path, detail"""
+
+
 @dataclass(frozen=True)
 class ErrorSpec:
     exit_code: int
@@ -513,6 +522,10 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
     ),
     SessionNotFound: ErrorSpec(
         EXIT_NOT_FOUND, "no session {name} in {folder}: `nemolaunch session list` shows the saved ones"
+    ),
+    SettingsFileInvalid: ErrorSpec(EXIT_USAGE, "{path}: {key}: {problem}; fix it there, or remove the key"),
+    SettingsFileNotToml: ErrorSpec(
+        EXIT_USAGE, "{path} is not TOML ({detail}): fix it, or remove the file (`nemolaunch config path` names it)"
     ),
     ModelNotDownloaded: ErrorSpec(
         EXIT_NOT_FOUND,

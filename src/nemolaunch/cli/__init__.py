@@ -13,7 +13,7 @@ import traceback
 import typer
 
 from nemolaunch import __version__
-from nemolaunch.cli import build, chat, doctor, download, plan, rpc_worker, serve, session, tiny
+from nemolaunch.cli import build, chat, doctor, download, plan, rpc_worker, serve, session, settings, tiny
 from nemolaunch.cli.output import err_console, styled
 from nemolaunch.errors import NemolaunchError, describe
 
@@ -63,6 +63,7 @@ app.command("doctor")(doctor.doctor_command)
 app.command("rpc-worker")(rpc_worker.rpc_worker_command)
 app.command("tiny-model")(tiny.tiny_model_command)
 app.add_typer(session.session_app, name="session")
+app.add_typer(settings.config_app, name="config")
 
 
 def main() -> None:

@@ -22,7 +22,9 @@ DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}/v1"
 
 
 def chat_command(
-    url: Annotated[str, typer.Option("--url", help="The server's OpenAI API base URL.")] = DEFAULT_URL,
+    url: Annotated[
+        str | None, typer.Option("--url", help=f"The server's OpenAI API base URL [default: {DEFAULT_URL}].")
+    ] = None,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Model to ask for [default: the one the server lists].")
     ] = None,
@@ -40,7 +42,11 @@ def chat_command(
     ] = False,
 ) -> None:
     """Chat with a running server in the terminal (/exit leaves, /clear starts over, Ctrl-C stops an answer)."""
-    base_url = _check_url(url)
+    from nemolaunch.cli.settings import load_settings
+
+    settings = load_settings(url=url, api_key_file=api_key_file).values
+    base_url = _check_url(settings.url)
+    api_key_file = Path(settings.api_key_file) if settings.api_key_file else None
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()  # `echo question | nemolaunch chat`: the piped text is the prompt
         source = "stdin"

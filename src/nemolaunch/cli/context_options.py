@@ -10,10 +10,7 @@ from typing import Annotated
 
 import typer
 
-from nemolaunch.core.launch import DEFAULT_CTX_SIZE
-
-#: llama.cpp's KV cache types (--cache-type-k/-v), as the forecast prices them.
-CACHE_TYPES = ("f16", "bf16", "f32", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl")
+from nemolaunch.core.launch import CACHE_TYPES, DEFAULT_CTX_SIZE
 
 CtxOption = Annotated[
     str | None,
@@ -25,10 +22,11 @@ CtxOption = Annotated[
     ),
 ]
 CacheTypeOption = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--cache-type",
-        help="KV cache precision for keys and values, e.g. q8_0 (about half of f16: longer contexts fit).",
+        help="KV cache precision for keys and values, e.g. q8_0 (about half of f16: longer contexts fit) "
+        "[default: f16].",
     ),
 ]
 
@@ -40,10 +38,11 @@ class ContextRequest:
     cache_type: str = "f16"
 
 
-def read_context(ctx_size: str | None, cache_type: str = "f16") -> ContextRequest:
+def read_context(ctx_size: str | None, cache_type: str | None = "f16") -> ContextRequest:
     """The context options, checked: a positive number of tokens or ``max``, and a known cache type."""
     from nemolaunch.errors import BadOption, ContextSizeNotPositive
 
+    cache_type = cache_type or "f16"
     if cache_type not in CACHE_TYPES:
         raise BadOption(option="--cache-type", value=cache_type, hint=f"use one of {', '.join(CACHE_TYPES)}")
     if ctx_size is None:

@@ -35,13 +35,13 @@ def download_command(
         str | None, typer.Argument(help="REPO[:QUANT] [default: the Nemotron 3 Ultra and the planned quant].")
     ] = None,
     quant: QuantOption = None,
-    prefer: PreferOption = "quality",
+    prefer: PreferOption = None,
     min_speed: MinSpeedOption = None,
     local_dir: LocalDirOption = None,
     hardware: HardwareOption = None,
     rpc: RpcOption = None,
     ctx_size: CtxOption = None,
-    cache_type: CacheTypeOption = "f16",
+    cache_type: CacheTypeOption = None,
     workers: Annotated[int, typer.Option("--workers", help="Shards fetched at once.")] = 4,
     stall_timeout: StallOption = 60.0,
     verify: Annotated[bool, typer.Option("--verify", help="Re-hash every shard, even ones verified before.")] = False,
@@ -53,16 +53,19 @@ def download_command(
 ) -> None:
     """Download a quant's GGUF shards, resumably, verified against their sha256."""
     from nemolaunch.cli.planning import plan_model, read_model_spec, require_launchable
+    from nemolaunch.cli.settings import load_settings
     from nemolaunch.errors import BadOption
 
+    s = load_settings(model=model, quant=quant, prefer=prefer, ctx_size=ctx_size, cache_type=cache_type).values
+    model, quant = s.model, s.quant
     spec = read_model_spec(model)
     if spec.reference is None:
         raise BadOption(option="MODEL", value=model, hint="download takes a Hub repository (owner/name[:QUANT])")
     if local_dir is not None:
         _check_local_dir(local_dir)
     named = spec.reference.quant or quant
-    preference = check_preference(prefer, min_speed)
-    context = read_context(ctx_size, cache_type)
+    preference = check_preference(s.prefer, min_speed)
+    context = read_context(s.ctx_size, s.cache_type)
     endpoints = read_endpoints(rpc)
     planned = plan_model(
         spec.reference,

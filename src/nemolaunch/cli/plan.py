@@ -26,10 +26,11 @@ HardwareOption = Annotated[
 QuantOption = Annotated[str | None, typer.Option("--quant", "-q", help="Use this quant, whatever the plan says.")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Launch even when the forecast says it does not fit.")]
 PreferOption = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--prefer",
-        help="quality: the best quant that fits; speed: the fastest at or above UD-Q2_K_XL (forecast tokens/s).",
+        help="quality: the best quant that fits; speed: the fastest at or above UD-Q2_K_XL (forecast tokens/s) "
+        "[default: quality].",
     ),
 ]
 MinSpeedOption = Annotated[
@@ -37,7 +38,7 @@ MinSpeedOption = Annotated[
     typer.Option("--min-speed", help="The best quality whose forecast reaches this many generated tokens/s."),
 ]
 ParallelOption = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--parallel", help="Server slots the forecast counts; each keeps its own Mamba state (llama-server picks 4)."
     ),
@@ -52,13 +53,13 @@ def plan_command(
         ),
     ] = None,
     ctx_size: CtxOption = None,
-    cache_type: CacheTypeOption = "f16",
+    cache_type: CacheTypeOption = None,
     quant: QuantOption = None,
     force: ForceOption = False,
-    parallel: ParallelOption = DEFAULT_PARALLEL,
+    parallel: ParallelOption = None,
     hardware: HardwareOption = None,
     rpc: RpcOption = None,
-    prefer: PreferOption = "quality",
+    prefer: PreferOption = None,
     min_speed: MinSpeedOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the plan as one JSON object on stdout.")] = False,
 ) -> None:
@@ -72,11 +73,16 @@ def plan_command(
         render_plan_table,
         render_plan_words,
     )
+    from nemolaunch.cli.settings import load_settings
     from nemolaunch.errors import BadOption
 
-    preference = check_preference(prefer, min_speed)
-    context = read_context(ctx_size, cache_type)
-    spec = read_model_spec(model)
+    s = load_settings(
+        model=model, ctx_size=ctx_size, cache_type=cache_type, quant=quant, parallel=parallel, prefer=prefer
+    ).values
+    quant, parallel = s.quant, s.parallel or DEFAULT_PARALLEL
+    preference = check_preference(s.prefer, min_speed)
+    context = read_context(s.ctx_size, s.cache_type)
+    spec = read_model_spec(s.model)
     if spec.local is not None and quant is not None:
         raise BadOption(option="--quant", value=quant, hint="it picks a quant of a Hub model, not of a local file")
     workers = workers_for_plan(read_endpoints(rpc))
@@ -137,10 +143,11 @@ def planned_server_argv(planned: PlannedModel, *, parallel: int, binary: str) ->
     return server_argv(launch)
 
 
-def check_preference(prefer: str, min_speed: float | None) -> Preference:
+def check_preference(prefer: str | None, min_speed: float | None) -> Preference:
     """``--prefer`` and ``--min-speed``, checked once for every command that plans."""
     from nemolaunch.errors import BadOption
 
+    prefer = prefer or "quality"
     if prefer not in ("quality", "speed"):
         raise BadOption(option="--prefer", value=prefer, hint="use quality or speed")
     if min_speed is not None and not (min_speed > 0 and min_speed != float("inf")):

@@ -8,13 +8,12 @@ directly and no nemolaunch process is left behind.
 
 from __future__ import annotations
 
-import math
 import os
 import stat
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -32,6 +31,7 @@ from nemolaunch.cli.plan import (
     QuantOption,
     check_preference,
 )
+from nemolaunch.cli.settings import load_settings
 from nemolaunch.core.launch import (
     DEFAULT_HOST,
     DEFAULT_PARALLEL,
@@ -46,6 +46,9 @@ from nemolaunch.core.launch import (
     server_argv,
 )
 from nemolaunch.errors import BadOption, LaunchFailed
+
+if TYPE_CHECKING:
+    from nemolaunch.core.settings import ResolvedSettings
 
 #: The variable llama-server reads its key from (LLAMA_ARG_API_KEY is ignored by this build).
 SERVER_KEY_ENV = "LLAMA_API_KEY"
@@ -62,9 +65,9 @@ ModelOption = Annotated[
 NoDownloadOption = Annotated[
     bool, typer.Option("--no-download", help="Refuse, rather than download, a planned quant that is not local.")
 ]
-TempOption = Annotated[float, typer.Option("--temp", help="Sampling temperature (NVIDIA: 1.0).")]
-TopPOption = Annotated[float, typer.Option("--top-p", help="Nucleus sampling (NVIDIA: 0.95).")]
-MinPOption = Annotated[float, typer.Option("--min-p", help="Min-p sampling (reference llama-cli: 0.01).")]
+TempOption = Annotated[float | None, typer.Option("--temp", help="Sampling temperature [default: NVIDIA's 1.0].")]
+TopPOption = Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling [default: NVIDIA's 0.95].")]
+MinPOption = Annotated[float | None, typer.Option("--min-p", help="Min-p sampling [default: 0.01, as llama-cli's].")]
 LlamaCppOption = Annotated[
     Path | None,
     typer.Option("--llama-cpp", help="Folder holding llama.cpp's binaries [env: NEMOLAUNCH_LLAMA_CPP]."),
@@ -79,16 +82,20 @@ JsonOption = Annotated[bool, typer.Option("--json", help="With --dry-run: print 
 def serve_command(
     ctx: typer.Context,
     model: ModelOption = None,
-    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = DEFAULT_PORT,
-    host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 for all.")] = DEFAULT_HOST,
+    port: Annotated[
+        int | None, typer.Option("--port", "-p", help=f"Port to listen on [default: {DEFAULT_PORT}].")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help=f"Address to bind; 0.0.0.0 for all [default: {DEFAULT_HOST}].")
+    ] = None,
     alias: Annotated[
         str | None, typer.Option("--alias", help="Model name clients ask for [default: from the model].")
     ] = None,
     ctx_size: CtxOption = None,
-    cache_type: CacheTypeOption = "f16",
-    temp: TempOption = Sampling.temperature,
-    top_p: TopPOption = Sampling.top_p,
-    min_p: MinPOption = Sampling.min_p,
+    cache_type: CacheTypeOption = None,
+    temp: TempOption = None,
+    top_p: TopPOption = None,
+    min_p: MinPOption = None,
     api_key_file: Annotated[
         Path | None,
         typer.Option("--api-key-file", help=f"File holding the API key [or env {API_KEY_ENV}]."),
@@ -103,7 +110,7 @@ def serve_command(
         typer.Option("--sessions", help="Folder where `nemolaunch session save` keeps conversations (made 0700)."),
     ] = None,
     quant: QuantOption = None,
-    prefer: PreferOption = "quality",
+    prefer: PreferOption = None,
     min_speed: MinSpeedOption = None,
     force: ForceOption = False,
     hardware: HardwareOption = None,
@@ -115,95 +122,119 @@ def serve_command(
 ) -> None:
     """Serve a model with llama-server's OpenAI-compatible API (args after -- go to llama-server).
 
-    MODEL may also come first, without --model: `nemolaunch serve REPO:QUANT --port 8001`.
+    MODEL may also come first, without --model: `nemolaunch serve REPO:QUANT --port 8001`. Defaults can
+    be kept in config.toml or NEMOLAUNCH_* variables (`nemolaunch config show`).
     """
     model, passthrough = _model_and_passthrough(model, ctx.args)
     _check_passthrough(passthrough, _MANAGED_SERVER_OPTIONS)
     _check_json(json_output=json_output, dry_run=dry_run)
     endpoints = read_endpoints(rpc)
-    if not host.strip():
-        raise BadOption(option="--host", value="''", hint="give an address such as 127.0.0.1 or 0.0.0.0")
-    _check_host(host)  # before any warning: a host that does not resolve is the one thing to hear
+    settings = load_settings(
+        model=model, port=port, host=host, ctx_size=ctx_size, cache_type=cache_type, temp=temp, top_p=top_p,
+        min_p=min_p, api_key_file=api_key_file, parallel=parallel, quant=quant, prefer=prefer, llama_cpp=llama_cpp,
+    )  # fmt: skip
+    s = settings.values
+    _check_host(s.host)  # before any warning: a host that does not resolve is the one thing to hear
     if alias is not None and not alias.strip():
         raise BadOption(option="--alias", value="''", hint="give a name, or leave --alias out")
-    if parallel is not None and parallel < 1:
-        raise BadOption(option="--parallel", value=parallel, hint="use 1 or more slots")
-    request = ModelRequest(
-        model=model, quant=quant, force=force, hardware=hardware, context=read_context(ctx_size, cache_type),
-        no_download=no_download, dry_run=dry_run, parallel=parallel or DEFAULT_PARALLEL,
-        prefer=check_preference(prefer, min_speed), min_speed=min_speed,
-    )  # fmt: skip
+    request = _model_request(settings, force=force, hardware=hardware, no_download=no_download, dry_run=dry_run,
+                             min_speed=min_speed)  # fmt: skip
     early = request.check_local()
-    sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
-    key_file = check_api_key_file(api_key_file)
-    env_key = os.environ.get(API_KEY_ENV)
-    if key_file is None and env_key is not None and not env_key.strip():
-        raise BadOption(option=API_KEY_ENV, value="(empty)", hint="set it to the key, or unset it")
-    has_key = key_file is not None or bool(env_key) or bool(os.environ.get(SERVER_KEY_ENV))
-    check_port_for_launch(host=host, port=port, dry_run=dry_run)
-    binary = find_llama_binary("llama-server", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
+    key = ServerKey.read(s.api_key_file)
+    check_port_for_launch(host=s.host, port=s.port, dry_run=dry_run)
+    binary = find_llama_binary("llama-server", llama_cpp=_llama_cpp(settings), build=build, dry_run=dry_run)
     if hardware is None:
         warn_if_gpus_go_unused(binary, passthrough)
     workers = workers_for_launch(rpc, endpoints, server=binary.path, hardware=hardware)
     resolved, context = replace(request, workers=workers).resolve(early)
-    if not is_loopback(host) and not has_key:
+    if not is_loopback(s.host) and not key.present:
         # After the checks that can refuse: a warning is worth reading only about a server that will start.
         warn(
-            f"binding {host} without an API key: anyone who can reach this port can use the model. "
+            f"binding {s.host} without an API key: anyone who can reach this port can use the model. "
             f"Pass --api-key-file FILE or set {API_KEY_ENV}."
         )
     launch = ServerLaunch(
-        binary=str(binary.path),
-        model=resolved.path,
-        ctx_size=context,
-        alias=alias or resolved.alias,
-        host=host,
-        port=port,
-        sampling=sampling,
-        api_key_file=key_file,
-        parallel=parallel,
-        cluster=launch_cluster(workers),
-        cache_type=request.context.cache_type,
-        sessions=_sessions_folder(sessions, dry_run=dry_run),
+        binary=str(binary.path), model=resolved.path, ctx_size=context, alias=alias or resolved.alias, host=s.host,
+        port=s.port, sampling=Sampling(s.temp, s.top_p, s.min_p), api_key_file=key.file, parallel=s.parallel,
+        cluster=launch_cluster(workers), cache_type=s.cache_type, sessions=_sessions_folder(sessions, dry_run=dry_run),
         extra_args=passthrough,
-    )
+    )  # fmt: skip
     argv = server_argv(launch)
-    env = dict(os.environ)
-    if key_file is None and env_key:
-        # The key travels in the environment, never in argv where `ps` shows it.
-        env[SERVER_KEY_ENV] = env_key
-    base_url = client_base_url(host, port)
-    if json_output:
-        print_json(
-            {
-                "command": argv,
-                "base_url": base_url,
-                "model": launch.alias,
-                # Names only: the values are secrets.
-                "env": [SERVER_KEY_ENV] if SERVER_KEY_ENV in env else [],
-                "dry_run": dry_run,
-            }
-        )
-    else:
-        print_command(argv, to_stderr=not dry_run)
-    if not json_output:
-        err_console.print(styled(f"OpenAI-compatible API at {base_url} serving model ", (launch.alias, "bold"), ":"))
-        err_console.print(
-            openai_snippet(
-                base_url=base_url,
-                model=launch.alias,
-                needs_key=has_key,
-                key_file=key_file,
-                key_env=API_KEY_ENV if env_key else SERVER_KEY_ENV,
-            ),
-            markup=False,
-        )
-        _announce_web_ui(binary.path, base_url)
+    env = key.server_environment()
+    _announce_server(launch, argv, env, key, json_output=json_output, dry_run=dry_run, server=binary.path)
     if dry_run:
         return
     if not early:
-        check_port_for_launch(host=host, port=port, dry_run=False)  # again: a download may have taken hours
+        check_port_for_launch(host=s.host, port=s.port, dry_run=False)  # again: a download may have taken hours
     exec_launch(argv, env)
+
+
+@dataclass(frozen=True)
+class ServerKey:
+    """The API key the server will ask for: a file (passed as a file), or NEMOLAUNCH_API_KEY's value."""
+
+    file: Path | None
+    env_key: str | None
+
+    @classmethod
+    def read(cls, file_setting: str | None) -> ServerKey:
+        key_file = check_api_key_file(Path(file_setting) if file_setting else None)
+        env_key = os.environ.get(API_KEY_ENV)
+        if key_file is None and env_key is not None and not env_key.strip():
+            raise BadOption(option=API_KEY_ENV, value="(empty)", hint="set it to the key, or unset it")
+        return cls(key_file, env_key if key_file is None else None)
+
+    @property
+    def present(self) -> bool:
+        return self.file is not None or bool(self.env_key) or bool(os.environ.get(SERVER_KEY_ENV))
+
+    def server_environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.env_key:
+            # The key travels in the environment, never in argv where `ps` shows it.
+            env[SERVER_KEY_ENV] = self.env_key
+        return env
+
+
+def _model_request(
+    settings: ResolvedSettings, *, force: bool, hardware: Path | None, no_download: bool, dry_run: bool,
+    min_speed: float | None,
+) -> ModelRequest:  # fmt: skip
+    s = settings.values
+    return ModelRequest(
+        model=s.model, quant=s.quant, force=force, hardware=hardware, context=read_context(s.ctx_size, s.cache_type),
+        no_download=no_download, dry_run=dry_run, parallel=s.parallel or DEFAULT_PARALLEL,
+        prefer=check_preference(s.prefer, min_speed), min_speed=min_speed,
+    )  # fmt: skip
+
+
+def _llama_cpp(settings: ResolvedSettings) -> Path | None:
+    # From the environment, find_binary reads NEMOLAUNCH_LLAMA_CPP itself (and names it as the origin).
+    folder = settings.values.llama_cpp
+    return Path(folder) if folder and settings.origins["llama_cpp"] != "env" else None
+
+
+def _announce_server(
+    launch: ServerLaunch, argv: list[str], env: dict[str, str], key: ServerKey, *, json_output: bool, dry_run: bool,
+    server: Path,
+) -> None:  # fmt: skip
+    """The command (stdout for a dry run, else stderr), and how a client reaches the server."""
+    base_url = client_base_url(launch.host, launch.port)
+    if json_output:
+        # Names only for the environment: the values are secrets.
+        names = [SERVER_KEY_ENV] if SERVER_KEY_ENV in env else []
+        print_json({"command": argv, "base_url": base_url, "model": launch.alias, "env": names, "dry_run": dry_run})
+        return
+    print_command(argv, to_stderr=not dry_run)
+    err_console.print(styled(f"OpenAI-compatible API at {base_url} serving model ", (launch.alias, "bold"), ":"))
+    err_console.print(
+        openai_snippet(
+            base_url=base_url, model=launch.alias, needs_key=key.present, key_file=key.file,
+            key_env=API_KEY_ENV if key.env_key else SERVER_KEY_ENV,
+        ),
+        markup=False,
+    )  # fmt: skip
+    _announce_web_ui(server, base_url)
 
 
 def _announce_web_ui(server: Path, base_url: str) -> None:
@@ -224,15 +255,15 @@ def run_command(
     ctx: typer.Context,
     model: ModelOption = None,
     ctx_size: CtxOption = None,
-    cache_type: CacheTypeOption = "f16",
-    temp: TempOption = Sampling.temperature,
-    top_p: TopPOption = Sampling.top_p,
-    min_p: MinPOption = Sampling.min_p,
+    cache_type: CacheTypeOption = None,
+    temp: TempOption = None,
+    top_p: TopPOption = None,
+    min_p: MinPOption = None,
     prompt: Annotated[str | None, typer.Option("--prompt", help="Answer this one prompt and exit (no chat).")] = None,
     n_predict: Annotated[int | None, typer.Option("--n-predict", "-n", help="Stop after this many tokens.")] = None,
     rpc: RpcOption = None,
     quant: QuantOption = None,
-    prefer: PreferOption = "quality",
+    prefer: PreferOption = None,
     min_speed: MinSpeedOption = None,
     force: ForceOption = False,
     hardware: HardwareOption = None,
@@ -247,30 +278,27 @@ def run_command(
     _check_passthrough(passthrough, _MANAGED_CLI_OPTIONS)
     _check_json(json_output=json_output, dry_run=dry_run)
     endpoints = read_endpoints(rpc)
-    request = ModelRequest(
-        model=model, quant=quant, force=force, hardware=hardware, context=read_context(ctx_size, cache_type),
-        no_download=no_download, dry_run=dry_run, prefer=check_preference(prefer, min_speed), min_speed=min_speed,
+    settings = load_settings(
+        model=model, ctx_size=ctx_size, cache_type=cache_type, temp=temp, top_p=top_p, min_p=min_p, quant=quant,
+        prefer=prefer, llama_cpp=llama_cpp,
     )  # fmt: skip
+    s = settings.values
+    request = _model_request(settings, force=force, hardware=hardware, no_download=no_download, dry_run=dry_run,
+                             min_speed=min_speed)  # fmt: skip
+    request = replace(request, parallel=DEFAULT_PARALLEL)
     early = request.check_local()
-    sampling = _sampling(temp=temp, top_p=top_p, min_p=min_p)
     if n_predict is not None and (n_predict == 0 or n_predict < -1):
         raise BadOption(option="--n-predict", value=n_predict, hint="use a positive count, or -1 for no limit")
-    binary = find_llama_binary("llama-cli", llama_cpp=llama_cpp, build=build, dry_run=dry_run)
+    binary = find_llama_binary("llama-cli", llama_cpp=_llama_cpp(settings), build=build, dry_run=dry_run)
     if hardware is None:
         warn_if_gpus_go_unused(binary, passthrough)
     workers = workers_for_launch(rpc, endpoints, server=binary.path, hardware=hardware)
     resolved, context = replace(request, workers=workers).resolve(early)
     launch = CliLaunch(
-        binary=str(binary.path),
-        model=resolved.path,
-        ctx_size=context,
-        sampling=sampling,
-        prompt=prompt,
-        n_predict=n_predict,
-        cluster=launch_cluster(workers),
-        cache_type=request.context.cache_type,
+        binary=str(binary.path), model=resolved.path, ctx_size=context, sampling=Sampling(s.temp, s.top_p, s.min_p),
+        prompt=prompt, n_predict=n_predict, cluster=launch_cluster(workers), cache_type=s.cache_type,
         extra_args=passthrough,
-    )
+    )  # fmt: skip
     argv = cli_argv(launch)
     if json_output:
         print_json({"command": argv, "dry_run": dry_run})
@@ -386,15 +414,6 @@ def check_port_for_launch(*, host: str, port: int, dry_run: bool) -> None:
         if not dry_run:
             raise
         warn(str(exc))  # a dry run only shows the command; it may be meant for later
-
-
-def _sampling(*, temp: float, top_p: float, min_p: float) -> Sampling:
-    if not math.isfinite(temp) or temp < 0:
-        raise BadOption(option="--temp", value=temp, hint="use 0 or more (NVIDIA recommends 1.0)")
-    for option, value in (("--top-p", top_p), ("--min-p", min_p)):
-        if not 0.0 <= value <= 1.0:
-            raise BadOption(option=option, value=value, hint="use a value from 0 to 1")
-    return Sampling(temperature=temp, top_p=top_p, min_p=min_p)
 
 
 def exec_launch(argv: list[str], env: dict[str, str]) -> None:

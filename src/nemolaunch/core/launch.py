@@ -20,6 +20,8 @@ DEFAULT_HOST = "127.0.0.1"
 #: A working context, not the model's maximum: llama-server's own default (0)
 #: means the training context, 1M tokens for the Ultra, far past most budgets.
 DEFAULT_CTX_SIZE = 32768
+#: llama.cpp's KV cache types (--cache-type-k/-v), as the forecast prices them.
+CACHE_TYPES = ("f16", "bf16", "f32", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl")
 #: The slots llama-server opens by default; the forecast counts one Mamba state per slot.
 DEFAULT_PARALLEL = 4
 
