@@ -229,12 +229,13 @@ def test_rpc_worker_refuses_a_port_in_use_and_warns_off_loopback(llama_bin_dir: 
         (["--device", "NOPE0"], "--device NOPE0 is not valid: this llama.cpp has"),
         (["--device", ","], "name devices such as CUDA0,CPU"),
         (["--host", "999.1.1.1"], "does not resolve"),
-        (["--port", "70000"], "port 70000 is out of range"),
+        (["--port", "70000"], "port 70000 is out of range"),  # the last --port wins
         (["--json"], "--json without --dry-run"),
     ],
 )
 def test_rpc_worker_bad_options(llama_bin_dir: Path, args: list[str], words: str) -> None:
-    result = run_nemolaunch("rpc-worker", "--llama-cpp", str(llama_bin_dir), *args)
+    # A port of the test's own: the default one may be another worker's on this machine.
+    result = run_nemolaunch("rpc-worker", "--llama-cpp", str(llama_bin_dir), "--port", str(free_port()), *args)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("nemolaunch: error:")]
     assert len(errors) == 1 and words in errors[0], result.stderr
