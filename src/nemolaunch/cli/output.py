@@ -5,19 +5,40 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
+
+class _LazyConsole:
+    """A rich Console made on first use: `nemolaunch --help` prints nothing through it, and rich's import
+    is a sixth of the CLI's start-up."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
 
 # soft_wrap: a long command line stays one line, so it can be copied and pasted.
 # markup=False: messages carry paths, aliases and file names, and a "[" in them must print as
 # itself, never be read as a style tag. Styled words are built as Text.
-console = Console(soft_wrap=True, highlight=False, markup=False)
-err_console = Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
+console: Console = _LazyConsole(soft_wrap=True, highlight=False, markup=False)  # type: ignore[assignment]
+err_console: Console = _LazyConsole(stderr=True, soft_wrap=True, highlight=False, markup=False)  # type: ignore[assignment]
 
 
 def styled(*parts: str | tuple[str, str]) -> Text:
     """Plain strings and (text, style) pairs as one Text: styles without markup parsing."""
+    from rich.text import Text
+
     return Text.assemble(*parts)
 
 
