@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -114,6 +115,7 @@ def nvml_problem() -> str | None:
 @dataclass(frozen=True)
 class Measured:
     rss: int  # peak resident memory (VmHWM)
+    buffers: int = 0  # what llama.cpp says it reserved: model, KV, recurrent state, compute, output buffers
     vram: int = 0  # peak GPU memory (--gpu)
     vram_method: str = ""  # "process" (NVML's per-process figure) or "device rise"
 
@@ -122,23 +124,36 @@ def measure(server: Path, model: Path, *, ctx_size: int, parallel: int, gpu: boo
     # Sampling starts before the server does: the baseline is the GPUs without it.
     with VramSampler() if gpu else contextlib.nullcontext() as sampler:
         port = free_port()
+        log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in the finally below, after the server
         process = subprocess.Popen(
             [str(server), "--model", str(model), "--ctx-size", str(ctx_size), "--parallel", str(parallel),
-             "--port", str(port), "--threads", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+             "--port", str(port), "--threads", "1", "-lv", "4"],
+            stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         if sampler is not None:
             sampler.pid = process.pid
         try:
             rss = _peak_rss_after_one_answer(process, port)
+            log.seek(0)
+            buffers = _reserved_buffers(log.read())
             if sampler is None:
-                return Measured(rss=rss)
+                return Measured(rss=rss, buffers=buffers)
             time.sleep(0.2)  # a last few samples after the answer
             vram, method = sampler.peak
-            return Measured(rss=rss, vram=vram, vram_method=method)
+            return Measured(rss=rss, buffers=buffers, vram=vram, vram_method=method)
         finally:
             process.terminate()
             process.wait(timeout=30)
+            log.close()
+
+
+_BUFFER_LINE = re.compile(r"(?:model|KV|RS|compute|output) buffer size =\s+([0-9.]+) MiB")
+
+
+def _reserved_buffers(log: str) -> int:
+    """The buffers llama.cpp's log says it reserved at load, in bytes (before the first request)."""
+    head = log.split("model loaded")[0]
+    return round(sum(float(size) for size in _BUFFER_LINE.findall(head)) * 1024**2)
 
 
 def _peak_rss_after_one_answer(process: subprocess.Popen[bytes], port: int) -> int:
@@ -161,17 +176,38 @@ def _peak_rss_after_one_answer(process: subprocess.Popen[bytes], port: int) -> i
     return kib * 1024
 
 
+def _model(name: str, folder: Path, cache: Path) -> tuple[Path, tuple[tuple[int, int], ...]]:
+    """A model to measure and its (context, slots) pairs: the tiny one at four, a scaled one at two contexts."""
+    if name == "tiny":
+        from nemolaunch.tiny_model import write_tiny_model
+
+        return write_tiny_model(folder / "tiny.gguf"), ((512, 1), (4096, 1), (4096, 4), (4096, 8))
+    from nemolaunch.scaled_model import shape_for_size, write_scaled_model
+
+    shape = shape_for_size(int(float(name.removeprefix("scaled-")) * 1e9))
+    path = cache / f"scaled-{shape.n_embd}x{len(shape.layers)}.gguf"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        write_scaled_model(path, shape)
+    return path, ((4096, 1), (32768, 1))
+
+
 def main() -> int:
     from nemolaunch.adapters.gguf_header import read_architecture
     from nemolaunch.adapters.llamacpp import find_binary
     from nemolaunch.core.forecast import forecast_memory
-    from nemolaunch.tiny_model import write_tiny_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--llama-cpp", type=Path, default=None, help="folder holding llama-server")
     parser.add_argument(
         "--gpu", action="store_true", help="a CUDA build: measure peak VRAM (NVML) too; the forecast counts one GPU"
     )
+    parser.add_argument(
+        "--models",
+        default="tiny",
+        help="tiny and/or scaled Ultra-shaped models by size, e.g. tiny,scaled-0.5,scaled-2,scaled-4 (GB)",
+    )
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "nemolaunch" / "scaled")
     args = parser.parse_args()
     if args.gpu and (problem := nvml_problem()) is not None:
         print(f"forecast_vs_rss: --gpu needs NVML and an NVIDIA GPU ({problem})", file=sys.stderr)
@@ -179,18 +215,24 @@ def main() -> int:
     server = find_binary("llama-server", explicit_dir=args.llama_cpp).path
     gpus = 1 if args.gpu else 0
     with tempfile.TemporaryDirectory() as folder:
-        model = write_tiny_model(Path(folder) / "tiny.gguf")
-        architecture = read_architecture(model)
-        assert architecture is not None
-        weights = model.stat().st_size
         vram_columns = f" {'VRAM MB':>9} {'how':>11} {'RSS MB':>8}" if args.gpu else ""
         print(
-            f"{'ctx':>6} {'slots':>5}{vram_columns} {'measured MB':>12} {'forecast MB':>12} {'ratio':>6} "
-            f"{'with margin':>12}"
+            f"{'model':>16} {'ctx':>6} {'slots':>5}{vram_columns} {'measured MB':>12} {'forecast MB':>12} "
+            f"{'ratio':>6} {'with margin':>12} {'buffers MB':>11} {'forecast':>9} {'ratio':>6}"
         )
         worst = 0.0
+        worst_buffers = 0.0
         covered = True
-        for ctx_size, parallel in ((512, 1), (4096, 1), (4096, 4), (4096, 8)):
+        runs = [
+            (model, ctx_size, parallel)
+            for name in args.models.split(",")
+            for model, combos in [_model(name.strip(), Path(folder), args.cache)]
+            for ctx_size, parallel in combos
+        ]
+        for model, ctx_size, parallel in runs:
+            architecture = read_architecture(model)
+            assert architecture is not None
+            weights = model.stat().st_size
             measured = measure(server, model, ctx_size=ctx_size, parallel=parallel, gpu=args.gpu)
             total_measured = measured.rss + measured.vram
             forecast = forecast_memory(
@@ -204,13 +246,18 @@ def main() -> int:
                 if args.gpu
                 else ""
             )
+            # llama.cpp's own buffer lines against the forecast's buffers (all but llama-server itself).
+            forecast_buffers = forecast.weights + forecast.kv + forecast.recurrent + forecast.compute
+            buffer_ratio = forecast_buffers / measured.buffers if measured.buffers else float("nan")
+            worst_buffers = max(worst_buffers, abs(buffer_ratio - 1)) if measured.buffers else worst_buffers
             print(
-                f"{ctx_size:>6} {parallel:>5}{vram_cells} {total_measured / 1e6:>12.2f} {predicted / 1e6:>12.2f} "
-                f"{ratio:>6.3f} {forecast.total / 1e6:>12.1f}"
+                f"{model.stem[:16]:>16} {ctx_size:>6} {parallel:>5}{vram_cells} {total_measured / 1e6:>12.2f} "
+                f"{predicted / 1e6:>12.2f} {ratio:>6.3f} {forecast.total / 1e6:>12.1f} {measured.buffers / 1e6:>11.2f} "
+                f"{forecast_buffers / 1e6:>9.2f} {buffer_ratio:>6.3f}"
             )
             if forecast.total < total_measured:
                 covered = False
-        print(f"worst deviation: {worst:.1%}")
+        print(f"worst deviation: {worst:.1%} from peak RSS, {worst_buffers:.1%} from llama.cpp's reserved buffers")
         if args.gpu:
             # The CUDA context and cuBLAS workspace sit in the margin (512 MiB a GPU), not in the prediction.
             print("measured = peak VRAM + peak RSS; the forecast's CUDA context allowance is in its margin")

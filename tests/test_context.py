@@ -68,7 +68,7 @@ def test_the_longest_context_fits_and_one_step_more_does_not() -> None:
 
 # The note's figures: the maximum context per quant for 1×H200 + 135 GB of RAM and for 4×B200.
 MAX_CONTEXT_GOLDEN = {
-    "h200_135gb": {"UD-Q2_K_XL": 662_528, "UD-IQ3_XXS": 333_824, "UD-Q3_K_XL": None},
+    "h200_135gb": {"UD-Q2_K_XL": 648_960, "UD-IQ3_XXS": 327_168, "UD-Q3_K_XL": None},
     "b200x4": {"UD-Q4_K_XL": 1_048_576, "UD-Q8_K_XL": 1_048_576, "BF16": 1_048_576},
 }
 

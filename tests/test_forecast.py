@@ -61,20 +61,21 @@ def test_forecast_for_ultra_q4_on_one_cuda_gpu() -> None:
     assert forecast.weights == 298_750_000_000
     assert forecast.kv == 32768 * 49_152 == 1_610_612_736
     assert forecast.recurrent == 413_270_016
-    # 2 devices (GPU + CPU) × 512 tokens × (131072 vocab + 16 × 8192) × 4 bytes
-    assert forecast.compute == 2 * 512 * 262_144 * 4 == 1_073_741_824
+    # 2 devices (GPU + CPU) × 512 tokens × (131072 vocab + 16 × 8192) × 4 bytes,
+    # and attention's f16 mask over every cached position for each token of the micro-batch.
+    assert forecast.compute == 2 * 512 * 262_144 * 4 + 32768 * 512 * 2 == 1_107_296_256
     assert forecast.runtime == 18 * MiB  # llama-server itself, measured by benchmarks/forecast_vs_rss.py
-    # 5 % of 301_866_498_944 (rounded) + 1 GiB + 512 MiB for the CUDA context
-    assert forecast.margin == 15_093_324_947 + GiB + 512 * MiB == 16_703_937_683
-    assert forecast.total == 318_570_436_627
+    # 5 % of 301_900_053_376 (rounded) + 1 GiB + 512 MiB for the CUDA context
+    assert forecast.margin == 15_095_002_669 + GiB + 512 * MiB == 16_705_615_405
+    assert forecast.total == 318_605_668_781
     assert forecast.breakdown() == {
         "weights": 298_750_000_000,
         "kv": 1_610_612_736,
         "recurrent": 413_270_016,
-        "compute": 1_073_741_824,
+        "compute": 1_107_296_256,
         "runtime": 18 * MiB,
-        "margin": 16_703_937_683,
-        "total": 318_570_436_627,
+        "margin": 16_705_615_405,
+        "total": 318_605_668_781,
     }
     assert forecast.notes == ("architecture from built-in figures (approximate), not a GGUF header",)
 
@@ -83,8 +84,8 @@ def test_forecast_on_a_cpu_with_four_slots_and_a_long_context() -> None:
     forecast = forecast_memory(100_000_000_000, ULTRA_ARCHITECTURE, ctx_size=262_144, parallel=4)
     assert forecast.kv == 262_144 * 49_152 == 12_884_901_888
     assert forecast.recurrent == 4 * 413_270_016
-    assert forecast.compute == 536_870_912  # the CPU alone
-    subtotal = 100_000_000_000 + 12_884_901_888 + 1_653_080_064 + 536_870_912 + 18 * MiB
+    assert forecast.compute == 536_870_912 + 262_144 * 512 * 2  # the CPU alone, and the attention mask
+    subtotal = 100_000_000_000 + 12_884_901_888 + 1_653_080_064 + 805_306_368 + 18 * MiB
     assert forecast.margin == round(subtotal * 0.05) + GiB
     assert forecast.total == subtotal + round(subtotal * 0.05) + GiB
 

@@ -11,7 +11,8 @@ total = weights + kv + recurrent + compute + runtime + margin, where
                + d_state × d_inner]                                (SSM state)
               llama.cpp keeps both states in f32, one set per sequence, whatever
               the context size.
-* compute   = compute devices (GPUs, RPC worker devices, the CPU) × n_ubatch × (n_vocab + 16 × n_embd) × 4 bytes:
+* compute   = compute devices (GPUs, RPC worker devices, the CPU) × n_ubatch × (n_vocab + 16 × n_embd) × 4 bytes
+              + ctx_size × n_ubatch × 2 bytes (attention's f16 mask over the cached positions):
               each backend (every GPU, and the CPU that runs spilled experts)
               reserves its own graph buffer, sized for a full micro-batch of
               logits (n_ubatch × n_vocab floats) plus the activations of the widest
@@ -47,6 +48,7 @@ DEFAULT_UBATCH = 512  # llama.cpp's default --ubatch-size
 RECURRENT_STATE_BYTES = 4  # llama.cpp keeps Mamba conv and SSM states in f32
 COMPUTE_ACTIVATION_WIDTH = 16  # activations per token, in multiples of n_embd (heuristic)
 UNKNOWN_COMPUTE_PER_DEVICE = 1 * GiB
+KQ_MASK_BYTES = 2  # f16
 RUNTIME_BYTES = 18 * MiB  # see benchmarks/forecast_vs_rss.py
 MARGIN_FRACTION = 0.05
 UNKNOWN_ARCHITECTURE_MARGIN_FRACTION = 0.10
@@ -310,6 +312,11 @@ def forecast_memory(
         kv = ctx_size * architecture.kv_bytes_per_token(cache_type)
         recurrent = parallel * architecture.recurrent_bytes_per_sequence()
         compute = devices * ubatch * (architecture.n_vocab + COMPUTE_ACTIVATION_WIDTH * architecture.n_embd) * 4
+        if architecture.attention_layers:
+            # Attention reads a mask of every cached position for every token of the micro-batch
+            # (llama.cpp's kq_mask, f16): it grows with the context, 1 GiB at 1M tokens (measured here:
+            # the compute buffer grew by exactly this, 28 MiB from 4,096 to 32,768 tokens).
+            compute += ctx_size * ubatch * KQ_MASK_BYTES
         fraction = MARGIN_FRACTION
         if architecture.source == "builtin":
             notes.append("architecture from built-in figures (approximate), not a GGUF header")
