@@ -43,13 +43,21 @@ def read_gguf_header(path: Path) -> GGUFHeader:
         raise BadOption(option="--model", value=str(path), hint=f"it cannot be read ({exc.strerror or exc})") from exc
     if magic != GGUF_MAGIC:
         raise NotGGUF(path=str(path), magic=magic)
+    from nemolaunch.adapters import header_cache
+
+    cached = header_cache.entry(header_cache.local_key(path))
+    header = header_cache.load(cached)
+    if header is not None:
+        return header  # read whole before, and unchanged since (size and modification time)
     from gguf import GGUFReader  # numpy-heavy: only when a header is actually read
 
     try:
         reader = GGUFReader(path)
     except (ValueError, IndexError, OSError) as exc:
         raise TruncatedGGUF(path=str(path), reason=_truncation_reason(exc)) from exc
-    return _header_of(reader)
+    header = _header_of(reader)
+    header_cache.save(cached, header)
+    return header
 
 
 def _header_of(reader: GGUFReader) -> GGUFHeader:

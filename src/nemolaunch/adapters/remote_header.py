@@ -8,14 +8,11 @@ Hub for them once.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from nemolaunch.adapters.gguf_header import GGUFHeader, architecture_of, header_from_prefix
+from nemolaunch.adapters.header_cache import entry, load, save
 from nemolaunch.core.forecast import ArchitectureFacts
 
 log = logging.getLogger(__name__)
@@ -23,12 +20,6 @@ log = logging.getLogger(__name__)
 FIRST_READ_BYTES = 8 * 1024 * 1024
 #: Past this a "header" is not one: give up rather than download weights.
 MAX_READ_BYTES = 256 * 1024 * 1024
-
-
-def default_cache_dir() -> Path:
-    from platformdirs import user_cache_path
-
-    return user_cache_path("nemolaunch") / "headers"
 
 
 def remote_architecture(
@@ -39,14 +30,13 @@ def remote_architecture(
     ``file_size`` need only be at least the file's size (a quant's total size will do): the
     header is parsed inside a sparse file that long.
     """
-    cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
-    cached = cache_dir / f"{hashlib.sha256(f'{repo}/{path}/{file_size}'.encode()).hexdigest()[:32]}.json"
-    header = _load(cached)
+    cached = entry(f"{repo}/{path}/{file_size}", cache_dir)
+    header = load(cached)
     if header is None:
         header = _fetch_header(repo, path, file_size)
         if header is None:
             return None
-        _save(cached, header)
+        save(cached, header)
     return architecture_of(header, where=f"{repo}/{path}")
 
 
@@ -64,30 +54,3 @@ def _fetch_header(repo: str, path: str, file_size: int) -> GGUFHeader | None:
         if header is not None or wanted >= min(MAX_READ_BYTES, file_size) or len(prefix) < wanted:
             return header
         wanted = min(wanted * 2, MAX_READ_BYTES, file_size)
-
-
-def _load(path: Path) -> GGUFHeader | None:
-    try:
-        raw = json.loads(path.read_text())
-        return GGUFHeader(metadata=dict(raw["metadata"]), token_count=raw["token_count"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _save(path: Path, header: GGUFHeader) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = json.dumps({"metadata": header.metadata, "token_count": header.token_count}, default=_plain)
-        # Atomic: a reader never sees half a cache entry.
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-            handle.write(payload)
-        os.replace(handle.name, path)
-    except (OSError, TypeError, ValueError) as exc:
-        log.debug("could not cache a header in %s: %s", path, exc)
-
-
-def _plain(value: object) -> object:
-    # numpy scalars and arrays from the gguf reader
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON")

@@ -207,10 +207,8 @@ def check_local_fit(
     """
     from nemolaunch.adapters.gguf_header import read_architecture
     from nemolaunch.cli.planning import machine
-    from nemolaunch.core.assessment import PlanRequest, max_context
-    from nemolaunch.core.catalog import Quant
     from nemolaunch.core.forecast import forecast_memory
-    from nemolaunch.core.planner import memory_budget
+    from nemolaunch.core.budget import memory_budget
     from nemolaunch.errors import NemolaunchError, QuantDoesNotFit
 
     budget = memory_budget(*machine(hardware, workers))
@@ -219,6 +217,9 @@ def check_local_fit(
     except NemolaunchError:
         architecture = None
     if longest:
+        from nemolaunch.core.assessment import PlanRequest, max_context
+        from nemolaunch.core.catalog import Quant
+
         quant = Quant(model_file.path.name, (), model_file.size_bytes, None)
         request = PlanRequest(parallel=parallel, cache_type=cache_type)
         ctx_size = max_context(quant, budget, architecture, request) or ctx_size

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from nemolaunch.core.cluster import Worker
-from nemolaunch.core.hardware import HardwareFacts
+if TYPE_CHECKING:
+    # Types only: a budget without workers (every single-machine launch) needs none of the cluster code.
+    from nemolaunch.core.cluster import Worker
+    from nemolaunch.core.hardware import HardwareFacts
 
 Placement = Literal["gpu", "gpu+cpu-experts", "cpu", "metal", "cluster"]
 
