@@ -207,8 +207,8 @@ def check_local_fit(
     """
     from nemolaunch.adapters.gguf_header import read_architecture
     from nemolaunch.cli.planning import machine
-    from nemolaunch.core.forecast import forecast_memory
     from nemolaunch.core.budget import memory_budget
+    from nemolaunch.core.forecast import forecast_memory
     from nemolaunch.errors import NemolaunchError, QuantDoesNotFit
 
     budget = memory_budget(*machine(hardware, workers))
