@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from nemolaunch.cli.output import err_console, print_json
+from nemolaunch.cli.output import err_console, print_json, real_console
 from nemolaunch.errors import BadOption, BuildFailed, BuildToolMissing, Interrupted
 
 #: An offline default for --source (a llama.cpp tree or archive), for CI and air-gapped machines.
@@ -139,7 +139,7 @@ def run_build_with_progress(
         TextColumn("{task.percentage:>3.0f}%"),
         TimeElapsedColumn(),
         TextColumn("{task.fields[step]}", markup=False),  # compiler lines may hold "["
-        console=err_console,
+        console=real_console(err_console),
         transient=True,
         disable=quiet,
     )

@@ -11,7 +11,7 @@ import typer
 
 from nemolaunch.cli.cluster import RpcOption, read_endpoints, workers_for_plan
 from nemolaunch.cli.context_options import CacheTypeOption, CtxOption, read_context
-from nemolaunch.cli.output import err_console, note, print_json, warn
+from nemolaunch.cli.output import err_console, note, print_json, real_console, warn
 from nemolaunch.cli.plan import HardwareOption, MinSpeedOption, PreferOption, QuantOption, check_preference
 from nemolaunch.core.download_plan import human_bytes
 from nemolaunch.core.launch import DEFAULT_PARALLEL
@@ -220,7 +220,7 @@ class _ProgressRenderer:
             DownloadColumn(),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
-            console=err_console,
+            console=real_console(err_console),
             disable=not self.interactive,
         )
         self.total_task: int | None = None

@@ -20,12 +20,16 @@ class _LazyConsole:
         self._options = options
         self._console: Console | None = None
 
-    def __getattr__(self, name: str) -> Any:
+    def real(self) -> Console:
+        """The Console itself, for rich objects that are handed one (a Progress)."""
         if self._console is None:
             from rich.console import Console
 
             self._console = Console(**self._options)
-        return getattr(self._console, name)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real(), name)
 
 
 # soft_wrap: a long command line stays one line, so it can be copied and pasted.
@@ -33,6 +37,11 @@ class _LazyConsole:
 # itself, never be read as a style tag. Styled words are built as Text.
 console: Console = _LazyConsole(soft_wrap=True, highlight=False, markup=False)  # type: ignore[assignment]
 err_console: Console = _LazyConsole(stderr=True, soft_wrap=True, highlight=False, markup=False)  # type: ignore[assignment]
+
+
+def real_console(lazy: Console) -> Console:
+    """The rich Console behind ``console`` or ``err_console``: rich's own objects need the real one."""
+    return lazy.real() if isinstance(lazy, _LazyConsole) else lazy
 
 
 def styled(*parts: str | tuple[str, str]) -> Text:
