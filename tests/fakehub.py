@@ -648,6 +648,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
             piece = body[sent : min(sent + chunk, limit)]
+            if self._client_gone():
+                # A killed client: the write below would still succeed once (into the socket's buffer,
+                # before the reset comes back) and count bytes nobody will ever receive.
+                self.close_connection = True
+                return
             # Counted before writing, so a client that has read the bytes also sees them counted.
             self.hub._count(repo_id, path, len(piece), generation)
             try:
@@ -660,6 +665,15 @@ class _Handler(BaseHTTPRequestHandler):
                 ahead = sent / rate - (time.monotonic() - began)
                 if ahead > 0:
                     time.sleep(ahead)
+
+    def _client_gone(self) -> bool:
+        """The client closed its end (clients send nothing more while a body streams to them)."""
+        try:
+            return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
 
 def _truthy(values: list[str] | None) -> bool:
