@@ -210,8 +210,8 @@ def measure_kill(hub: FakeHub, published: dict[str, bytes], hardware: Path, work
     plan = [sys.executable, "-m", "nemolaunch", "plan", f"{REPO}:{QUANT}", "--hardware", str(hardware), "--json"]
     subprocess.run(plan, env=nemolaunch_env(hub, hf_home), capture_output=True, timeout=300, check=True)
     hub.reset_counters()
-    # Slow enough per connection that even 16 connections at once take about ``seconds``.
-    hub.rate_bytes_per_s = total / seconds / 16
+    # Slow enough per connection that even 32 connections at once take about ``seconds``.
+    hub.rate_bytes_per_s = total / seconds / 32
     try:
         with reaped([]) as processes:
             process = subprocess.Popen(

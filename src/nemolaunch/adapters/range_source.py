@@ -10,7 +10,7 @@ The bytes then come over plain ``http.client`` connections, one per fetching thr
 piece to piece and read with ``readinto1`` into that thread's reused buffer (one ``recv`` per call,
 no copy in between). Through httpx each 64 KiB arrives as a new ``bytes`` object parsed by h11 in
 Python while holding the GIL: on the loopback hub that cost about 4x the client CPU per byte (~0.3 s
-per GB against ~0.08 s), and with 16 connections the GIL, not the link, would set the pace. Where a
+per GB against ~0.08 s), and with dozens of connections the GIL, not the link, would set the pace. Where a
 proxy applies to the CDN's host, huggingface_hub's client carries the bytes instead: it knows how to
 talk to proxies, and http.client is not taught that here.
 """

@@ -1,6 +1,6 @@
 """Fetch one file over several ranged connections into its partial file, hashing it as it fills.
 
-The file is cut into pieces of ``piece_bytes`` (64 MiB by default, the last one shorter). Up to
+The file is cut into pieces of ``piece_bytes`` (32 MiB by default, the last one shorter). Up to
 ``connections`` threads fetch it, each holding one slot of the run's connection budget (shared by
 all files, so the total stays bounded). A thread takes the next piece nobody has taken, in file
 order, asks for what it still lacks with one ranged GET on its kept-alive connection, reads into
@@ -51,10 +51,11 @@ from nemolaunch.core.download_plan import (
 )
 from nemolaunch.errors import DownloadFailed, NotEnoughDisk, TargetNotWritable
 
-DEFAULT_PIECE_BYTES = 64 * 1024 * 1024
-# Each read takes what has arrived (up to the buffer's free room); the buffer is written out when full
-# or, on a slower link, this long after the last write, so a kill loses little of what came.
+DEFAULT_PIECE_BYTES = 32 * 1024 * 1024
+# Each read takes what has arrived (up to the buffer's free room). The buffer is written out when full,
+# or when a read finds nothing more waiting and it holds this much, or was last written this long ago.
 _BUFFER_BYTES = 1024 * 1024
+_FLUSH_BYTES = 256 * 1024
 _FLUSH_AFTER_S = 0.02
 _HASH_BLOCK = 8 * 1024 * 1024
 _PROGRESS_EVERY_S = 0.2
@@ -257,15 +258,24 @@ class _FileJob:
     def _copy(
         self, readinto: Callable[[memoryview], int], piece: int, start: int, end: int, buffer: memoryview
     ) -> None:
-        """Read bytes ``[start, end)`` of the file into ``buffer``, writing it out whenever full or old."""
+        """Read bytes ``[start, end)`` of the file into ``buffer``, writing it out when full or caught up."""
         position, filled = start, 0
         flushed_at = time.monotonic()
         try:
             while position + filled < end:
                 if self._ending():
                     raise _Quit
-                filled += readinto(buffer[filled : min(len(buffer), end - position)])
-                if filled == len(buffer) or time.monotonic() - flushed_at >= _FLUSH_AFTER_S:
+                room = min(len(buffer), end - position)
+                wanted = room - filled
+                count = readinto(buffer[filled:room])
+                filled += count
+                # A read shorter than asked took all that had come: the next one may wait on the network,
+                # so write now what is worth a write, rather than hold it through that wait (a kill
+                # would lose it). While bytes keep coming, they gather into writes of up to 1 MiB.
+                caught_up = count < wanted
+                if filled == room or (
+                    caught_up and (filled >= _FLUSH_BYTES or time.monotonic() - flushed_at >= _FLUSH_AFTER_S)
+                ):
                     self._write(piece, buffer[:filled], position)
                     position, filled = position + filled, 0
                     flushed_at = time.monotonic()

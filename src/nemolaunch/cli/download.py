@@ -43,8 +43,8 @@ def download_command(
     workers: Annotated[int, typer.Option("--workers", help="Shards fetched at once.")] = 4,
     connections: Annotated[
         int,
-        typer.Option("--connections", help="HTTP connections at once, all shards together (each in 64 MiB ranges)."),
-    ] = 16,
+        typer.Option("--connections", help="HTTP connections at once, all shards together (each in 32 MiB ranges)."),
+    ] = 32,
     stall_timeout: StallOption = 60.0,
     verify: Annotated[bool, typer.Option("--verify", help="Re-hash every shard, even ones verified before.")] = False,
     xet: Annotated[
@@ -111,7 +111,7 @@ def download_planned(
     verify: bool,
     xet: bool,
     quiet: bool,
-    connections: int = 16,  # the adapter's DEFAULT_CONNECTIONS, not imported here to keep --help fast
+    connections: int = 32,  # the adapter's DEFAULT_CONNECTIONS, not imported here to keep --help fast
 ) -> DownloadResult:
     """Fetch the plan's quant (what `serve` and `run` also call when the files are not local)."""
     from nemolaunch.adapters.hub_download import download_quant, fetch_listing
