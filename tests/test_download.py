@@ -329,7 +329,9 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(
     fake_hub.rate_bytes_per_s = 2_000_000
     driver = LiveDriver(fake_hub, home, {"repo_id": REPO, "files": wanted(repo)})
     live_drivers.append(driver)
+    # Both files, each on its own connection, may start a moment apart: wait for each.
     driver.wait_for(progress_at_least(paths[0], 600_000))
+    driver.wait_for(progress_at_least(paths[1], 600_000))
 
     driver.kill(signal.SIGINT)
     stopped = driver.finish()

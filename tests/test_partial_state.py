@@ -23,12 +23,21 @@ def open_partial(partial: Path, *, piece_bytes: int = 4096, **changes: object) -
     return PartialFile.open(partial, piece_bytes=piece_bytes, **identity)  # type: ignore[arg-type]
 
 
-def test_a_new_partial_file_is_sparse_at_full_size_with_a_sidecar_of_zero_counts(tmp_path: Path) -> None:
+def write(state: PartialFile, piece: int, nbytes: int) -> None:
+    """What a fetching thread does: the bytes at their offset, then their count."""
+    offset = state.missing(piece)[0]
+    with open(state.partial, "r+b") as out:
+        out.seek(offset)
+        out.write(bytes((offset + i) % 251 for i in range(nbytes)))
+    state.advance(piece, nbytes)
+
+
+def test_a_new_partial_file_starts_empty_with_a_sidecar_of_zero_counts(tmp_path: Path) -> None:
     partial = tmp_path / "x.incomplete"
     state = open_partial(partial)
     state.close()
 
-    assert partial.stat().st_size == 10_000
+    assert partial.stat().st_size == 0
     sidecar = json.loads(partial_state.sidecar_of(partial).read_text())
     assert sidecar["done"] == [0, 0, 0] and sidecar["piece_bytes"] == 4096 and sidecar["sha256"] == SHA
     assert partial_state.bytes_on_disk(partial, SHA, 10_000) == 0
@@ -39,15 +48,16 @@ def test_counts_are_written_in_place_and_always_leave_valid_json(tmp_path: Path)
     partial = tmp_path / "x.incomplete"
     state = open_partial(partial)
     before = partial_state.sidecar_of(partial).stat().st_size
-    state.advance(1, 100)
-    state.advance(1, 3996)  # piece 1 whole
-    state.advance(2, 7)
-    state.advance(0, 50)
+    write(state, 1, 100)
+    write(state, 1, 3996)  # piece 1 whole
+    write(state, 2, 7)
+    write(state, 0, 50)
 
     assert json.loads(partial_state.sidecar_of(partial).read_text())["done"] == [50, 4096, 7]
     assert partial_state.sidecar_of(partial).stat().st_size == before  # fixed-width fields
     assert state.prefix() == 50
-    state.advance(0, 4046)
+    assert partial.stat().st_size == 8192 + 7  # the hole in piece 0 takes no room
+    write(state, 0, 4046)
     assert state.prefix() == 8192 + 7  # piece 0 done joins piece 1, and the prefix runs into piece 2
     state.close()
     assert partial_state.bytes_on_disk(partial, SHA, 10_000) == 4096 + 4096 + 7
@@ -66,7 +76,8 @@ def test_a_plain_prefix_without_a_sidecar_is_adopted(tmp_path: Path) -> None:
     state = open_partial(partial)
 
     assert state.done == [4096, 904, 0]
-    assert partial.stat().st_size == 10_000 and partial.read_bytes()[:5000] == b"x" * 5000
+    assert partial.read_bytes() == b"x" * 5000
+    assert partial_state.bytes_on_disk(partial, SHA, 10_000) == 5000  # now counted by the sidecar
     state.close()
 
 
@@ -83,21 +94,21 @@ def test_a_plain_prefix_without_a_sidecar_is_adopted(tmp_path: Path) -> None:
 def test_a_sidecar_that_does_not_describe_this_file_starts_it_over(tmp_path: Path, damage: object) -> None:
     partial = tmp_path / "x.incomplete"
     state = open_partial(partial)
-    state.advance(0, 4096)
+    write(state, 0, 4096)
     state.close()
     sidecar = partial_state.sidecar_of(partial)
     sidecar.write_text(json.dumps(damage(json.loads(sidecar.read_text()))))  # type: ignore[operator]
 
     assert partial_state.bytes_on_disk(partial, SHA, 10_000) == 0
     again = open_partial(partial)
-    assert again.done == [0, 0, 0]
+    assert again.done == [0, 0, 0] and partial.stat().st_size == 0
     again.close()
 
 
-def test_a_sidecar_cut_short_or_a_data_file_of_another_size_starts_over(tmp_path: Path) -> None:
+def test_a_sidecar_cut_short_or_data_cut_under_its_counts_starts_over(tmp_path: Path) -> None:
     partial = tmp_path / "x.incomplete"
     state = open_partial(partial)
-    state.advance(0, 4096)
+    write(state, 0, 4096)
     state.close()
     sidecar = partial_state.sidecar_of(partial)
     text = sidecar.read_text()
@@ -105,9 +116,9 @@ def test_a_sidecar_cut_short_or_a_data_file_of_another_size_starts_over(tmp_path
     assert open_partial(partial).done == [0, 0, 0]
 
     state = open_partial(partial)
-    state.advance(0, 4096)
+    write(state, 0, 4096)
     state.close()
-    os.truncate(partial, 9_000)  # someone cut the data: the counts no longer describe it
+    os.truncate(partial, 4_000)  # someone cut the data: the counts claim bytes that are gone
     assert partial_state.bytes_on_disk(partial, SHA, 10_000) == 0
     assert open_partial(partial).done == [0, 0, 0]
 
@@ -115,12 +126,12 @@ def test_a_sidecar_cut_short_or_a_data_file_of_another_size_starts_over(tmp_path
 def test_start_over_recuts_and_discard_removes_both(tmp_path: Path) -> None:
     partial = tmp_path / "x.incomplete"
     state = open_partial(partial)
-    state.advance(0, 4096)
+    write(state, 0, 4096)
     fresh = state.start_over(piece_bytes=10_000)
 
     assert fresh.done == [0] and fresh.missing(0) == (0, 10_000)
     assert json.loads(partial_state.sidecar_of(partial).read_text())["done"] == [0]
-    assert partial.read_bytes()[:4096] == bytes(4096)
+    assert partial.stat().st_size == 0
     fresh.close()
     partial_state.discard(partial)
     assert not partial.exists() and not partial_state.sidecar_of(partial).exists()

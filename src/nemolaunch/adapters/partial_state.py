@@ -1,16 +1,18 @@
 """A partial download and its sidecar: which bytes of the partial file are already the file's.
 
 A file is fetched in pieces of ``piece_bytes`` (the last one shorter), several at once, each written
-at its own offset into the partial file, which is given the file's full size (sparse) up front. So
-its size says nothing about progress; the sidecar next to it, ``<partial>.json``, does. It names the
-file and holds, per piece, how many bytes from the piece's start are written::
+at its own offset into the partial file (what lies between stays a hole until its bytes come). So
+the file's size says how far the furthest piece got, not how much is there; the sidecar next to it,
+``<partial>.json``, says that. It names the file and holds, per piece, how many bytes from the
+piece's start are written::
 
     {"format": 1, "sha256": "…", "size": 150000000, "path": "Q/m-00001-of-00002.gguf",
      "commit": "…", "piece_bytes": 67108864, "done": [            67108864,             1048576,  …]}
 
-The sidecar is created whole (temporary file, fsync, rename) *before* the partial file grows to its
-full size, so a partial file without one is always a plain prefix (left by nemolaunch before pieces, or
-by huggingface_hub before it named partial files at random) and is adopted as one. After that each
+The sidecar is created whole (temporary file, fsync, rename) before a piece is written, so a partial
+file without one is always a plain prefix (left by nemolaunch before pieces, or by huggingface_hub
+before it named partial files at random) and is adopted as one. A file fetched as one piece stays a
+plain prefix throughout, as before: its size is its progress. After that each
 count is a fixed-width, space-padded field overwritten in place, with one small ``pwrite`` right
 after the bytes it counts were written: a killed process leaves valid JSON whose counts never run
 ahead of the data, so a resume fetches again only what was still in flight, without waiting for any
@@ -42,9 +44,9 @@ def sidecar_of(partial: Path) -> Path:
 def bytes_on_disk(partial: Path, sha256: str, size: int) -> int:
     """How many bytes of the file ``partial`` holds: the sidecar's counts, else a plain prefix's size."""
     sidecar = sidecar_of(partial)
-    loaded = _load(sidecar, sha256, size)
+    loaded = _load(sidecar, sha256, size, _data_size(partial))
     if loaded is not None:
-        return sum(loaded["done"]) if _data_size(partial) == size else 0  # type: ignore[call-overload]
+        return sum(loaded[1])
     if sidecar.exists():  # a sidecar that does not describe this file: its data is worth nothing
         return 0
     found = _data_size(partial)
@@ -80,28 +82,23 @@ class PartialFile:
     # --- opening ------------------------------------------------------------------------------------
     @classmethod
     def open(cls, partial: Path, *, sha256: str, size: int, path: str, commit: str, piece_bytes: int) -> PartialFile:
-        """Resume what the sidecar describes, adopt a plain prefix, or start over.
-
-        Either way the partial file ends at the file's full size, and the sidecar describes it.
-        """
+        """Resume what the sidecar describes, adopt a plain prefix, or start over; either way with a sidecar."""
         identity = {"sha256": sha256, "size": size, "path": path, "commit": commit}
         sidecar = sidecar_of(partial)
-        loaded = _load(sidecar, sha256, size)
         on_disk = _data_size(partial)
-        if loaded is not None and on_disk == size:
-            # Keep the recorded cut into pieces: the counts only mean something for it.
-            piece_bytes, done = int(loaded["piece_bytes"]), list(loaded["done"])
+        loaded = _load(sidecar, sha256, size, on_disk)
+        fresh = False
+        if loaded is not None:
+            piece_bytes, done = loaded  # the recorded cut into pieces: the counts only mean something for it
         elif not sidecar.exists() and on_disk is not None and 0 < on_disk <= size:
             done = _prefix_as_pieces(on_disk, size, piece_bytes)
         else:
-            done = [0] * _piece_count(size, piece_bytes)
-            if on_disk:
-                os.truncate(partial, 0)  # after the sidecar below says 0, so a kill in between loses nothing real
+            done, fresh = [0] * _piece_count(size, piece_bytes), True
         fields = _write_sidecar(sidecar, identity, piece_bytes, done)
-        if on_disk != size:
-            with open(partial, "ab"):  # create it if missing
+        if fresh:
+            # After the sidecar says 0: a kill in between leaves counts that claim nothing.
+            with open(partial, "wb"):
                 pass
-            os.truncate(partial, size)  # sparse: no block is written until its bytes arrive
         return cls(partial, identity, piece_bytes, done, fields)
 
     def start_over(self, *, piece_bytes: int) -> PartialFile:
@@ -110,7 +107,6 @@ class PartialFile:
         done = [0] * _piece_count(self.size, piece_bytes)
         fields = _write_sidecar(sidecar_of(self.partial), self.identity, piece_bytes, done)
         os.truncate(self.partial, 0)
-        os.truncate(self.partial, self.size)
         return PartialFile(self.partial, self.identity, piece_bytes, done, fields)
 
     def close(self) -> None:
@@ -185,8 +181,9 @@ def _data_size(partial: Path) -> int | None:
         return None
 
 
-def _load(sidecar: Path, sha256: str, size: int) -> dict[str, object] | None:
-    """The sidecar's content if it describes this file and its counts are possible, else None."""
+def _load(sidecar: Path, sha256: str, size: int, on_disk: int | None) -> tuple[int, list[int]] | None:
+    """The sidecar's cut and counts if it describes this file and the partial file (``on_disk`` bytes
+    long) holds what they count, else None."""
     try:
         data = json.loads(sidecar.read_text(encoding="utf-8"))
         piece_bytes = int(data["piece_bytes"])
@@ -199,7 +196,10 @@ def _load(sidecar: Path, sha256: str, size: int) -> dict[str, object] | None:
         return None
     if any(not 0 <= count <= min(piece_bytes, size - index * piece_bytes) for index, count in enumerate(done)):
         return None
-    return {"piece_bytes": piece_bytes, "done": done}
+    furthest = max((index * piece_bytes + count for index, count in enumerate(done) if count), default=0)
+    if on_disk is None or not furthest <= on_disk <= size:  # someone cut the data, or it is not this file's
+        return None
+    return piece_bytes, done
 
 
 def _write_sidecar(sidecar: Path, identity: dict[str, object], piece_bytes: int, done: list[int]) -> list[int]:
