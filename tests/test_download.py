@@ -294,7 +294,8 @@ def test_twenty_kill_and_resume_cycles_lose_nothing(
 ) -> None:
     repo = fake_hub.add_repo(REPO, quant_files(QUANT, 1, 16_000_000))
     ((path, size, _),) = wanted(repo)
-    args = {"repo_id": REPO, "files": wanted(repo)}
+    # One connection, one stream (kills amid several pieces: test_a_kill_mid_piece_loses_only_what_was_in_flight).
+    args = {"repo_id": REPO, "files": wanted(repo), "connections": 1}
     # Progress is reported every 0.2 s: at 1.5 MB/s each run gets 300-600 kB further before its kill.
     fake_hub.rate_bytes_per_s = 1_500_000
     step = 300_000

@@ -189,3 +189,13 @@ def test_a_proxy_sends_the_bytes_through_huggingface_hubs_client(monkeypatch: py
     assert _is_direct("http://cdn.example/x")  # only https goes through that proxy
     monkeypatch.setenv("no_proxy", "cdn.example")
     assert _is_direct("https://cdn.example/x")
+
+
+def test_pieces_come_in_two_rounds_per_connection_within_8_and_64_mib() -> None:
+    from nemolaunch.adapters.segmented_fetch import piece_bytes_for
+
+    mib = 1024 * 1024
+    assert piece_bytes_for(250 * 10**6, 8) == 15 * mib  # 1 GB in 4 shards over 32 connections: 16 pieces each
+    assert piece_bytes_for(50 * 10**9, 8) == 64 * mib  # a real shard: big pieces, few round trips
+    assert piece_bytes_for(10 * mib, 8) == 8 * mib  # small files are not cut finer than 8 MiB
+    assert piece_bytes_for(10**9, 1) == 10**9  # one connection, one stream: one piece

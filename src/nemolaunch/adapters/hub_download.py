@@ -37,7 +37,6 @@ from nemolaunch.adapters.hub_http import resolve_url, translate
 from nemolaunch.adapters.hub_layout import COMMIT_SHA, Layout, make_layout, size_or_zero
 from nemolaunch.adapters.hub_listing import check_hub_reachable
 from nemolaunch.adapters.hub_run import Run, run_parallel
-from nemolaunch.adapters.segmented_fetch import DEFAULT_PIECE_BYTES
 from nemolaunch.adapters.verify import check_split_headers
 from nemolaunch.core.download_plan import (
     DEFAULT_DISK_MARGIN_BYTES,
@@ -155,7 +154,7 @@ def download_quant(
     retry_wait_s: float = 1.0,
     listing: RepoListing | None = None,
     connections: int = DEFAULT_CONNECTIONS,
-    piece_bytes: int = DEFAULT_PIECE_BYTES,
+    piece_bytes: int | None = None,
 ) -> DownloadResult:
     """Fetch exactly ``files`` of ``repo_id`` at ``revision`` and return where each one is.
 
@@ -173,7 +172,8 @@ def download_quant(
     Ctrl-C raises DownloadInterrupted, leaving partial files to resume from.
     ``listing`` (from :func:`fetch_listing` at ``revision``) saves asking the Hub again.
     At most ``connections`` HTTP connections carry bytes at once, all files together; each file is
-    fetched in ranges of ``piece_bytes``, over as many of them as it has ranges left.
+    fetched in ranges of ``piece_bytes`` (default: sized for the connections it will likely get), over
+    as many of them as it has ranges left.
     """
     wanted = [item if isinstance(item, RemoteFile) else RemoteFile(*item) for item in files]
     check_repo_id(repo_id)
@@ -212,6 +212,7 @@ def download_quant(
             retry_wait_s=retry_wait_s,
             connections=connections,
             piece_bytes=piece_bytes,
+            files_at_once=min(max_workers, len(wanted)),
             verify=verify,
             prefer_xet=prefer_xet,
             stop=stop,
@@ -360,7 +361,8 @@ def _from_disk_only(
         stall_timeout_s=0,
         retry_wait_s=0,
         connections=1,
-        piece_bytes=DEFAULT_PIECE_BYTES,
+        piece_bytes=None,
+        files_at_once=1,
         verify=verify,
         prefer_xet=False,
         stop=stop,

@@ -13,6 +13,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from nemolaunch.adapters import partial_state
 from nemolaunch.adapters.hub_http import resolve_url, translate
 from nemolaunch.adapters.hub_layout import Layout, size_or_zero
 from nemolaunch.adapters.range_source import FileSource
-from nemolaunch.adapters.segmented_fetch import FetchSettings, Stopped, fetch_file
+from nemolaunch.adapters.segmented_fetch import FetchSettings, Stopped, fetch_file, piece_bytes_for
 from nemolaunch.adapters.verify import HashStopped, VerifiedState, sha256_of_file
 from nemolaunch.core.download_plan import (
     ChecksumRefetch,
@@ -56,7 +57,8 @@ class Run:
         stall_timeout_s: float,
         retry_wait_s: float,
         connections: int,
-        piece_bytes: int,
+        piece_bytes: int | None,
+        files_at_once: int,
         verify: bool,
         prefer_xet: bool,
         stop: threading.Event,
@@ -66,8 +68,12 @@ class Run:
         self.endpoint = endpoint
         self.token = token
         self.settings = FetchSettings(
-            connections=connections, piece_bytes=piece_bytes, stall_timeout_s=stall_timeout_s, retry_wait_s=retry_wait_s
+            connections=connections,
+            piece_bytes=piece_bytes or 0,  # 0: sized per file, for the share of connections it will likely get
+            stall_timeout_s=stall_timeout_s,
+            retry_wait_s=retry_wait_s,
         )
+        self.connections_per_file = max(1, connections // max(1, files_at_once))
         # The run's budget of connections, shared by every file it fetches.
         self.slots = threading.Semaphore(connections)
         self.verify = verify
@@ -188,7 +194,7 @@ class Run:
                 partial,
                 commit=commit,
                 source=source,
-                settings=self.settings,
+                settings=self._settings_for(remote),
                 slots=self.slots,
                 stop=self.stop,
                 emit=self.emit,
@@ -207,6 +213,11 @@ class Run:
             partial_state.sidecar_of(partial).unlink(missing_ok=True)
             self._record(data, actual)
             return actual
+
+    def _settings_for(self, remote: RemoteFile) -> FetchSettings:
+        if self.settings.piece_bytes:
+            return self.settings
+        return replace(self.settings, piece_bytes=piece_bytes_for(remote.size, self.connections_per_file))
 
     def _count(self, nbytes: int) -> None:
         with self._lock:

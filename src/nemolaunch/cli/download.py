@@ -43,7 +43,7 @@ def download_command(
     workers: Annotated[int, typer.Option("--workers", help="Shards fetched at once.")] = 4,
     connections: Annotated[
         int,
-        typer.Option("--connections", help="HTTP connections at once, all shards together (each in 32 MiB ranges)."),
+        typer.Option("--connections", help="HTTP connections at once, all shards together (each in 8-64 MiB ranges)."),
     ] = 32,
     stall_timeout: StallOption = 60.0,
     verify: Annotated[bool, typer.Option("--verify", help="Re-hash every shard, even ones verified before.")] = False,
