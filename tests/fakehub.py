@@ -150,20 +150,34 @@ class RequestRecord:
     status: int
     authorized: bool
     file: str | None  # repo path of the file whose bytes were asked for, if any
+    connection: str = ""  # the client's address and port: one per TCP connection
 
 
 class FakeHub:
     """Two loopback HTTP servers (Hub and CDN) and the repos they serve."""
 
-    def __init__(self, *, redirect_lfs: bool = True, tree_page_size: int = 1000) -> None:
+    def __init__(
+        self,
+        *,
+        redirect_lfs: bool = True,
+        tree_page_size: int = 1000,
+        rate_bytes_per_s: float | None = None,
+        honor_range: bool = True,
+    ) -> None:
         self.repos: dict[str, FakeRepo] = {}
         self.redirect_lfs = redirect_lfs
         self.tree_page_size = tree_page_size
-        # Per-connection throttle, so that a test can kill a download half way through a small file.
-        self.rate_bytes_per_s: float | None = None
+        # A cap on each connection, as a CDN edge has one (each response is throttled on its own, and a
+        # connection carries one at a time); also lets a test kill a download half way through a small file.
+        self.rate_bytes_per_s = rate_bytes_per_s
+        # False: answer every GET with the whole file (200), as a server that ignores Range does.
+        self.honor_range = honor_range
         self.requests: list[RequestRecord] = []
         self.bytes_served: dict[tuple[str, str], int] = defaultdict(int)
         self.counter_generation = 0
+        # Bodies being sent right now, and the most there ever were at once (since the last reset).
+        self.active_transfers = 0
+        self.peak_transfers = 0
         self._faults: dict[tuple[str, str], list[Fault]] = defaultdict(list)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -236,6 +250,7 @@ class FakeHub:
         with self._lock:
             self.requests.clear()
             self.bytes_served.clear()
+            self.peak_transfers = self.active_transfers
             # A transfer still running from before (a killed client's) must not count against the new tally.
             self.counter_generation += 1
 
@@ -265,10 +280,19 @@ class FakeHub:
         with self._lock:
             return [r for r in self.requests if r.method == "GET" and r.file == path]
 
+    def connections_of(self, path: str) -> set[str]:
+        """The TCP connections that carried GETs of one repo path."""
+        return {record.connection for record in self.gets_of(path)}
+
     # --- internals used by the handler ------------------------------------------------------
     def _record(self, record: RequestRecord) -> None:
         with self._lock:
             self.requests.append(record)
+
+    def _count_transfers(self, change: int) -> None:
+        with self._lock:
+            self.active_transfers += change
+            self.peak_transfers = max(self.peak_transfers, self.active_transfers)
 
     def _count(self, repo_id: str, path: str, nbytes: int, generation: int) -> None:
         with self._lock:
@@ -298,6 +322,9 @@ class FakeHub:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # The listen backlog: the default (5) drops the SYNs of a client that opens 16 connections at once,
+    # and each dropped one then waits a second to retry.
+    request_queue_size = 128
 
     def __init__(self, hub: FakeHub, role: str) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -344,6 +371,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status=status,
                 authorized=self._token() is not None,
                 file=file,
+                connection=f"{self.client_address[0]}:{self.client_address[1]}",
             )
         )
 
@@ -566,7 +594,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         start, end = 0, size - 1
         status = 200
-        requested = self.headers.get("Range")
+        requested = self.headers.get("Range") if self.hub.honor_range else None
         if requested:
             match = _RANGE.match(requested.strip())
             if match is None or int(match[1]) >= size:
@@ -592,7 +620,11 @@ class _Handler(BaseHTTPRequestHandler):
                 damaged = bytearray(body)
                 damaged[middle - start] ^= 0xFF
                 body = memoryview(bytes(damaged))
-        self._stream(repo.repo_id, path, body, fault)
+        self.hub._count_transfers(+1)
+        try:
+            self._stream(repo.repo_id, path, body, fault)
+        finally:
+            self.hub._count_transfers(-1)
 
     def _stream(self, repo_id: str, path: str, body: memoryview, fault: Fault | None) -> None:
         sent = 0
@@ -616,6 +648,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
             piece = body[sent : min(sent + chunk, limit)]
+            if self._client_gone():
+                # A killed client: the write below would still succeed once (into the socket's buffer,
+                # before the reset comes back) and count bytes nobody will ever receive.
+                self.close_connection = True
+                return
             # Counted before writing, so a client that has read the bytes also sees them counted.
             self.hub._count(repo_id, path, len(piece), generation)
             try:
@@ -624,10 +661,19 @@ class _Handler(BaseHTTPRequestHandler):
                 self.hub._count(repo_id, path, -len(piece), generation)
                 raise
             sent += len(piece)
-            if rate is not None:
+            if rate is not None and sent < len(body):  # no wait after the last byte: the transfer is over
                 ahead = sent / rate - (time.monotonic() - began)
                 if ahead > 0:
                     time.sleep(ahead)
+
+    def _client_gone(self) -> bool:
+        """The client closed its end (clients send nothing more while a body streams to them)."""
+        try:
+            return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
 
 def _truthy(values: list[str] | None) -> bool:

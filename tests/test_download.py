@@ -23,7 +23,8 @@ import pytest
 
 from nemolaunch import errors
 
-from fakehub import FakeHub, FakeRepo, Fault, fake_hub_fixture, gguf_shard  # noqa: F401  (fixture)
+from conftest import run_nemolaunch
+from fakehub import FakeHub, FakeRepo, Fault, fake_commit_sha, fake_hub_fixture, gguf_shard  # noqa: F401  (fixture)
 
 DRIVER = Path(__file__).with_name("download_driver.py")
 REPO = "unsloth/Tiny-Nemotron-GGUF"
@@ -293,7 +294,8 @@ def test_twenty_kill_and_resume_cycles_lose_nothing(
 ) -> None:
     repo = fake_hub.add_repo(REPO, quant_files(QUANT, 1, 16_000_000))
     ((path, size, _),) = wanted(repo)
-    args = {"repo_id": REPO, "files": wanted(repo)}
+    # One connection, one stream (kills amid several pieces: test_a_kill_mid_piece_loses_only_what_was_in_flight).
+    args = {"repo_id": REPO, "files": wanted(repo), "connections": 1}
     # Progress is reported every 0.2 s: at 1.5 MB/s each run gets 300-600 kB further before its kill.
     fake_hub.rate_bytes_per_s = 1_500_000
     step = 300_000
@@ -328,7 +330,9 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(
     fake_hub.rate_bytes_per_s = 2_000_000
     driver = LiveDriver(fake_hub, home, {"repo_id": REPO, "files": wanted(repo)})
     live_drivers.append(driver)
+    # Both files, each on its own connection, may start a moment apart: wait for each.
     driver.wait_for(progress_at_least(paths[0], 600_000))
+    driver.wait_for(progress_at_least(paths[1], 600_000))
 
     driver.kill(signal.SIGINT)
     stopped = driver.finish()
@@ -721,6 +725,195 @@ def test_what_huggingface_hub_fetched_nemolaunch_does_not_fetch_again(fake_hub: 
     assert not [record for record in fake_hub.requests if record.method == "GET" and record.file]
     # Not fetched, but checked: huggingface_hub does not compare sha256.
     assert [event["from_record"] for event in run.events("FileVerified")] == [False, False, False]
+
+
+# --- several ranged connections per file -------------------------------------------------------------------
+MIB = 1024 * 1024
+
+
+def sidecar(home: Path, repo: FakeRepo, path: str) -> Path:
+    return partial(home, repo, path).with_name(partial(home, repo, path).name + ".json")
+
+
+def one_big_file(hub: FakeHub, mib: int) -> tuple[FakeRepo, str, int]:
+    repo = hub.add_repo(REPO, quant_files(QUANT, 1, mib * MIB))
+    ((path, size, _),) = wanted(repo)
+    return repo, str(path), int(size)  # type: ignore[call-overload]
+
+
+def test_a_capped_hub_gets_several_connections_per_file_in_ranges(fake_hub: FakeHub, home: Path) -> None:
+    # Each connection capped, as a CDN edge caps it: the pieces of one file go over 4 connections at once.
+    repo, path, size = one_big_file(fake_hub, 8)
+    fake_hub.rate_bytes_per_s = 8_000_000
+    args = {"repo_id": REPO, "files": wanted(repo), "connections": 4, "piece_bytes": 2 * MIB}
+
+    run = run_driver(fake_hub, home, args)
+
+    assert run.returncode == 0, run.lines[-3:]
+    assert snapshot_file(home, repo, path).read_bytes() == repo.files[path]
+    ranges = sorted((record.range or "" for record in fake_hub.gets_of(path)), key=lambda r: int(r[6:].split("-")[0]))
+    starts = [index * 2 * MIB for index in range(-(-size // (2 * MIB)))]
+    assert ranges == [f"bytes={s}-{s + 2 * MIB - 1}" for s in starts[:-1]] + [f"bytes={starts[-1]}-"]
+    assert len(fake_hub.connections_of(path)) == 4
+    assert fake_hub.peak_transfers == 4
+    assert fake_hub.served(REPO, path) == size  # every byte once
+    assert not sidecar(home, repo, path).exists()
+
+
+def test_the_connection_budget_is_shared_by_all_files(fake_hub: FakeHub, home: Path) -> None:
+    repo = fake_hub.add_repo(REPO, quant_files(QUANT, 2, 4 * MIB))
+    fake_hub.rate_bytes_per_s = 8_000_000
+    args = {"repo_id": REPO, "files": wanted(repo), "connections": 3, "piece_bytes": MIB}
+
+    run = run_driver(fake_hub, home, args)
+
+    assert run.returncode == 0, run.lines[-3:]
+    assert_quant_in_cache(home, repo)
+    assert fake_hub.peak_transfers == 3
+    assert all(fake_hub.served(REPO, str(p)) == len(repo.files[str(p)]) for p, _, _ in wanted(repo))
+
+
+def test_a_kill_mid_piece_loses_only_what_was_in_flight(
+    fake_hub: FakeHub, home: Path, live_drivers: list[LiveDriver]
+) -> None:
+    repo, path, size = one_big_file(fake_hub, 16)
+    args = {"repo_id": REPO, "files": wanted(repo), "connections": 4, "piece_bytes": 2 * MIB}
+    fake_hub.rate_bytes_per_s = 1_500_000
+    driver = LiveDriver(fake_hub, home, args)
+    live_drivers.append(driver)
+    driver.wait_for(progress_at_least(path, 4 * MIB))
+    driver.kill()
+    driver.process.wait(timeout=10)
+    served_before = fake_hub.served(REPO, path)
+    fake_hub.reset_counters()
+
+    # What the sidecar counts is on disk, byte for byte, and some pieces stopped half way.
+    recorded = json.loads(sidecar(home, repo, path).read_text())
+    data = partial(home, repo, path).read_bytes()
+    for index, done in enumerate(recorded["done"]):
+        start = index * 2 * MIB
+        assert data[start : start + done] == repo.files[path][start : start + done]
+    assert any(0 < done < 2 * MIB for done in recorded["done"])
+    fake_hub.rate_bytes_per_s = None
+
+    again = run_driver(fake_hub, home, args)
+
+    assert again.returncode == 0, again.lines[-3:]
+    assert snapshot_file(home, repo, path).read_bytes() == repo.files[path]
+    assert int(again.events("FileStarted")[0]["resume_from"]) == sum(recorded["done"])  # type: ignore[call-overload]
+    resumed = {record.range for record in fake_hub.gets_of(path)}
+    for index, done in enumerate(recorded["done"]):
+        if 0 < done < 2 * MIB:  # a half-done piece is asked for from where its count stopped
+            start = index * 2 * MIB + done
+            assert f"bytes={start}-{(index + 1) * 2 * MIB - 1}" in resumed or f"bytes={start}-" in resumed
+    assert fake_hub.served(REPO, path) == size - sum(recorded["done"])  # exactly what the sidecar lacked
+    fetched_twice = served_before - sum(recorded["done"])
+    # At the kill each of the 4 connections may hold a read and a socket's worth not yet on disk.
+    assert fetched_twice < 4 * 512 * 1024, f"{fetched_twice} bytes crossed the wire twice"
+
+
+def test_a_hub_that_ignores_range_gets_one_clean_transfer(
+    fake_hub: FakeHub, home: Path, live_drivers: list[LiveDriver]
+) -> None:
+    repo, path, _size = one_big_file(fake_hub, 8)
+    args = {"repo_id": REPO, "files": wanted(repo), "connections": 4, "piece_bytes": MIB}
+    fake_hub.rate_bytes_per_s = 2_000_000
+    first = LiveDriver(fake_hub, home, args)  # pieces, with ranges honoured, then a kill
+    live_drivers.append(first)
+    first.wait_for(progress_at_least(path, 2 * MIB))
+    first.kill()
+    first.process.wait(timeout=10)
+    fake_hub.rate_bytes_per_s = None
+    fake_hub.honor_range = False
+    fake_hub.reset_counters()
+
+    run = run_driver(fake_hub, home, args)
+
+    assert run.returncode == 0, run.lines[-3:]
+    assert snapshot_file(home, repo, path).read_bytes() == repo.files[path]
+    assert not run.events("ChecksumRefetch")
+    gets = fake_hub.gets_of(path)
+    assert gets[-1].range is None and gets[-1].status == 200  # one plain transfer, from byte 0
+    assert len(gets) <= 5  # the ranged asks that got a 200 were dropped at once, then one more
+
+
+def test_a_changed_file_at_a_new_commit_is_never_spliced_onto_the_old_bytes(
+    fake_hub: FakeHub, home: Path, live_drivers: list[LiveDriver]
+) -> None:
+    repo, path, _size = one_big_file(fake_hub, 4)
+    fake_hub.rate_bytes_per_s = 1_000_000
+    driver = LiveDriver(fake_hub, home, {"repo_id": REPO, "files": wanted(repo)})
+    live_drivers.append(driver)
+    driver.wait_for(progress_at_least(path, MIB))
+    driver.kill()
+    driver.process.wait(timeout=10)
+    fake_hub.rate_bytes_per_s = None
+    old_partial = partial(home, repo, path)
+    # The same path at a new commit, with other bytes: another sha256, so another partial file.
+    changed = fake_hub.add_repo(REPO, {path: gguf_shard(1, 1, 4 * MIB)}, sha=fake_commit_sha("v2"))
+
+    run = run_driver(fake_hub, home, {"repo_id": REPO, "files": wanted(changed)})
+
+    assert run.returncode == 0, run.lines[-3:]
+    assert run.events("FileStarted")[0]["resume_from"] == 0
+    assert snapshot_file(home, changed, path).read_bytes() == changed.files[path]
+    assert old_partial != partial(home, changed, path)  # named by sha256: the old bytes are never in reach
+
+
+def test_the_same_bytes_at_a_new_commit_resume(fake_hub: FakeHub, home: Path, live_drivers: list[LiveDriver]) -> None:
+    # The partial file is named by the file's sha256: at another commit with the same sha256 the bytes
+    # are the same bytes, so they are kept (a README edit must not cost a 50 GB shard).
+    repo, path, _size = one_big_file(fake_hub, 4)
+    fake_hub.rate_bytes_per_s = 1_000_000
+    driver = LiveDriver(fake_hub, home, {"repo_id": REPO, "files": wanted(repo)})
+    live_drivers.append(driver)
+    driver.wait_for(progress_at_least(path, MIB))
+    driver.kill()
+    driver.process.wait(timeout=10)
+    fake_hub.rate_bytes_per_s = None
+    moved = fake_hub.add_repo(REPO, {**repo.files, "README.md": b"edited"}, sha=fake_commit_sha("v2"))
+
+    run = run_driver(fake_hub, home, {"repo_id": REPO, "files": wanted(moved)})
+
+    assert run.returncode == 0, run.lines[-3:]
+    assert int(run.events("FileStarted")[0]["resume_from"]) >= MIB  # type: ignore[call-overload]
+    assert snapshot_file(home, moved, path).read_bytes() == repo.files[path]
+
+
+def test_a_file_corrupted_in_one_piece_is_deleted_with_its_sidecar(fake_hub: FakeHub, home: Path) -> None:
+    repo, path, _size = one_big_file(fake_hub, 4)
+    fake_hub.add_fault(REPO, path, Fault(corrupt=True, times=None))  # the piece holding the middle byte
+
+    run = run_driver(fake_hub, home, {"repo_id": REPO, "files": wanted(repo), "connections": 4, "piece_bytes": MIB})
+
+    assert run.returncode == errors.EXIT_INTEGRITY
+    assert run.error["error"] == "ChecksumMismatch"
+    assert not blob(home, repo, path).exists()
+    assert not partial(home, repo, path).exists()
+    assert not sidecar(home, repo, path).exists()
+
+
+def test_a_stall_in_one_of_several_connections_is_retried_alone(fake_hub: FakeHub, home: Path) -> None:
+    repo, path, size = one_big_file(fake_hub, 4)
+    fake_hub.add_fault(REPO, path, Fault(stall_after=300_000, stall_s=600))  # the first GET to arrive
+    args = {"repo_id": REPO, "files": wanted(repo), "connections": 4, "piece_bytes": MIB, "stall_timeout_s": 1}
+
+    run = run_driver(fake_hub, home, {**args, "retry_wait_s": 0.1})
+
+    assert run.returncode == 0, run.lines[-3:]
+    (retry,) = run.events("FileRetrying")
+    assert "no bytes for 1 s" in str(retry["reason"])
+    assert snapshot_file(home, repo, path).read_bytes() == repo.files[path]
+    # The stalled piece went on from what reached the disk: at most the read cut short is fetched again.
+    assert fake_hub.served(REPO, path) - size < 64 * 1024
+
+
+def test_connections_out_of_range_are_refused_in_one_line() -> None:
+    for value in ("0", "65"):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        result = run_nemolaunch("download", "acme/X-GGUF:Q4_K_M", "--connections", value, env=env)
+        assert result.returncode == errors.EXIT_USAGE
+        assert result.stderr.strip().count("\n") == 0 and "--connections" in result.stderr
 
 
 # --- the pure parts and the verification record, in this process -----------------------------------------

@@ -43,6 +43,10 @@ def download_command(
     ctx_size: CtxOption = None,
     cache_type: CacheTypeOption = None,
     workers: Annotated[int, typer.Option("--workers", help="Shards fetched at once.")] = 4,
+    connections: Annotated[
+        int,
+        typer.Option("--connections", help="HTTP connections at once, all shards together (each in 8-64 MiB ranges)."),
+    ] = 32,
     stall_timeout: StallOption = 60.0,
     verify: Annotated[bool, typer.Option("--verify", help="Re-hash every shard, even ones verified before.")] = False,
     xet: Annotated[
@@ -58,6 +62,8 @@ def download_command(
 
     s = load_settings(model=model, quant=quant, prefer=prefer, ctx_size=ctx_size, cache_type=cache_type).values
     model, quant = s.model, s.quant
+    if not 1 <= connections <= 64:  # past 64 a CDN sees a flood, not a download
+        raise BadOption(option="--connections", value=connections, hint="use 1 to 64")
     spec = read_model_spec(model)
     if spec.reference is None:
         raise BadOption(option="MODEL", value=model, hint="download takes a Hub repository (owner/name[:QUANT])")
@@ -89,6 +95,7 @@ def download_command(
         verify=verify,
         xet=xet,
         quiet=quiet or json_output,
+        connections=connections,
     )
     if json_output:
         print_json(
@@ -115,6 +122,7 @@ def download_planned(
     verify: bool,
     xet: bool,
     quiet: bool,
+    connections: int = 32,  # the adapter's DEFAULT_CONNECTIONS, not imported here to keep --help fast
 ) -> DownloadResult:
     """Fetch the plan's quant (what `serve` and `run` also call when the files are not local)."""
     from nemolaunch.adapters.hub_download import download_quant, fetch_listing
@@ -153,6 +161,7 @@ def download_planned(
             verify=verify,
             prefer_xet=xet,
             listing=listing,
+            connections=connections,
         )
     if not quiet:
         note(f"{quant.name}: {len(result.files)} file(s) ready, {human_bytes(result.fetched_bytes)} fetched this run")
