@@ -292,7 +292,9 @@ def machine_facts(work: Path) -> dict[str, object]:
         "system": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "curl": subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout.split("\n")[0],
-        "nemolaunch": f"{commit.stdout.strip() or '?'}{' (modified)' if dirty.stdout.strip() else ''}",
+        "nemolaunch": f"{commit.stdout.strip() or '?'}{' (modified)' if dirty.stdout.strip() else ''}"
+        if NEMOLAUNCH_SRC is None
+        else f"the checkout of {NEMOLAUNCH_SRC.parent} (--nemolaunch-src)",
         "nemolaunch_from": str(NEMOLAUNCH_SRC or Path(nemolaunch.__file__).parents[1]),
         "workdir": str(work),
     }
