@@ -68,3 +68,10 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
+
+
+def publish(text: str, out: object) -> None:
+    """The table on stdout, and in ``out`` (a Path) when one is given."""
+    print(text)
+    if out is not None:
+        out.write_text(text + "\n")  # type: ignore[attr-defined]

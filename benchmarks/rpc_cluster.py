@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_servers import chat, free_port, healthy, listening, nemolaunch, wait_until
+from bench_servers import chat, free_port, healthy, listening, nemolaunch, publish, wait_until
 
 
 def one_run(model: Path, llama_cpp: Path, workers: int, tokens: int) -> dict[str, float]:
@@ -106,10 +106,7 @@ def main() -> int:
                 f"{median['prompt_tps']:.0f} | {median['gen_tps']:.0f} (±{spread['gen_tps'] / 2:.0f}) | "
                 f"{gen_ratio:.2f} |"
             )
-    text = "\n".join(lines)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    publish("\n".join(lines), args.out)
     return 0
 
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_servers import chat, free_port, healthy, nemolaunch, stop, wait_until
+from bench_servers import chat, free_port, healthy, nemolaunch, publish, stop, wait_until
 
 
 def model_for(size_gb: float, folder: Path) -> Path:
@@ -102,10 +102,7 @@ def main() -> int:
             f"{ram['bandwidth_bytes_per_s'] / 1e9:.1f} ({ram['bandwidth_source']}) |"
         )
     lines += ["", f"worst factor: {worst:.2f}"]
-    text = "\n".join(lines)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    publish("\n".join(lines), args.out)
     return 0
 
 

@@ -20,11 +20,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
 
 from nemolaunch.tiny_model import (
-    BOS_TOKEN,
-    EOS_TEXT_TOKEN,
-    IM_END,
-    UNK_TOKEN,
-    load_chat_template,
+    add_tokenizer,
     vocabulary,
     write_model,
 )
@@ -180,19 +176,7 @@ def _fill(writer: GGUFWriter, shape: ScaledShape, seed: int) -> None:
     writer.add_expert_weights_norm(True)
     writer.add_expert_weights_scale(2.5)
     writer.add_moe_latent_size(shape.moe_latent)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt-2")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    writer.add_unk_token_id(tokens.index(UNK_TOKEN))
-    writer.add_bos_token_id(tokens.index(BOS_TOKEN))
-    writer.add_eos_token_id(tokens.index(IM_END))
-    writer.add_eot_token_id(tokens.index(IM_END))
-    writer.add_pad_token_id(tokens.index(EOS_TEXT_TOKEN))
-    writer.add_add_bos_token(False)
-    writer.add_add_eos_token(False)
-    writer.add_chat_template(load_chat_template())
+    add_tokenizer(writer, tokens, types, merges)
 
     rng = np.random.default_rng(seed)
     e = shape.n_embd

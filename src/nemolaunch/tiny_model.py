@@ -321,6 +321,24 @@ def _add_tensors(writer: GGUFWriter, tokens: list[str], seed: int, wiring: Wirin
             writer.add_tensor(f"{blk}.ffn_down_shexp.weight", down_shexp)
 
 
+def add_tokenizer(writer: GGUFWriter, tokens: list[str], types: list[int], merges: list[str]) -> None:
+    """The byte-level BPE tokenizer, its special tokens and NVIDIA's Nemotron 3 chat template."""
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    writer.add_unk_token_id(tokens.index(UNK_TOKEN))
+    writer.add_bos_token_id(tokens.index(BOS_TOKEN))
+    writer.add_eos_token_id(tokens.index(IM_END))
+    writer.add_eot_token_id(tokens.index(IM_END))
+    writer.add_pad_token_id(tokens.index(EOS_TEXT_TOKEN))
+    # The template writes every marker itself; a BOS in front would be a stray token.
+    writer.add_add_bos_token(False)
+    writer.add_add_eos_token(False)
+    writer.add_chat_template(load_chat_template())
+
+
 def _fill(
     writer: GGUFWriter,
     seed: int,
@@ -366,20 +384,7 @@ def _fill(
     writer.add_expert_weights_scale(_EXPERT_WEIGHTS_SCALE)
     writer.add_moe_latent_size(_MOE_LATENT)
 
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt-2")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    writer.add_unk_token_id(tokens.index(UNK_TOKEN))
-    writer.add_bos_token_id(tokens.index(BOS_TOKEN))
-    writer.add_eos_token_id(tokens.index(IM_END))
-    writer.add_eot_token_id(tokens.index(IM_END))
-    writer.add_pad_token_id(tokens.index(EOS_TEXT_TOKEN))
-    # The template writes every marker itself; a BOS in front would be a stray token.
-    writer.add_add_bos_token(False)
-    writer.add_add_eos_token(False)
-    writer.add_chat_template(load_chat_template())
+    add_tokenizer(writer, tokens, types, merges)
 
     _add_tensors(writer, tokens, seed, wiring_for(tokens) if wiring_for is not None else None)
 
