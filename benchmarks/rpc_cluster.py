@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_servers import chat, free_port, healthy, listening, nemolaunch, publish, wait_until
+from bench_servers import chat, free_port, healthy, listening, nemolaunch, publish, stop, wait_until
 
 
 def one_run(model: Path, llama_cpp: Path, workers: int, tokens: int) -> dict[str, float]:
@@ -64,13 +63,8 @@ def one_run(model: Path, llama_cpp: Path, workers: int, tokens: int) -> dict[str
             "gen_tps": timings["predicted_per_second"],
         }
     finally:
-        for process in reversed(started):
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        for process in reversed(started):  # the head first, then its workers
+            stop(process)
 
 
 def main() -> int:
