@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
                        ["--sizes", "0.02", "--runs", "1", "--tokens", "4"]),
     "prompt reuse": ("prompt_reuse.py", ["--runs", "5"], ["--runs", "1", "--turns", "3"]),
     "RPC cluster": ("rpc_cluster.py", ["--runs", "5"], ["--runs", "1", "--tokens", "4"]),
+    "P6 build": ("build_times.py", ["--runs", "5", "--cold"], ["--runs", "1"]),
 }  # fmt: skip
 
 
