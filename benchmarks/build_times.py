@@ -72,7 +72,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         env = {**os.environ, "CCACHE_DISABLE": "1"}
-        ours = timed([*build, "--prefix", str(root / "ours"), "--jobs", str(args.jobs)], env=env)
+        # No web chat: Unsloth's recipe builds none either.
+        ours = timed([*build, "--web-ui", "off", "--prefix", str(root / "ours"), "--jobs", str(args.jobs)], env=env)
         with tarfile.open(source) as archive:
             archive.extractall(root / "tree", filter="data")
         tree = next(
