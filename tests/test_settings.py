@@ -114,3 +114,11 @@ def test_a_bad_config_file_is_one_line_naming_the_file(tmp_path: Path, text: str
 def test_chat_finds_its_server_in_the_environment(tmp_path: Path) -> None:
     result = run_nemolaunch("chat", "-p", "hi", env=cli_env(NEMOLAUNCH_URL="http://127.0.0.1:9/v1"))
     assert result.returncode == 4 and "no server answers at http://127.0.0.1:9/v1" in result.stderr
+
+
+def test_plan_finds_llama_cpp_where_the_file_says(tmp_path: Path) -> None:
+    """plan asks RPC workers with the llama-server it would run: the one config.toml names."""
+    env = config(tmp_path, f'llama_cpp = "{tmp_path / "nowhere"}"\n')
+    result = run_nemolaunch("plan", "--rpc", "127.0.0.1:1", env={**env, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 3
+    assert f"names {tmp_path / 'nowhere'}, which holds no executable llama-server" in result.stderr

@@ -54,13 +54,13 @@ def ask_workers(endpoints: tuple[RpcEndpoint, ...], *, server: Path) -> tuple[Wo
     return workers
 
 
-def workers_for_plan(endpoints: tuple[RpcEndpoint, ...]) -> tuple[Worker, ...]:
+def workers_for_plan(endpoints: tuple[RpcEndpoint, ...], *, llama_cpp: Path | None = None) -> tuple[Worker, ...]:
     """For plan and download: the workers, asked with the llama-server this machine would run."""
     if not endpoints:
         return ()
     from nemolaunch.adapters.llamacpp import find_binary
 
-    return ask_workers(endpoints, server=find_binary("llama-server").path)
+    return ask_workers(endpoints, server=find_binary("llama-server", explicit_dir=llama_cpp).path)
 
 
 def workers_for_launch(

@@ -57,10 +57,11 @@ def download_command(
 ) -> None:
     """Download a quant's GGUF shards, resumably, verified against their sha256."""
     from nemolaunch.cli.planning import plan_model, read_model_spec, require_launchable
-    from nemolaunch.cli.settings import load_settings
+    from nemolaunch.cli.settings import llama_cpp_dir, load_settings
     from nemolaunch.errors import BadOption
 
-    s = load_settings(model=model, quant=quant, prefer=prefer, ctx_size=ctx_size, cache_type=cache_type).values
+    settings = load_settings(model=model, quant=quant, prefer=prefer, ctx_size=ctx_size, cache_type=cache_type)
+    s = settings.values
     model, quant = s.model, s.quant
     if not 1 <= connections <= 64:  # past 64 a CDN sees a flood, not a download
         raise BadOption(option="--connections", value=connections, hint="use 1 to 64")
@@ -82,7 +83,8 @@ def download_command(
         force=named is not None,  # a quant the user names is fetched even if the forecast says no
         parallel=DEFAULT_PARALLEL,
         hardware_file=hardware,
-        workers=workers_for_plan(endpoints),  # the quant to fetch is the one the cluster holds
+        # The quant to fetch is the one the cluster holds.
+        workers=workers_for_plan(endpoints, llama_cpp=llama_cpp_dir(settings)),
         prefer=preference,
         min_speed=min_speed,
     )

@@ -73,19 +73,20 @@ def plan_command(
         render_plan_table,
         render_plan_words,
     )
-    from nemolaunch.cli.settings import load_settings
+    from nemolaunch.cli.settings import llama_cpp_dir, load_settings
     from nemolaunch.errors import BadOption
 
-    s = load_settings(
+    settings = load_settings(
         model=model, ctx_size=ctx_size, cache_type=cache_type, quant=quant, parallel=parallel, prefer=prefer
-    ).values
+    )
+    s, llama_cpp = settings.values, llama_cpp_dir(settings)
     quant, parallel = s.quant, s.parallel or DEFAULT_PARALLEL
     preference = check_preference(s.prefer, min_speed)
     context = read_context(s.ctx_size, s.cache_type)
     spec = read_model_spec(s.model)
     if spec.local is not None and quant is not None:
         raise BadOption(option="--quant", value=quant, hint="it picks a quant of a Hub model, not of a local file")
-    workers = workers_for_plan(read_endpoints(rpc))
+    workers = workers_for_plan(read_endpoints(rpc), llama_cpp=llama_cpp)
     if spec.local is not None:
         planned = plan_local_file(
             spec.local, ctx_size=context.ctx_size, parallel=parallel, hardware_file=hardware, workers=workers,
@@ -101,7 +102,7 @@ def plan_command(
     plan = planned.plan
     argv = None
     if plan.quant is not None:
-        found = _this_machines_server() if hardware is None else None
+        found = _this_machines_server(llama_cpp) if hardware is None else None
         if found is not None:
             # Before hours of downloading, not after: the build found here would leave the GPUs idle.
             warn_if_gpus_go_unused(found)
@@ -159,10 +160,10 @@ def check_preference(prefer: str | None, min_speed: float | None) -> Preference:
     return "speed" if prefer == "speed" else "quality"
 
 
-def _this_machines_server() -> Found | None:
+def _this_machines_server(llama_cpp: Path | None) -> Found | None:
     from nemolaunch.adapters.llamacpp import find_binary
     from nemolaunch.errors import NemolaunchError
 
     with contextlib.suppress(NemolaunchError):
-        return find_binary("llama-server")
+        return find_binary("llama-server", explicit_dir=llama_cpp)
     return None

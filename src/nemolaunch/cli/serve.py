@@ -31,7 +31,7 @@ from nemolaunch.cli.plan import (
     QuantOption,
     check_preference,
 )
-from nemolaunch.cli.settings import load_settings
+from nemolaunch.cli.settings import llama_cpp_dir, load_settings
 from nemolaunch.core.launch import (
     DEFAULT_HOST,
     DEFAULT_PARALLEL,
@@ -142,7 +142,7 @@ def serve_command(
     early = request.check_local()
     key = ServerKey.read(s.api_key_file)
     check_port_for_launch(host=s.host, port=s.port, dry_run=dry_run)
-    binary = find_llama_binary("llama-server", llama_cpp=_llama_cpp(settings), build=build, dry_run=dry_run)
+    binary = find_llama_binary("llama-server", llama_cpp=llama_cpp_dir(settings), build=build, dry_run=dry_run)
     if hardware is None:
         warn_if_gpus_go_unused(binary, passthrough)
     workers = workers_for_launch(rpc, endpoints, server=binary.path, hardware=hardware)
@@ -206,12 +206,6 @@ def _model_request(
         no_download=no_download, dry_run=dry_run, parallel=s.parallel or DEFAULT_PARALLEL,
         prefer=check_preference(s.prefer, min_speed), min_speed=min_speed,
     )  # fmt: skip
-
-
-def _llama_cpp(settings: ResolvedSettings) -> Path | None:
-    # From the environment, find_binary reads NEMOLAUNCH_LLAMA_CPP itself (and names it as the origin).
-    folder = settings.values.llama_cpp
-    return Path(folder) if folder and settings.origins["llama_cpp"] != "env" else None
 
 
 def _announce_server(
@@ -289,7 +283,7 @@ def run_command(
     early = request.check_local()
     if n_predict is not None and (n_predict == 0 or n_predict < -1):
         raise BadOption(option="--n-predict", value=n_predict, hint="use a positive count, or -1 for no limit")
-    binary = find_llama_binary("llama-cli", llama_cpp=_llama_cpp(settings), build=build, dry_run=dry_run)
+    binary = find_llama_binary("llama-cli", llama_cpp=llama_cpp_dir(settings), build=build, dry_run=dry_run)
     if hardware is None:
         warn_if_gpus_go_unused(binary, passthrough)
     workers = workers_for_launch(rpc, endpoints, server=binary.path, hardware=hardware)

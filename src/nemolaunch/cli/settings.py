@@ -31,6 +31,13 @@ def load_settings(**flags: object) -> ResolvedSettings:
     return resolve_settings(flags=given, environ=os.environ, file_values=values, file=str(path) if values else None)
 
 
+def llama_cpp_dir(settings: ResolvedSettings) -> Path | None:
+    """The llama.cpp folder a flag or config.toml names; from NEMOLAUNCH_LLAMA_CPP, find_binary reads it
+    itself (and names the variable as where the build came from)."""
+    folder = settings.values.llama_cpp
+    return Path(folder) if folder and settings.origins["llama_cpp"] != "env" else None
+
+
 @config_app.command("show")
 def show_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print the settings as one JSON object.")] = False,
