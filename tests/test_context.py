@@ -15,7 +15,7 @@ from nemolaunch.core.assessment import CTX_STEP, max_context
 from nemolaunch.core.catalog import builtin_catalog
 from nemolaunch.core.forecast import ULTRA_ARCHITECTURE, forecast_memory
 from nemolaunch.core.planner import PlanRequest, memory_budget, plan_launch
-from nemolaunch.errors import BadOption, ContextSizeNotPositive
+from nemolaunch.errors import BadOption
 
 from conftest import cli_env, run_nemolaunch
 
@@ -29,16 +29,22 @@ def ultra(name: str, **request: object):
     return plan_launch(facts, catalog, PlanRequest(parallel=4, **request), ULTRA_ARCHITECTURE)  # type: ignore[arg-type]
 
 
-def test_context_options_are_read_once() -> None:
-    assert read_context(None) == ContextRequest()
-    assert read_context("MAX", "q8_0") == ContextRequest(longest=True, cache_type="q8_0")
-    assert read_context(" 8192 ") == ContextRequest(ctx_size=8192)
+def test_context_options_are_checked_by_the_settings_and_read_here() -> None:
+    from nemolaunch.core.settings import resolve_settings
+
+    def checked(**flags: object) -> ContextRequest:
+        values = resolve_settings(flags=flags, environ={}, file_values={}, file=None).values
+        return read_context(values.ctx_size, values.cache_type)
+
+    assert checked() == ContextRequest()
+    assert checked(ctx_size="MAX", cache_type="q8_0") == ContextRequest(longest=True, cache_type="q8_0")
+    assert checked(ctx_size=" 8192 ") == ContextRequest(ctx_size=8192)
     with pytest.raises(BadOption, match="max for the longest"):
-        read_context("lots")
-    with pytest.raises(ContextSizeNotPositive):
-        read_context("0")
+        checked(ctx_size="lots")
+    with pytest.raises(BadOption, match="use a positive number of tokens"):
+        checked(ctx_size="0")
     with pytest.raises(BadOption, match="use one of f16"):
-        read_context(None, "q3")
+        checked(cache_type="q3")
 
 
 def test_the_longest_context_fits_and_one_step_more_does_not() -> None:

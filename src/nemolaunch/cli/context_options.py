@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from nemolaunch.core.launch import CACHE_TYPES, DEFAULT_CTX_SIZE
+from nemolaunch.core.launch import DEFAULT_CTX_SIZE
 
 CtxOption = Annotated[
     str | None,
@@ -39,23 +39,10 @@ class ContextRequest:
 
 
 def read_context(ctx_size: str | None, cache_type: str | None = "f16") -> ContextRequest:
-    """The context options, checked: a positive number of tokens or ``max``, and a known cache type."""
-    from nemolaunch.errors import BadOption, ContextSizeNotPositive
-
-    cache_type = cache_type or "f16"
-    if cache_type not in CACHE_TYPES:
-        raise BadOption(option="--cache-type", value=cache_type, hint=f"use one of {', '.join(CACHE_TYPES)}")
+    """The context options as a launch uses them. The values were checked by the settings model
+    (nemolaunch.core.settings), which every command reads them through: here they are only read."""
     if ctx_size is None:
-        return ContextRequest(cache_type=cache_type)
-    word = ctx_size.strip().lower()
-    if word == "max":
-        return ContextRequest(longest=True, cache_type=cache_type)
-    try:
-        tokens = int(word)
-    except ValueError:
-        raise BadOption(
-            option="--ctx-size", value=ctx_size, hint="give a number of tokens, or max for the longest that fits"
-        ) from None
-    if tokens <= 0:
-        raise ContextSizeNotPositive(ctx_size=tokens)
-    return ContextRequest(ctx_size=tokens, cache_type=cache_type)
+        return ContextRequest(cache_type=cache_type or "f16")
+    if ctx_size.strip().lower() == "max":
+        return ContextRequest(longest=True, cache_type=cache_type or "f16")
+    return ContextRequest(ctx_size=int(ctx_size), cache_type=cache_type or "f16")

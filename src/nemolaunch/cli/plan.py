@@ -145,12 +145,10 @@ def planned_server_argv(planned: PlannedModel, *, parallel: int, binary: str) ->
 
 
 def check_preference(prefer: str | None, min_speed: float | None) -> Preference:
-    """``--prefer`` and ``--min-speed``, checked once for every command that plans."""
+    """``--min-speed`` (not a setting: it is asked for per launch), and how it goes with ``--prefer``,
+    whose value the settings model already checked."""
     from nemolaunch.errors import BadOption
 
-    prefer = prefer or "quality"
-    if prefer not in ("quality", "speed"):
-        raise BadOption(option="--prefer", value=prefer, hint="use quality or speed")
     if min_speed is not None and not (min_speed > 0 and min_speed != float("inf")):
         raise BadOption(option="--min-speed", value=min_speed, hint="use a positive number of tokens/s")
     if min_speed is not None and prefer == "speed":

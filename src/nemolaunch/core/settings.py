@@ -45,7 +45,6 @@ class Settings(BaseModel):
 
 KEYS: tuple[str, ...] = tuple(Settings.model_fields)
 FLAGS = {key: "--" + key.replace("_", "-") for key in KEYS}
-FLAGS["temp"] = "--temp"
 
 
 def env_name(key: str) -> str:
