@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -28,3 +29,44 @@ def test_version() -> None:
 
     result = run_nemolaunch("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"nemolaunch {__version__}"
+
+
+def test_each_verb_summary_is_its_commands_first_docstring_line() -> None:
+    """`--help` lists verbs from the table without importing them: the table must say what they say."""
+    import importlib
+
+    from nemolaunch.cli import VERBS
+
+    for verb in VERBS:
+        target = getattr(importlib.import_module(verb.module), verb.attribute)
+        text = target.info.help if verb.group else target.__doc__
+        assert verb.summary == text.strip().splitlines()[0], verb.name
+
+
+def test_a_verb_loads_only_its_own_module() -> None:
+    probe = (
+        "import json, sys\n"
+        "from nemolaunch.cli import make_app\n"
+        "make_app(['--debug', 'doctor', '--json'], {})\n"
+        "print(json.dumps([m for m in sys.modules if m.startswith('nemolaunch.cli.')]))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    loaded = set(json.loads(result.stdout))
+    assert "nemolaunch.cli.doctor" in loaded
+    assert not loaded & {
+        "nemolaunch.cli.serve",
+        "nemolaunch.cli.download",
+        "nemolaunch.cli.chat",
+        "nemolaunch.cli.build",
+    }
+
+
+def test_completion_sees_every_verb_whole() -> None:
+    probe = (
+        "import sys\n"
+        "from nemolaunch.cli import make_app\n"
+        "make_app([], {'_NEMOLAUNCH_COMPLETE': 'complete_bash'})\n"
+        "print('nemolaunch.cli.serve' in sys.modules and 'nemolaunch.cli.chat' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "True"
