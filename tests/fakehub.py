@@ -43,6 +43,8 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import pytest
 
 _CHUNK = 1024 * 1024
+# The path a Fault is added under to make a repo's API (listing) answers fail instead of a file's bytes.
+API = "<api>"
 _NON_LFS_SUFFIXES = (".md", ".json", ".txt", ".gitattributes")
 
 
@@ -382,10 +384,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
+        self._log(status, None)  # before the client can see the answer: a test counting requests sees it
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        self._log(status, None)
 
     def _error(
         self,
@@ -404,10 +406,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Error-Message", message)
         for key, value in (extra or {}).items():
             self.send_header(key, value)
+        self._log(status, file)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        self._log(status, file)
 
     def _repo_or_error(self, repo_id: str) -> FakeRepo | None:
         repo = self.hub.repos.get(repo_id)
@@ -461,6 +463,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- API: model info and tree -------------------------------------------------------
     def _api(self, repo_id: str, rest: str, query: dict[str, list[str]]) -> None:
+        fault = self.hub._take_fault(repo_id, API)
+        if fault is not None and fault.status is not None:
+            self._error(fault.status, None, f"fault injected: {fault.status}")
+            return
         repo = self._repo_or_error(repo_id)
         if repo is None:
             return

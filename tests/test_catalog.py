@@ -5,15 +5,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
-import httpx2
 import pytest
-from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
 from nemolaunch import ULTRA_REPO
-from nemolaunch.adapters.hub_listing import hub_offline, list_cached_files, load_catalog, to_entries
+from nemolaunch.adapters.hub_listing import hub_offline, list_cached_files, load_catalog
 from nemolaunch.core.catalog import (
     NANO_REPO,
     QUALITY_FLOOR_BPW,
@@ -29,10 +25,8 @@ from nemolaunch.core.catalog import (
     select_catalog,
 )
 from nemolaunch.errors import (
-    EXIT_HUB,
     EXIT_NOT_FOUND,
     EXIT_USAGE,
-    GatedRepoNeedsToken,
     HubRepoNotFound,
     HubRequestFailed,
     MalformedModelReference,
@@ -41,6 +35,9 @@ from nemolaunch.errors import (
     UnknownQuant,
     describe,
 )
+
+from conftest import free_port
+from fakehub import API, FakeHub, Fault, fake_hub_fixture  # noqa: F401  (fixture)
 
 LISTINGS = Path(__file__).parent / "fixtures" / "listings"
 ULTRA_LADDER = [
@@ -60,15 +57,10 @@ ULTRA_LADDER = [
 ]
 
 
-def tree_items(name: str) -> list[Any]:
-    """A recorded list_repo_tree answer as RepoFile / RepoFolder look-alikes (folders carry no size)."""
-    items = []
-    for raw in json.loads((LISTINGS / name).read_text()):
-        if raw["type"] == "directory":
-            items.append(SimpleNamespace(path=raw["path"]))
-        else:
-            items.append(SimpleNamespace(path=raw["path"], size=raw["size"], lfs=raw["lfs"]))
-    return items
+def tree_items(name: str) -> list[ListingEntry]:
+    """A recorded list_repo_tree answer's files (its folders carry no size and drop out)."""
+    raw_items = json.loads((LISTINGS / name).read_text())
+    return [ListingEntry(raw["path"], raw["size"]) for raw in raw_items if "size" in raw]
 
 
 def entries(*pairs: tuple[str, int]) -> list[ListingEntry]:
@@ -85,7 +77,7 @@ def shards(folder: str, stem: str, total: int, size: int, only: list[int] | None
 
 # --- grouping a real-looking listing -------------------------------------------------------
 def test_ultra_hub_listing_groups_folders_into_the_ladder() -> None:
-    catalog = build_catalog(ULTRA_REPO, to_entries(tree_items("ultra_hub.json")), source="hub")
+    catalog = build_catalog(ULTRA_REPO, tree_items("ultra_hub.json"), source="hub")
     assert catalog.names == ULTRA_LADDER
     assert catalog.source == "hub"
     assert catalog.incomplete == ()
@@ -100,7 +92,7 @@ def test_ultra_hub_listing_groups_folders_into_the_ladder() -> None:
 
 
 def test_side_files_and_non_gguf_files_are_not_quants() -> None:
-    catalog = build_catalog(ULTRA_REPO, to_entries(tree_items("ultra_hub.json")), source="hub")
+    catalog = build_catalog(ULTRA_REPO, tree_items("ultra_hub.json"), source="hub")
     every_file = {path for quant in catalog.quants for path in quant.files}
     assert "imatrix_unsloth.gguf" not in every_file
     assert "mtp-NVIDIA-Nemotron-3-Ultra-550B-A55B-Q8_0.gguf" not in every_file
@@ -109,7 +101,7 @@ def test_side_files_and_non_gguf_files_are_not_quants() -> None:
 
 
 def test_builtin_table_matches_the_recorded_hub_listing() -> None:
-    hub = build_catalog(ULTRA_REPO, to_entries(tree_items("ultra_hub.json")), source="hub")
+    hub = build_catalog(ULTRA_REPO, tree_items("ultra_hub.json"), source="hub")
     builtin = builtin_catalog(ULTRA_REPO)
     assert builtin is not None
     assert builtin.approximate and builtin.source == "builtin"
@@ -128,7 +120,7 @@ def test_builtin_ladder_matches_the_published_figures() -> None:
 
 
 def test_flat_repo_groups_by_the_file_name_tag() -> None:
-    catalog = build_catalog(NANO_REPO, to_entries(tree_items("nano_flat.json")), source="hub")
+    catalog = build_catalog(NANO_REPO, tree_items("nano_flat.json"), source="hub")
     assert catalog.names == ["UD-Q2_K_XL", "UD-Q3_K_XL", "UD-Q4_K_XL", "UD-Q5_K_XL", "UD-Q6_K_XL", "Q8_0", "BF16"]
     assert catalog.find("UD-Q4_K_XL").files == ("Nemotron-3-Nano-30B-A3B-UD-Q4_K_XL.gguf",)
     bf16 = catalog.find("bf16")
@@ -310,7 +302,7 @@ PARTIAL_CACHE = shards("UD-Q2_K_XL", "NVIDIA-Nemotron-3-Ultra-550B-A55B-UD-Q2_K_
 
 
 def test_hub_listing_wins() -> None:
-    catalog = select_catalog(ULTRA_REPO, hub=to_entries(tree_items("ultra_hub.json")), cache=COMPLETE_CACHE)
+    catalog = select_catalog(ULTRA_REPO, hub=tree_items("ultra_hub.json"), cache=COMPLETE_CACHE)
     assert catalog.source == "hub"
     assert len(catalog.quants) == 13
 
@@ -361,83 +353,82 @@ def make_cache(cache_dir: Path, repo: str, files: dict[str, bytes], *, commit: s
     return snapshot
 
 
-class FakeApi:
-    endpoint = "https://hub.example"
-
-    def __init__(self, answer: list[Any] | BaseException) -> None:
-        self.answer = answer
-        self.calls: list[tuple[str, bool]] = []
-
-    def list_repo_tree(self, repo_id: str, *, recursive: bool = False) -> list[Any]:
-        self.calls.append((repo_id, recursive))
-        if isinstance(self.answer, BaseException):
-            raise self.answer
-        return self.answer
+def ultra_on(hub: FakeHub, repo: str = ULTRA_REPO) -> None:
+    """The recorded Ultra listing served by the fake hub: one byte a file, listed at its real size."""
+    files = [raw for raw in json.loads((LISTINGS / "ultra_hub.json").read_text()) if raw["type"] == "file"]
+    hub.add_repo(repo, {raw["path"]: b"x" for raw in files}, declared_sizes={raw["path"]: raw["size"] for raw in files})
 
 
-def _http_error(cls: type[HfHubHTTPError], status: int) -> HfHubHTTPError:
-    request = httpx2.Request("GET", "https://huggingface.co/api/models/x/tree/main")
-    return cls(f"{status} error\nmore detail", response=httpx2.Response(status, request=request))
-
-
-def test_load_catalog_from_the_hub(tmp_path: Path) -> None:
-    api = FakeApi(tree_items("ultra_hub.json"))
-    lookup = load_catalog(ULTRA_REPO, api=api, cache_dir=tmp_path, environ={})
-    assert api.calls == [(ULTRA_REPO, True)]
+def test_load_catalog_from_the_hub(fake_hub: FakeHub, tmp_path: Path) -> None:
+    ultra_on(fake_hub)
+    lookup = load_catalog(ULTRA_REPO, endpoint=fake_hub.url, cache_dir=tmp_path, environ={})
     assert lookup.catalog.source == "hub"
     assert lookup.catalog.names == ULTRA_LADDER
     assert lookup.warnings == ()
+    # One request, whose answer the download reuses: sizes, sha256s and the commit.
+    assert [record.path for record in fake_hub.requests] == [f"/api/models/{ULTRA_REPO}/revision/main"]
+    assert lookup.listing is not None and lookup.listing.commit == fake_hub.repos[ULTRA_REPO].sha
+    first = lookup.catalog.find("UD-IQ3_XXS").files[0]
+    assert lookup.listing.find(first).sha256 == fake_hub.repos[ULTRA_REPO].sha256_of(first)  # type: ignore[union-attr]
 
 
 def test_load_catalog_falls_back_to_the_cache_when_the_hub_is_unreachable(tmp_path: Path) -> None:
     make_cache(tmp_path, ULTRA_REPO, {"UD-Q2_K_XL/M-UD-Q2_K_XL-00001-of-00002.gguf": b"GGUF1234",
                                       "UD-Q2_K_XL/M-UD-Q2_K_XL-00002-of-00002.gguf": b"12345"})  # fmt: skip
-    lookup = load_catalog(ULTRA_REPO, api=FakeApi(ConnectionError("Name or service not known")),
-                          cache_dir=tmp_path, environ={})  # fmt: skip
+    lookup = load_catalog(ULTRA_REPO, endpoint=f"http://127.0.0.1:{free_port()}", cache_dir=tmp_path, environ={})
     assert lookup.catalog.source == "cache"
     assert lookup.catalog.find("UD-Q2_K_XL").size_bytes == 13
-    assert lookup.warnings == (
-        "the Hugging Face Hub could not be reached (Name or service not known): using the local cache",
-    )
+    assert lookup.listing is None
+    assert len(lookup.warnings) == 1
+    assert lookup.warnings[0].startswith("the Hugging Face Hub could not be reached (127.0.0.1:")
+    assert lookup.warnings[0].endswith("refused the connection): using the local cache")
 
 
-def test_load_catalog_treats_a_server_error_as_unreachable(tmp_path: Path) -> None:
-    lookup = load_catalog(ULTRA_REPO, api=FakeApi(_http_error(HfHubHTTPError, 503)), cache_dir=tmp_path, environ={})
+@pytest.mark.parametrize("status", [503, 429])
+def test_load_catalog_treats_a_busy_or_broken_hub_as_unreachable(
+    fake_hub: FakeHub, tmp_path: Path, status: int
+) -> None:
+    ultra_on(fake_hub)
+    fake_hub.add_fault(ULTRA_REPO, API, Fault(status=status))
+    lookup = load_catalog(ULTRA_REPO, endpoint=fake_hub.url, cache_dir=tmp_path, environ={})
     assert lookup.catalog.source == "builtin"
-    assert "503 error" in lookup.warnings[0]
+    assert lookup.warnings[0].startswith("the Hugging Face Hub could not be reached (")
+    assert f"{status} " in lookup.warnings[0]  # "... '503 Service Unavailable' for url ...", "429 Too Many ..."
 
 
-def test_offline_mode_never_asks_the_hub(tmp_path: Path) -> None:
-    api = FakeApi(AssertionError("the Hub must not be asked"))
-    lookup = load_catalog(ULTRA_REPO, api=api, cache_dir=tmp_path, environ={"HF_HUB_OFFLINE": "1"})
-    assert api.calls == []
+def test_offline_mode_never_asks_the_hub(fake_hub: FakeHub, tmp_path: Path) -> None:
+    ultra_on(fake_hub)
+    lookup = load_catalog(ULTRA_REPO, endpoint=fake_hub.url, cache_dir=tmp_path, environ={"HF_HUB_OFFLINE": "1"})
+    assert fake_hub.requests == []
     assert lookup.catalog.source == "builtin"
     assert lookup.warnings[0].startswith("HF_HUB_OFFLINE is set")
 
 
-def test_repository_the_hub_does_not_know_is_an_error_not_a_fallback(tmp_path: Path) -> None:
-    api = FakeApi(_http_error(RepositoryNotFoundError, 404))
+def test_repository_the_hub_does_not_know_is_an_error_not_a_fallback(fake_hub: FakeHub, tmp_path: Path) -> None:
+    ultra_on(fake_hub)
     with pytest.raises(HubRepoNotFound) as caught:
-        load_catalog(ULTRA_REPO + "-typo", api=api, cache_dir=tmp_path, environ={})
-    assert caught.value.endpoint == "https://hub.example"
+        load_catalog(ULTRA_REPO + "-typo", endpoint=fake_hub.url, cache_dir=tmp_path, environ={})
+    assert caught.value.endpoint == fake_hub.url
     code, message = describe(caught.value)
     assert code == EXIT_NOT_FOUND
-    assert message.startswith(f"repo {ULTRA_REPO}-typo was not found on https://hub.example")
+    assert message.startswith(f"repo {ULTRA_REPO}-typo was not found on {fake_hub.url}")
 
 
-def test_gated_repository_without_a_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
-    api = FakeApi(_http_error(GatedRepoError, 401))
-    with pytest.raises(GatedRepoNeedsToken) as caught:
-        load_catalog("nvidia/gated-GGUF", api=api, cache_dir=tmp_path, environ={})
-    assert caught.value.url == "https://hub.example/nvidia/gated-GGUF"
-    assert describe(caught.value)[0] == EXIT_HUB
+def test_a_gated_repository_is_listed_without_a_token(fake_hub: FakeHub, tmp_path: Path) -> None:
+    """The Hub lists a gated repo to anyone (only its files need access): plan shows what would fit,
+    and the download says how to get access (tests/test_download.py)."""
+    ultra_on(fake_hub, "nvidia/gated-GGUF")
+    fake_hub.repos["nvidia/gated-GGUF"].gated = True
+    lookup = load_catalog("nvidia/gated-GGUF", endpoint=fake_hub.url, cache_dir=tmp_path, environ={})
+    assert lookup.listing is not None and lookup.listing.gated
+    assert lookup.catalog.names == ULTRA_LADDER
 
 
-def test_other_client_errors_are_reported(tmp_path: Path) -> None:
-    api = FakeApi(_http_error(HfHubHTTPError, 400))
+def test_other_client_errors_are_reported(fake_hub: FakeHub, tmp_path: Path) -> None:
+    ultra_on(fake_hub)
+    fake_hub.add_fault(ULTRA_REPO, API, Fault(status=400))
     with pytest.raises(HubRequestFailed) as caught:
-        load_catalog(ULTRA_REPO, api=api, cache_dir=tmp_path, environ={})
+        load_catalog(ULTRA_REPO, endpoint=fake_hub.url, cache_dir=tmp_path, environ={})
     assert caught.value.status == 400
 
 

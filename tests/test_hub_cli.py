@@ -100,6 +100,10 @@ def test_download_fetches_exactly_one_quant_then_nothing(hub: FakeHub, big_machi
     assert not any("mmproj" in (record.file or "") for record in hub.requests)
     stored = {path.name for path in (tmp_path / "hf" / "hub").rglob("*.gguf")}
     assert stored == {Path(name).name for name in result["files"]}
+    # The repo is listed once: the plan's listing (sizes, sha256s, commit) serves the download too.
+    assert [record.path for record in hub.requests if record.path.startswith("/api/")] == [
+        f"/api/models/{REPO}/revision/main"
+    ]
 
     hub.reset_counters()
     again = run_nemolaunch("download", f"{REPO}:{SPLIT_QUANT}", "--hardware", str(big_machine), "--json", env=env)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from nemolaunch import ULTRA_REPO
 from nemolaunch.adapters.hardware_file import load_hardware_facts
-from nemolaunch.adapters.hub_listing import to_entries
 from nemolaunch.core.catalog import NANO_REPO, SUPER_REPO, Catalog, ListingEntry, build_catalog, builtin_catalog
 from nemolaunch.core.forecast import ULTRA_ARCHITECTURE
 from nemolaunch.core.hardware import GpuFacts, HardwareFacts
@@ -232,8 +230,9 @@ def test_plan_json_shape() -> None:
 
 
 def test_plan_from_a_hub_listing_says_so_and_drops_the_approximate_warning() -> None:
-    items = [SimpleNamespace(**raw) for raw in json.loads((LISTINGS / "ultra_hub.json").read_text())]
-    catalog = build_catalog(ULTRA_REPO, to_entries(items), source="hub")
+    raw_items = json.loads((LISTINGS / "ultra_hub.json").read_text())
+    entries = [ListingEntry(raw["path"], raw["size"]) for raw in raw_items if "size" in raw]
+    catalog = build_catalog(ULTRA_REPO, entries, source="hub")
     result = plan_launch(machine("cpu_epyc_384gb"), catalog, PlanRequest(), ULTRA_ARCHITECTURE)
     assert (result.source, result.quant.name) == ("hub", "UD-Q4_K_XL")  # type: ignore[union-attr]
     assert not any("approximate built-in figures" in warning for warning in result.warnings)

@@ -35,7 +35,7 @@ from pathlib import Path
 from nemolaunch.adapters.hardware_probe import existing_ancestor
 from nemolaunch.adapters.hub_http import resolve_url, translate
 from nemolaunch.adapters.hub_layout import COMMIT_SHA, Layout, make_layout, size_or_zero
-from nemolaunch.adapters.hub_listing import check_hub_reachable
+from nemolaunch.adapters.hub_listing import RepoListing, fetch_listing, hub_endpoint, resolve_token
 from nemolaunch.adapters.hub_run import Run, run_parallel
 from nemolaunch.adapters.verify import check_split_headers
 from nemolaunch.core.download_plan import (
@@ -57,7 +57,6 @@ from nemolaunch.errors import (
     GatedRepoNeedsToken,
     HubFileNotFound,
     HubListingChanged,
-    HubRequestFailed,
     HubUnreachable,
     NotEnoughDisk,
 )
@@ -72,66 +71,11 @@ DEFAULT_CONNECTIONS = 32
 
 
 @dataclass(frozen=True)
-class RepoListing:
-    """A repo at one commit: its LFS files (what a quant is made of) and the names of the rest."""
-
-    repo_id: str
-    revision: str
-    commit: str
-    gated: bool
-    files: tuple[RemoteFile, ...]
-    other_files: tuple[str, ...]
-
-    def find(self, path: str) -> RemoteFile | None:
-        return next((remote for remote in self.files if remote.path == path), None)
-
-
-@dataclass(frozen=True)
 class DownloadResult:
     commit: str | None  # None only offline in a local_dir, where no commit is recorded
     files: dict[str, Path]  # repo path -> the path to hand llama.cpp (snapshot link or local_dir file)
     fetched_bytes: int  # written by this run
     offline: bool
-
-
-# --- listing ----------------------------------------------------------------------------------
-def fetch_listing(
-    *, repo_id: str, revision: str = "main", token: str | None = None, endpoint: str | None = None
-) -> RepoListing:
-    """The repo's files at ``revision``, with sizes and LFS sha256, and the commit it resolves to.
-
-    ``token=None`` uses the token huggingface_hub finds (HF_TOKEN, or ``hf auth login``).
-    """
-    check_repo_id(repo_id)
-    from huggingface_hub import HfApi
-
-    hub = _endpoint(endpoint)
-    check_hub_reachable(hub)
-    resolved_token = _resolve_token(token)
-    try:
-        info = HfApi(endpoint=hub).model_info(
-            repo_id, revision=revision, files_metadata=True, token=resolved_token or False
-        )
-    except Exception as exc:
-        raise translate(exc, repo_id=repo_id, revision=revision, endpoint=hub, token=resolved_token) from exc
-    files: list[RemoteFile] = []
-    others: list[str] = []
-    for sibling in info.siblings or ():
-        if sibling.lfs is not None:
-            files.append(RemoteFile(sibling.rfilename, int(sibling.lfs.size), str(sibling.lfs.sha256).lower()))
-        else:
-            others.append(sibling.rfilename)
-    if not info.sha or not COMMIT_SHA.fullmatch(info.sha):
-        # The commit becomes a folder name in the cache: only a real hash may (a mirror could send "../x").
-        raise HubRequestFailed(repo_id=repo_id, status=200, reason=f"the listing names no valid commit ({info.sha!r})")
-    return RepoListing(
-        repo_id=repo_id,
-        revision=revision,
-        commit=info.sha,
-        gated=bool(info.gated),
-        files=tuple(files),
-        other_files=tuple(others),
-    )
 
 
 # --- download -------------------------------------------------------------------------------
@@ -170,7 +114,7 @@ def download_quant(
     A transfer that fails or stalls (no byte for ``stall_timeout_s``) is retried from the bytes on
     disk, waiting ``retry_wait_s`` doubled after each attempt that brought nothing new.
     Ctrl-C raises DownloadInterrupted, leaving partial files to resume from.
-    ``listing`` (from :func:`fetch_listing` at ``revision``) saves asking the Hub again.
+    ``listing`` (from ``hub_listing.fetch_listing`` at ``revision``) saves asking the Hub again.
     At most ``connections`` HTTP connections carry bytes at once, all files together; each file is
     fetched in ranges of ``piece_bytes`` (default: sized for the connections it will likely get), over
     as many of them as it has ranges left.
@@ -182,8 +126,8 @@ def download_quant(
     from huggingface_hub import constants
 
     emit = progress or (lambda event: None)
-    hub = _endpoint(endpoint)
-    resolved_token = _resolve_token(token)
+    hub = hub_endpoint(endpoint)
+    resolved_token = resolve_token(token)
     stop = threading.Event()
     try:
         is_offline = constants.is_offline_mode() if offline is None else offline
@@ -276,7 +220,7 @@ def _names_near(path: str, listing: RepoListing) -> list[str]:
     names = [remote.path for remote in listing.files if remote.path.rpartition("/")[0] == folder]
     if folder and not names:
         names = sorted({remote.path.split("/")[0] for remote in listing.files})
-    return sorted(names) or sorted(listing.other_files)
+    return sorted(names) or sorted(entry.path for entry in listing.other_files)
 
 
 def _check_gated_access(listing: RepoListing, probe: RemoteFile | None, endpoint: str, token: str | None) -> None:
@@ -377,18 +321,3 @@ def _from_disk_only(
     result = dict(zip((remote.path for remote in wanted), local_paths, strict=True))
     check_split_headers(result.items())
     return DownloadResult(commit=layout.commit, files=result, fetched_bytes=0, offline=True)
-
-
-# --- small helpers ------------------------------------------------------------------------------------
-def _endpoint(endpoint: str | None) -> str:
-    from huggingface_hub import constants
-
-    return (endpoint or constants.ENDPOINT).rstrip("/")
-
-
-def _resolve_token(token: str | None) -> str | None:
-    if token:
-        return token
-    from huggingface_hub import get_token
-
-    return get_token()

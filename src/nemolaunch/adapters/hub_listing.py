@@ -1,14 +1,13 @@
-"""Listing a repository's files for the quant catalog: the Hub, else the local HF cache.
+"""Listing a repository's files: the Hub, else the local HF cache.
 
-Only I/O lives here: the Hub's ``list_repo_tree`` and a scan of the hub cache
-become plain ``ListingEntry`` lists, and ``nemolaunch.core.catalog`` decides
-what they mean (and falls back to its built-in table). Nothing is printed;
-what the user should hear comes back as warnings.
+Only I/O lives here: one Hub listing (sizes, LFS sha256s, the commit) serves both the quant catalog
+and the download that follows; a scan of the hub cache stands in when the Hub cannot answer.
+``nemolaunch.core.catalog`` decides what the files mean (and falls back to its built-in table).
+Nothing is printed; what the user should hear comes back as warnings.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import socket
@@ -16,15 +15,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
+from nemolaunch import __version__
+from nemolaunch.adapters.hub_http import translate
+from nemolaunch.adapters.hub_layout import COMMIT_SHA
 from nemolaunch.core.catalog import Catalog, ListingEntry, select_catalog
+from nemolaunch.core.download_plan import RemoteFile, check_repo_id
 from nemolaunch.errors import (
-    GatedRepoNeedsToken,
-    GatedRepoNoAccess,
-    HubRepoNotFound,
     HubRequestFailed,
-    HubRevisionNotFound,
     HubUnreachable,
     NoGGUFInRepo,
     NotCachedOffline,
@@ -41,6 +40,7 @@ class CatalogLookup:
     catalog: Catalog
     warnings: tuple[str, ...] = ()
     offline_reason: str | None = None  # why the Hub was not asked, when it was not
+    listing: RepoListing | None = None  # the Hub's answer, when it gave one
 
 
 def hub_offline(environ: Mapping[str, str]) -> bool:
@@ -52,20 +52,21 @@ def hub_offline(environ: Mapping[str, str]) -> bool:
 def load_catalog(
     repo: str,
     *,
-    api: Any | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
     cache_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> CatalogLookup:
     """The quant catalog for ``repo``: from the Hub, else the HF cache, else the built-in table.
 
-    ``api`` is a huggingface_hub ``HfApi`` (made here when not given); tests
-    pass a stand-in. The catalog records which source it came from. A Hub
-    that answers "no such repository" or "gated" is an error, not a reason to
-    fall back: the cache would only hide the typo.
+    The Hub's answer comes back too (``listing``: sizes, sha256s and the commit), so a download
+    that follows asks the Hub nothing more. A Hub that answers "no such repository" is an error,
+    not a reason to fall back: the cache would only hide the typo. ``endpoint`` and ``token``
+    default to huggingface_hub's (HF_ENDPOINT, HF_TOKEN or ``hf auth login``).
     """
     environ = os.environ if environ is None else environ
     warnings: list[str] = []
-    hub: list[ListingEntry] | None = None
+    listing: RepoListing | None = None
     offline_reason: str | None = None
     unreachable: HubUnreachable | None = None
     if hub_offline(environ):
@@ -73,11 +74,12 @@ def load_catalog(
         warnings.append("HF_HUB_OFFLINE is set: quants listed from the local cache or built-in figures")
     else:
         try:
-            hub = list_hub_files(repo, api=api)
+            listing = fetch_listing(repo_id=repo, endpoint=endpoint, token=token)
         except HubUnreachable as exc:
             unreachable = exc
             offline_reason = f"the Hub is unreachable ({exc.reason})"
             warnings.append(f"the Hugging Face Hub could not be reached ({exc.reason}): using the local cache")
+    hub = listing.entries() if listing is not None else None
     cache = None if hub is not None else list_cached_files(repo, cache_dir=cache_dir)
     try:
         catalog = select_catalog(repo, hub=hub, cache=cache)
@@ -89,44 +91,112 @@ def load_catalog(
         raise
     if catalog.source == "builtin":
         warnings.append(f"no listing of {repo} in the cache: using built-in approximate sizes")
-    return CatalogLookup(catalog=catalog, warnings=tuple(warnings), offline_reason=offline_reason)
+    return CatalogLookup(catalog=catalog, warnings=tuple(warnings), offline_reason=offline_reason, listing=listing)
 
 
-def list_hub_files(repo: str, *, api: Any | None = None) -> list[ListingEntry]:
-    """Every file in ``repo`` on the Hub with its size.
+@dataclass(frozen=True)
+class RepoListing:
+    """A repo at one commit: its LFS files (what a quant is made of) and the rest, by name and size."""
 
-    Raises HubRepoNotFound, HubRevisionNotFound, GatedRepoNeedsToken /
-    GatedRepoNoAccess or HubRequestFailed when the Hub refuses, and
-    HubUnreachable when it cannot answer at all (network, offline mode, 5xx).
+    repo_id: str
+    revision: str
+    commit: str
+    gated: bool
+    files: tuple[RemoteFile, ...]
+    other_files: tuple[ListingEntry, ...]
+
+    def find(self, path: str) -> RemoteFile | None:
+        return next((remote for remote in self.files if remote.path == path), None)
+
+    def entries(self) -> list[ListingEntry]:
+        """Every file with its size, as the catalog reads a listing."""
+        return [ListingEntry(remote.path, remote.size) for remote in self.files] + list(self.other_files)
+
+
+def fetch_listing(
+    *, repo_id: str, revision: str = "main", endpoint: str | None = None, token: str | None = None
+) -> RepoListing:
+    """The repo's files at ``revision``, with sizes and LFS sha256, and the commit it resolves to.
+
+    One ``GET /api/models/<repo>/revision/<rev>?blobs=true`` (what ``HfApi.model_info(files_metadata=True)``
+    asks), sent with huggingface_hub's own session, headers and error parsing, but without importing
+    ``hf_api``: that module alone costs more start-up (~0.06 s) than the request on a near Hub.
+    Raises HubRepoNotFound, HubRevisionNotFound or HubRequestFailed when the Hub refuses, and
+    HubUnreachable when it cannot answer (network, 5xx, 429).
     """
-    from huggingface_hub import HfApi, constants, get_token
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
+    check_repo_id(repo_id)
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    hub = hub_endpoint(endpoint)
+    check_hub_reachable(hub)
+    resolved_token = resolve_token(token)
+    url = f"{hub}/api/models/{repo_id}/revision/{quote(revision, safe='')}"
+    headers = build_hf_headers(token=resolved_token or False, library_name="nemolaunch", library_version=__version__)
+    try:
+        response = get_session().get(url, headers=headers, params={"blobs": True})
+        hf_raise_for_status(response)
+        info = response.json()
+    except Exception as exc:
+        raise _listing_error(exc, repo_id=repo_id, revision=revision, endpoint=hub, token=resolved_token) from exc
+    try:
+        return _parse_listing(info, repo_id=repo_id, revision=revision)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        reason = f"the listing is not what the Hub sends ({first_line(exc) or type(exc).__name__})"
+        raise HubRequestFailed(repo_id=repo_id, status=200, reason=reason) from exc
+
+
+def _parse_listing(info: dict[str, Any], *, repo_id: str, revision: str) -> RepoListing:
+    files: list[RemoteFile] = []
+    others: list[ListingEntry] = []
+    for sibling in info.get("siblings") or ():
+        lfs = sibling.get("lfs")
+        if lfs is not None:
+            files.append(RemoteFile(sibling["rfilename"], int(lfs["size"]), str(lfs["sha256"]).lower()))
+        else:
+            others.append(ListingEntry(sibling["rfilename"], int(sibling.get("size") or 0)))
+    commit = info.get("sha")
+    if not isinstance(commit, str) or not COMMIT_SHA.fullmatch(commit):
+        # The commit becomes a folder name in the cache: only a real hash may (a mirror could send "../x").
+        raise HubRequestFailed(repo_id=repo_id, status=200, reason=f"the listing names no valid commit ({commit!r})")
+    return RepoListing(
+        repo_id=repo_id,
+        revision=revision,
+        commit=commit,
+        gated=bool(info.get("gated")),
+        files=tuple(files),
+        other_files=tuple(others),
     )
 
-    client = api if api is not None else HfApi()
-    endpoint = str(getattr(client, "endpoint", None) or constants.ENDPOINT).rstrip("/")
-    if api is None:
-        check_hub_reachable(endpoint)
-    try:
-        return to_entries(client.list_repo_tree(repo, recursive=True))
-    except GatedRepoError as exc:  # before RepositoryNotFoundError, its parent class
-        url = f"{endpoint}/{repo}"
-        raise (GatedRepoNoAccess if get_token() else GatedRepoNeedsToken)(repo_id=repo, url=url) from exc
-    except RepositoryNotFoundError as exc:
-        raise HubRepoNotFound(repo_id=repo, endpoint=endpoint) from exc
-    except RevisionNotFoundError as exc:
-        raise HubRevisionNotFound(repo_id=repo, revision="main") from exc
-    except HfHubHTTPError as exc:
+
+def _listing_error(exc: Exception, *, repo_id: str, revision: str, endpoint: str, token: str | None) -> Exception:
+    """A listing that failed: the Hub down or busy (5xx, 429, no answer) is unreachable, so a plan can
+    fall back to the cache; what the Hub refuses is that refusal, in one line."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(exc, HfHubHTTPError):  # an OSError too: asked first
         status = exc.response.status_code if exc.response is not None else None
-        if status is not None and 400 <= status < 500 and status != 429:
-            raise HubRequestFailed(repo_id=repo, status=status, reason=first_line(exc)) from exc
-        raise HubUnreachable(endpoint=endpoint, reason=first_line(exc)) from exc
-    except _network_errors() as exc:
-        raise HubUnreachable(endpoint=endpoint, reason=first_line(exc)) from exc
+        if status is not None and (status >= 500 or status == 429):
+            return HubUnreachable(endpoint=endpoint, reason=first_line(exc))
+        return translate(exc, repo_id=repo_id, revision=revision, endpoint=endpoint, token=token)
+    if isinstance(exc, OSError):  # a connection refused or reset under the client
+        return HubUnreachable(endpoint=endpoint, reason=first_line(exc) or type(exc).__name__)
+    return translate(exc, repo_id=repo_id, revision=revision, endpoint=endpoint, token=token)
+
+
+def hub_endpoint(endpoint: str | None) -> str:
+    """``endpoint``, else huggingface_hub's (HF_ENDPOINT, read when it was imported), without a trailing /."""
+    from huggingface_hub import constants
+
+    return (endpoint or constants.ENDPOINT).rstrip("/")
+
+
+def resolve_token(token: str | None) -> str | None:
+    """``token``, else the one huggingface_hub finds (HF_TOKEN, or ``hf auth login``)."""
+    if token:
+        return token
+    from huggingface_hub import get_token
+
+    return get_token()
 
 
 def check_hub_reachable(endpoint: str, *, environ: Mapping[str, str] | None = None) -> None:
@@ -157,16 +227,6 @@ def check_hub_reachable(endpoint: str, *, environ: Mapping[str, str] | None = No
 
 _PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 _CONNECT_CHECK_S = 5.0
-
-
-def to_entries(items: Iterable[Any]) -> list[ListingEntry]:
-    """``list_repo_tree`` items (RepoFile, RepoFolder) as entries; folders have no size and drop out."""
-    entries: list[ListingEntry] = []
-    for item in items:
-        size = getattr(item, "size", None)
-        if isinstance(size, int):
-            entries.append(ListingEntry(path=item.path, size=size))
-    return entries
 
 
 def list_cached_files(repo: str, *, cache_dir: Path | None = None) -> list[ListingEntry] | None:
@@ -234,19 +294,6 @@ def _snapshot_entries(snapshot: Path) -> list[ListingEntry]:
             continue
         entries.append(ListingEntry(path=path.relative_to(snapshot).as_posix(), size=size))
     return entries
-
-
-def _network_errors() -> tuple[type[BaseException], ...]:
-    # huggingface_hub talks HTTP through httpx2 (httpx in older releases); its
-    # transport errors are not OSErrors.
-    errors: list[type[BaseException]] = [OSError, TimeoutError]
-    for module_name in ("httpx2", "httpx"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        errors.append(module.HTTPError)
-    return tuple(errors)
 
 
 def cached_quant_paths(repo: str, files: Iterable[str], *, cache_dir: Path | None = None) -> tuple[Path, ...] | None:

@@ -127,8 +127,8 @@ def download_planned(
     connections: int = 32,  # the adapter's DEFAULT_CONNECTIONS, not imported here to keep --help fast
 ) -> DownloadResult:
     """Fetch the plan's quant (what `serve` and `run` also call when the files are not local)."""
-    from nemolaunch.adapters.hub_download import download_quant, fetch_listing
-    from nemolaunch.adapters.hub_listing import hub_offline
+    from nemolaunch.adapters.hub_download import download_quant
+    from nemolaunch.adapters.hub_listing import fetch_listing, hub_offline
     from nemolaunch.errors import BadOption, HubListingChanged, HubUnreachable
 
     quant = planned.plan.quant
@@ -139,8 +139,8 @@ def download_planned(
         raise BadOption(option="--stall-timeout", value=stall_timeout, hint="use a positive number of seconds")
 
     offline_reason = "HF_HUB_OFFLINE is set" if hub_offline(os.environ) else None
-    listing = None
-    if offline_reason is None:
+    listing = planned.listing  # the plan's own listing: the Hub is asked once a run
+    if offline_reason is None and listing is None:
         try:
             listing = fetch_listing(repo_id=planned.catalog.repo)
         except HubUnreachable as exc:

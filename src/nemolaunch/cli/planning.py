@@ -25,6 +25,7 @@ from nemolaunch.errors import (
 )
 
 if TYPE_CHECKING:
+    from nemolaunch.adapters.hub_listing import RepoListing
     from nemolaunch.core.catalog import Catalog, ModelReference
     from nemolaunch.core.cluster import Worker
     from nemolaunch.core.forecast import ArchitectureFacts
@@ -60,6 +61,7 @@ class PlannedModel:
     catalog: Catalog
     facts: HardwareFacts
     local_files: tuple[Path, ...] | None  # every file of the chosen quant, when all are downloaded
+    listing: RepoListing | None = None  # the Hub's listing the catalog came from: a download reuses it
 
 
 def plan_model(
@@ -125,7 +127,7 @@ def plan_model(
             ) from None
         raise
     local = cached_quant_paths(catalog.repo, plan.quant.files) if plan.quant else None
-    return PlannedModel(plan=plan, catalog=catalog, facts=facts, local_files=local)
+    return PlannedModel(plan=plan, catalog=catalog, facts=facts, local_files=local, listing=lookup.listing)
 
 
 def plan_local_file(
