@@ -773,6 +773,21 @@ def test_the_connection_budget_is_shared_by_all_files(fake_hub: FakeHub, home: P
     assert all(fake_hub.served(REPO, str(p)) == len(repo.files[str(p)]) for p, _, _ in wanted(repo))
 
 
+def test_capped_connections_grow_while_more_of_them_pay(fake_hub: FakeHub, home: Path) -> None:
+    # 4 MB/s a connection: every doubling of the 4 the run starts with doubles the speed, so the
+    # budget grows to its most (16) while pieces are left (see test_connection_budget for the rules).
+    repo, path, size = one_big_file(fake_hub, 40)
+    fake_hub.rate_bytes_per_s = 4_000_000
+    args = {"repo_id": REPO, "files": wanted(repo), "connections": 16, "piece_bytes": MIB}
+
+    run = run_driver(fake_hub, home, args)
+
+    assert run.returncode == 0, run.lines[-3:]
+    assert snapshot_file(home, repo, path).read_bytes() == repo.files[path]
+    assert fake_hub.peak_transfers == 16
+    assert fake_hub.served(REPO, path) == size  # every byte once, over connections opened as the budget grew
+
+
 def test_a_kill_mid_piece_loses_only_what_was_in_flight(
     fake_hub: FakeHub, home: Path, live_drivers: list[LiveDriver]
 ) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nemolaunch.adapters import partial_state
+from nemolaunch.adapters.connection_budget import ConnectionBudget
 from nemolaunch.adapters.hub_http import resolve_url, translate
 from nemolaunch.adapters.hub_layout import Layout, size_or_zero
 from nemolaunch.adapters.range_source import FileSource
@@ -74,8 +75,9 @@ class Run:
             retry_wait_s=retry_wait_s,
         )
         self.connections_per_file = max(1, connections // max(1, files_at_once))
-        # The run's budget of connections, shared by every file it fetches.
-        self.slots = threading.Semaphore(connections)
+        # The run's budget of connections, shared by every file it fetches: a few at first, more while
+        # more pay. Pieces are sized for the most it may grow to.
+        self.slots = ConnectionBudget(most=connections)
         self.verify = verify
         self.prefer_xet = prefer_xet
         self.stop = stop
@@ -222,6 +224,7 @@ class Run:
     def _count(self, nbytes: int) -> None:
         with self._lock:
             self.fetched_bytes += nbytes
+        self.slots.count(nbytes)
 
     @contextlib.contextmanager
     def _file_lock(self, remote: RemoteFile) -> Iterator[None]:

@@ -1,8 +1,9 @@
 """Fetch one file over several ranged connections into its partial file, hashing it as it fills.
 
 The file is cut into pieces of ``piece_bytes`` (see :func:`piece_bytes_for`; the last one shorter). Up to
-``connections`` threads fetch it, each holding one slot of the run's connection budget (shared by
-all files, so the total stays bounded). A thread takes the next piece nobody has taken, in file
+``connections`` threads fetch it, each taking a slot of the run's connection budget for each piece
+(:mod:`connection_budget`: shared by all files, so the total stays bounded, and grown only while
+more connections pay). A thread takes the next piece nobody has taken, in file
 order, asks for what it still lacks with one ranged GET on its kept-alive connection, reads into
 its own reused 1 MiB buffer, writes each buffer at its offset (``pwrite``) and then counts it in the
 sidecar (see :mod:`partial_state`), so a kill loses only what was in flight.
@@ -38,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from nemolaunch.adapters.connection_budget import ConnectionBudget
 from nemolaunch.adapters.partial_state import PartialFile
 from nemolaunch.adapters.range_source import Connection, FileSource, RangeIgnored, Retry
 from nemolaunch.core.download_plan import (
@@ -105,7 +107,7 @@ def fetch_file(
     commit: str,
     source: FileSource,
     settings: FetchSettings,
-    slots: threading.Semaphore,
+    slots: ConnectionBudget,
     stop: threading.Event,
     emit: Callable[[DownloadEvent], None],
     on_bytes: Callable[[int], None],
@@ -148,7 +150,7 @@ class _FileJob:
         state: PartialFile,
         source: FileSource,
         settings: FetchSettings,
-        slots: threading.Semaphore,
+        slots: ConnectionBudget,
         stop: threading.Event,
         emit: Callable[[DownloadEvent], None],
         on_bytes: Callable[[int], None],
@@ -204,26 +206,30 @@ class _FileJob:
 
     # --- one connection ----------------------------------------------------------------------------
     def _worker(self) -> None:
+        connection = self.source.connect()  # opened at its first request, kept alive from piece to piece
+        buffer: memoryview | None = None
         try:
-            while not self.slots.acquire(timeout=0.2):
-                if self._ending():
-                    return
-            try:
-                connection = self.source.connect()
-                buffer = memoryview(bytearray(_BUFFER_BYTES))
+            while True:
+                # A slot of the run's budget per piece: when the budget shrinks, it shows at the next one.
+                while not self.slots.acquire(timeout=0.2):
+                    if self._ending():
+                        return
                 try:
-                    while (piece := self._take_piece()) is not None:
-                        self._fetch_piece(connection, piece, buffer)
+                    piece = self._take_piece()
+                    if piece is None:
+                        return
+                    buffer = buffer or memoryview(bytearray(_BUFFER_BYTES))
+                    self._fetch_piece(connection, piece, buffer)
                 finally:
-                    connection.close()
-            finally:
-                self.slots.release()
+                    self.slots.release()
         except _Quit:
             pass
         except BaseException as exc:  # raised in the file's thread, once every connection ended
             with self._lock:
                 self.error = self.error or exc
             self.quit.set()
+        finally:
+            connection.close()
 
     def _ending(self) -> bool:
         return self.quit.is_set() or self.stop.is_set()

@@ -1,0 +1,84 @@
+"""The connection budget's decisions, driven by a clock the test turns: bytes written per window."""
+
+from __future__ import annotations
+
+import threading
+
+from nemolaunch.adapters.connection_budget import ConnectionBudget
+
+MB = 1_000_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_for(
+    budget: ConnectionBudget, clock: Clock, seconds: float, *, mb_per_connection: float, cap_mb: float | None = None
+) -> list[int]:
+    """Writes for ``seconds``, in steps of 0.01 s, each by the connections allowed at that moment: each
+    brings ``mb_per_connection`` MB/s, the whole link at most ``cap_mb`` MB/s. Returns the numbers
+    allowed, in the order they came."""
+    seen = [budget.allowed]
+    for _ in range(round(seconds / 0.01)):
+        clock.now += 0.01
+        total = mb_per_connection * budget.allowed
+        budget.count(int(min(total, cap_mb or total) * MB * 0.01))
+        if budget.allowed != seen[-1]:
+            seen.append(budget.allowed)
+    return seen
+
+
+def started(clock: Clock, most: int) -> ConnectionBudget:
+    budget = ConnectionBudget(most=most, clock=clock)
+    budget.count(1)  # the first write starts the first window
+    return budget
+
+
+def test_capped_connections_double_up_to_the_most() -> None:
+    clock = Clock()
+    budget = started(clock, most=32)
+    # 40 MB/s a connection: each one more adds its cap. A window to measure, one of grace after each doubling.
+    assert run_for(budget, clock, 0.35, mb_per_connection=40) == [4, 8, 16]
+    assert run_for(budget, clock, 2.0, mb_per_connection=40) == [16, 32]
+
+
+def test_a_link_that_is_full_goes_back_to_the_number_before_the_useless_doubling() -> None:
+    clock = Clock()
+    budget = started(clock, most=32)
+    # 4 connections fill a 1 GB/s link; 8 bring no more; and it stays at 4, not re-deciding each window.
+    assert run_for(budget, clock, 4.5, mb_per_connection=400, cap_mb=1000) == [4, 8, 4]
+
+
+def test_it_tries_again_later_when_the_link_has_changed() -> None:
+    clock = Clock()
+    budget = started(clock, most=32)
+    assert run_for(budget, clock, 1.0, mb_per_connection=400, cap_mb=1000) == [4, 8, 4]
+    # Then the link no longer limits: each connection is capped at 40 MB/s. After the pause, it grows
+    # again, over windows a tenth of the download's age.
+    assert run_for(budget, clock, 4.0, mb_per_connection=40) == [4]
+    assert run_for(budget, clock, 10.0, mb_per_connection=40) == [4, 8, 16, 32]
+
+
+def test_a_budget_no_larger_than_the_start_is_whole_from_the_first_piece() -> None:
+    budget = ConnectionBudget(most=3, clock=Clock())
+    assert budget.allowed == 3
+    assert all(budget.acquire(timeout=0) for _ in range(3))
+    assert not budget.acquire(timeout=0)
+
+
+def test_a_doubling_wakes_threads_waiting_for_a_slot() -> None:
+    clock = Clock()
+    budget = started(clock, most=8)
+    for _ in range(4):
+        assert budget.acquire(timeout=0)
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(budget.acquire(timeout=5)))
+    waiter.start()
+    run_for(budget, clock, 0.11, mb_per_connection=40)
+    waiter.join(timeout=5)
+    assert got == [True]
