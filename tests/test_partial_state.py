@@ -195,7 +195,8 @@ def test_pieces_come_in_two_rounds_per_connection_within_8_and_64_mib() -> None:
     from nemolaunch.adapters.segmented_fetch import piece_bytes_for
 
     mib = 1024 * 1024
-    assert piece_bytes_for(250 * 10**6, 8) == 15 * mib  # 1 GB in 4 shards over 32 connections: 16 pieces each
+    assert piece_bytes_for(250 * 10**6, 8) == 32 * mib  # 1 GB in 4 shards over up to 32 connections: 8 each
     assert piece_bytes_for(50 * 10**9, 8) == 64 * mib  # a real shard: big pieces, few round trips
-    assert piece_bytes_for(10 * mib, 8) == 8 * mib  # small files are not cut finer than 8 MiB
+    assert piece_bytes_for(10 * mib, 8) == 32 * mib  # small files are not cut finer than 32 MiB
+    assert piece_bytes_for(800 * mib, 8) == 50 * mib  # two rounds of 8 connections, between the bounds
     assert piece_bytes_for(10**9, 1) == 10**9  # one connection, one stream: one piece

@@ -12,14 +12,16 @@ over a long download, and a short window can mislead (a far server's connections
 up to speed), so ``reprobe_s`` later it measures afresh and tries one doubling more, over windows
 that grow with the download's age (a tenth of it).
 
-It is a semaphore to the fetching threads, taken for each piece (so a smaller number takes effect
-at the next piece), and ``count`` hears of every write, which is what drives the measurement.
+It is a semaphore to the fetching threads: a thread keeps its slot (and its connection, kept alive)
+from piece to piece unless the number shrank (``keep``), and ``count`` hears of every write, which
+is what drives the measurement.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Literal
 
@@ -54,6 +56,8 @@ class ConnectionBudget:
         self._clock = clock
         self._phase: _Phase = "full" if self.allowed >= self.most else "measuring"
         self._active = 0
+        self._held: Counter[object] = Counter()  # slots held, per owner
+        self._waiting: Counter[object] = Counter()  # threads waiting for one, per owner
         self._changed = threading.Condition()
         self._window_start: float | None = None  # None: the window starts at the next write
         self._window_bytes = 0
@@ -62,18 +66,49 @@ class ConnectionBudget:
         self._began: float | None = None
 
     # --- the semaphore side -------------------------------------------------------------------------
-    def acquire(self, timeout: float | None = None) -> bool:
-        """Take a slot for one piece; False if none freed up within ``timeout`` seconds."""
+    # Each slot is taken for an ``owner`` (a file): a file with no connection goes before one that has
+    # some, so that every file in flight gets one before any gets a second, and a file's bytes keep
+    # coming in order for its hash to follow.
+    def acquire(self, timeout: float | None = None, owner: object = None) -> bool:
+        """Take a slot; False if none came within ``timeout`` seconds."""
         with self._changed:
-            if not self._changed.wait_for(lambda: self._active < self.allowed, timeout):
-                return False
+            self._waiting[owner] += 1
+            try:
+                if not self._changed.wait_for(lambda: self._may_take(owner), timeout):
+                    return False
+            finally:
+                self._waiting[owner] -= 1
+                if not self._waiting[owner]:
+                    del self._waiting[owner]
             self._active += 1
+            self._held[owner] += 1
             return True
 
-    def release(self) -> None:
+    def release(self, owner: object = None) -> None:
         with self._changed:
             self._active -= 1
-            self._changed.notify()
+            self._held[owner] -= 1
+            if not self._held[owner]:
+                del self._held[owner]
+            self._changed.notify_all()
+
+    def keep(self, owner: object = None) -> bool:
+        """Between pieces: True if ``owner`` may keep its slot for the next one (its connection stays
+        busy, kept alive); False, with the slot released, if the number shrank or a file waits that has
+        no connection while this one has others."""
+        with self._changed:
+            starving = any(not self._held.get(other) for other in self._waiting if other != owner)
+            if self._active <= self.allowed and not (starving and self._held[owner] > 1):
+                return True
+        self.release(owner)
+        return False
+
+    def _may_take(self, owner: object) -> bool:
+        if self._active >= self.allowed:
+            return False
+        # One without a connection may always take a free slot; one with some only if nobody waits
+        # that has none.
+        return not self._held.get(owner) or all(self._held.get(other) for other in self._waiting)
 
     # --- the measuring side ---------------------------------------------------------------------------
     def count(self, nbytes: int) -> None:

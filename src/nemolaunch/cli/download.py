@@ -49,7 +49,7 @@ def download_command(
         int,
         typer.Option(
             "--connections",
-            help="Most HTTP connections at once, all shards together (in 8-64 MiB ranges): "
+            help="Most HTTP connections at once, all shards together (in 32-64 MiB ranges): "
             "4 at first, doubled while that raises the speed.",
         ),
     ] = 32,
