@@ -852,9 +852,8 @@ def test_a_hub_that_ignores_range_gets_one_clean_transfer(
     assert len(gets) <= 5  # the ranged asks that got a 200 were dropped at once, then one more
 
 
-def test_a_changed_file_at_a_new_commit_is_never_spliced_onto_the_old_bytes(
-    fake_hub: FakeHub, home: Path, live_drivers: list[LiveDriver]
-) -> None:
+def killed_after_a_mib(fake_hub: FakeHub, home: Path, live_drivers: list[LiveDriver]) -> tuple[FakeRepo, str]:
+    """A 4 MiB file whose download was killed -9 once a MiB of it was on disk; the hub no longer throttled."""
     repo, path, _size = one_big_file(fake_hub, 4)
     fake_hub.rate_bytes_per_s = 1_000_000
     driver = LiveDriver(fake_hub, home, {"repo_id": REPO, "files": wanted(repo)})
@@ -863,6 +862,13 @@ def test_a_changed_file_at_a_new_commit_is_never_spliced_onto_the_old_bytes(
     driver.kill()
     driver.process.wait(timeout=10)
     fake_hub.rate_bytes_per_s = None
+    return repo, path
+
+
+def test_a_changed_file_at_a_new_commit_is_never_spliced_onto_the_old_bytes(
+    fake_hub: FakeHub, home: Path, live_drivers: list[LiveDriver]
+) -> None:
+    repo, path = killed_after_a_mib(fake_hub, home, live_drivers)
     old_partial = partial(home, repo, path)
     # The same path at a new commit, with other bytes: another sha256, so another partial file.
     changed = fake_hub.add_repo(REPO, {path: gguf_shard(1, 1, 4 * MIB)}, sha=fake_commit_sha("v2"))
@@ -878,14 +884,7 @@ def test_a_changed_file_at_a_new_commit_is_never_spliced_onto_the_old_bytes(
 def test_the_same_bytes_at_a_new_commit_resume(fake_hub: FakeHub, home: Path, live_drivers: list[LiveDriver]) -> None:
     # The partial file is named by the file's sha256: at another commit with the same sha256 the bytes
     # are the same bytes, so they are kept (a README edit must not cost a 50 GB shard).
-    repo, path, _size = one_big_file(fake_hub, 4)
-    fake_hub.rate_bytes_per_s = 1_000_000
-    driver = LiveDriver(fake_hub, home, {"repo_id": REPO, "files": wanted(repo)})
-    live_drivers.append(driver)
-    driver.wait_for(progress_at_least(path, MIB))
-    driver.kill()
-    driver.process.wait(timeout=10)
-    fake_hub.rate_bytes_per_s = None
+    repo, path = killed_after_a_mib(fake_hub, home, live_drivers)
     moved = fake_hub.add_repo(REPO, {**repo.files, "README.md": b"edited"}, sha=fake_commit_sha("v2"))
 
     run = run_driver(fake_hub, home, {"repo_id": REPO, "files": wanted(moved)})

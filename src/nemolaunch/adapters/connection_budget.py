@@ -63,7 +63,7 @@ class ConnectionBudget:
         self._window_bytes = 0
         self._rate_before = 0.0  # bytes/s of the window before the last doubling
         self._probe_at = 0.0
-        self._began: float | None = None
+        self._began: float | None = None  # when the first bytes were written
 
     # --- the semaphore side -------------------------------------------------------------------------
     # Each slot is taken for an ``owner`` (a file): a file with no connection goes before one that has
@@ -117,17 +117,18 @@ class ConnectionBudget:
             return
         with self._changed:
             now = self._clock()
+            if self._began is None:
+                self._began = now
             if self._phase == "settled":
                 if now < self._probe_at:
                     return
                 self._phase, self._window_start = "measuring", None  # measure afresh, then double once more
             if self._window_start is None:
                 self._window_start, self._window_bytes = now, 0
-                self._began = self._began if self._began is not None else now
                 return
             self._window_bytes += nbytes
             elapsed = now - self._window_start
-            if elapsed < max(self.window_s, (now - (self._began or now)) / 10):
+            if elapsed < max(self.window_s, (now - self._began) / 10):
                 return
             rate = self._window_bytes / elapsed
             self._window_start, self._window_bytes = now, 0

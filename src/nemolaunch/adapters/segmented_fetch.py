@@ -1,9 +1,10 @@
 """Fetch one file over several ranged connections into its partial file, hashing it as it fills.
 
 The file is cut into pieces of ``piece_bytes`` (see :func:`piece_bytes_for`; the last one shorter). Up to
-``connections`` threads fetch it, each taking a slot of the run's connection budget for each piece
+``connections`` threads fetch it, each while it holds a slot of the run's connection budget
 (:mod:`connection_budget`: shared by all files, so the total stays bounded, and grown only while
-more connections pay). A thread takes the next piece nobody has taken, in file
+more connections pay; a slot is kept from piece to piece unless the budget shrinks). A thread takes
+the next piece nobody has taken, in file
 order, asks for what it still lacks with one ranged GET on its kept-alive connection, reads into
 its own reused 1 MiB buffer, writes each buffer at its offset (``pwrite``) and then counts it in the
 sidecar (see :mod:`partial_state`), so a kill loses only what was in flight.

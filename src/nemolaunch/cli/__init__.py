@@ -14,6 +14,7 @@ import importlib
 import os
 import sys
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +85,7 @@ def _root(
     _Flags.debug = debug
 
 
-def make_app(argv: list[str], environ: dict[str, str] | os._Environ[str] = os.environ) -> typer.Typer:
+def make_app(argv: list[str], environ: Mapping[str, str] = os.environ) -> typer.Typer:
     """The Typer app for this command line: the verb it names imported and registered whole, every
     other verb only by name and summary (enough for `--help` and for "No such command")."""
     app = typer.Typer(
@@ -100,10 +101,7 @@ def make_app(argv: list[str], environ: dict[str, str] | os._Environ[str] = os.en
     completing = any(key.startswith("_NEMOLAUNCH_COMPLETE") for key in environ)
     named = _named_verb(argv)
     for verb in VERBS:
-        if completing or verb.name == named:
-            _register(app, verb, _load(verb))
-        else:
-            _register(app, verb, None)
+        _register(app, verb, _load(verb) if completing or verb.name == named else None)
     return app
 
 

@@ -221,9 +221,8 @@ class _ProgressRenderer:
     def __init__(self, *, quiet: bool, label: str) -> None:
         self.quiet = quiet
         self.label = label
-        self.interactive = err_console.is_terminal and not quiet
-        # rich's bars (and their import, ~20 ms) only where they are drawn.
-        self.progress = _bars() if self.interactive else None
+        # rich's bars (and their import, ~20 ms) only where they are drawn: on a terminal, not quiet.
+        self.progress = _bars() if err_console.is_terminal and not quiet else None
         self.total_task: int | None = None
         self.file_tasks: dict[str, int] = {}
         self.sizes: dict[str, int] = {}
@@ -282,7 +281,7 @@ class _ProgressRenderer:
             warn(f"using only what is on disk: {event.reason}")
         elif isinstance(event, ev.FileReady):
             self._advance(event.path, None)
-            if not self.interactive:
+            if self.progress is None:
                 note(f"ready: {event.path}")
 
     def _advance(self, path: str, done: int | None) -> None:

@@ -1,8 +1,8 @@
 """The quant catalog: which GGUF quants a repository offers, how big each is, in quality order.
 
 Input is a plain list of ``(path, size)`` entries, so the same code serves the
-Hub's listing, a scan of the local HF cache and the built-in tables below. GGUF files are grouped into quants by
-their folder (Unsloth's ``UD-IQ3_XXS/...`` layout) or, in flat repositories, by
+Hub's listing, a scan of the local HF cache and the built-in tables below. GGUF
+files are grouped into quants by their folder (Unsloth's ``UD-IQ3_XXS/...`` layout) or, in flat repositories, by
 the quant tag at the end of the file name (``Model-Q4_K_M.gguf``). Split models
 (``-00001-of-00006.gguf``) count only when every shard is listed.
 """
