@@ -39,12 +39,33 @@ def started(clock: Clock, most: int) -> ConnectionBudget:
     return budget
 
 
-def test_capped_connections_double_up_to_the_most() -> None:
+def test_capped_connections_leap_to_the_most() -> None:
     clock = Clock()
     budget = started(clock, most=32)
-    # 40 MB/s a connection: each one more adds its cap. A window to measure, one of grace after each doubling.
-    assert run_for(budget, clock, 0.35, mb_per_connection=40) == [4, 8, 16]
-    assert run_for(budget, clock, 2.0, mb_per_connection=40) == [16, 32]
+    # 40 MB/s a connection: each one more adds its cap. A window to measure, one of grace after each step;
+    # the first doubling doubled the speed, so the next step is x4.
+    assert run_for(budget, clock, 0.35, mb_per_connection=40) == [4, 8, 32]
+    assert run_for(budget, clock, 2.0, mb_per_connection=40) == [32]
+
+
+def test_a_doubling_that_pays_but_not_twice_over_doubles_again() -> None:
+    clock = Clock()
+    budget = started(clock, most=32)
+    # The link carries 240 MB/s: 8 connections bring 1.5x (paid, not a leap), 16 nothing (undone).
+    assert run_for(budget, clock, 1.0, mb_per_connection=40, cap_mb=240) == [4, 8, 16, 8]
+
+
+def test_a_leap_that_did_not_pay_goes_back_to_the_number_before_it() -> None:
+    clock = Clock()
+    budget = started(clock, most=32)
+    # 8 connections doubled the speed, 32 bring only 10 % more than 8 on a 350 MB/s link.
+    assert run_for(budget, clock, 1.0, mb_per_connection=40, cap_mb=350) == [4, 8, 32, 8]
+
+
+def test_a_step_up_to_the_most_is_undone_too_when_it_did_not_pay() -> None:
+    clock = Clock()
+    budget = started(clock, most=8)
+    assert run_for(budget, clock, 1.0, mb_per_connection=40, cap_mb=190) == [4, 8, 4]
 
 
 def test_a_link_that_is_full_goes_back_to_the_number_before_the_useless_doubling() -> None:
@@ -61,7 +82,7 @@ def test_it_tries_again_later_when_the_link_has_changed() -> None:
     # Then the link no longer limits: each connection is capped at 40 MB/s. After the pause, it grows
     # again, over windows a tenth of the download's age.
     assert run_for(budget, clock, 4.0, mb_per_connection=40) == [4]
-    assert run_for(budget, clock, 10.0, mb_per_connection=40) == [4, 8, 16, 32]
+    assert run_for(budget, clock, 10.0, mb_per_connection=40) == [4, 8, 32]
 
 
 def test_a_budget_no_larger_than_the_start_is_whole_from_the_first_piece() -> None:

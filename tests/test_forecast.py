@@ -201,8 +201,12 @@ def test_per_layer_array_of_the_wrong_length_is_rejected() -> None:
 
 
 # --- the GGUF header adapter, on real files ------------------------------------------------------
-def write_gguf(path: Path, *, arch: str = "nemotron_h_moe", with_ssm: bool = True) -> Path:
+def write_gguf(
+    path: Path, *, arch: str = "nemotron_h_moe", with_ssm: bool = True, chat_template: str | None = None
+) -> Path:
     writer = GGUFWriter(path, arch)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
     writer.add_block_count(len(PATTERN))
     writer.add_context_length(262_144)
     writer.add_embedding_length(2688)

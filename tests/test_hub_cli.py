@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from operator import itemgetter
 from pathlib import Path
 
 import pytest
@@ -315,12 +316,38 @@ def test_plan_reads_the_architecture_from_the_hub_without_the_weights(
     assert plan["ctx_size"] == 4096  # the default, capped at the model's training context
     served = fake_hub.served("acme/Big-GGUF", "Big-Q8_0.gguf")
     assert 0 < served <= 8 * 1024 * 1024 < len(whole)
+    assert len(fake_hub.gets_of("Big-Q8_0.gguf")) == 1
     assert not list((tmp_path / "hf" / "hub").rglob("*.gguf"))  # nothing went into the model cache
 
     fake_hub.reset_counters()
     again = run_nemolaunch("plan", "acme/Big-GGUF", "--hardware", str(big_machine), "--json", env=env)
     assert json.loads(again.stdout)["forecast"] == plan["forecast"]
     assert fake_hub.served("acme/Big-GGUF", "Big-Q8_0.gguf") == 0  # the header came from the cache
+
+
+def test_a_header_past_the_first_look_is_read_on_without_fetching_a_byte_twice(
+    fake_hub: FakeHub, big_machine: Path, tmp_path: Path
+) -> None:
+    """A 9 MB chat template puts the header's end past the first 8 MiB: the rest is asked for alone."""
+    from test_forecast import write_gguf
+
+    model = write_gguf(tmp_path / "m.gguf", chat_template="x" * 9_000_000)
+    whole = model.read_bytes() + bytes(30_000_000)  # weights the plan must not read
+    fake_hub.add_repo("acme/Templated-GGUF", {"Templated-Q8_0.gguf": whole})
+    env = fake_hub.env(tmp_path / "hf")
+    remote = run_nemolaunch("plan", "acme/Templated-GGUF", "--hardware", str(big_machine), "--json", env=env)
+    local = run_nemolaunch("plan", str(model), "--hardware", str(big_machine), "--json", env=env)
+    assert remote.returncode == 0 and local.returncode == 0, remote.stderr + local.stderr
+    from_header = itemgetter("kv", "recurrent")
+    forecast = json.loads(remote.stdout)["forecast"]
+    assert from_header(forecast) == from_header(json.loads(local.stdout)["forecast"])
+    assert forecast["kv"] > 0
+    # 8 MiB, then the next 8 MiB (up to 16): two ranges, every byte once.
+    assert [get.range for get in fake_hub.gets_of("Templated-Q8_0.gguf")] == [
+        f"bytes=0-{8 * 2**20 - 1}",
+        f"bytes={8 * 2**20}-{16 * 2**20 - 1}",
+    ]
+    assert fake_hub.served("acme/Templated-GGUF", "Templated-Q8_0.gguf") == 16 * 2**20
 
 
 def test_offline_local_dir_uses_what_is_there(hub: FakeHub, big_machine: Path, tmp_path: Path) -> None:

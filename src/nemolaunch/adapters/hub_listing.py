@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 from nemolaunch import __version__
@@ -33,6 +33,7 @@ from nemolaunch.errors import (
 log = logging.getLogger(__name__)
 
 _TRUE_VALUES = {"1", "on", "yes", "true"}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -312,25 +313,42 @@ def cached_quant_paths(repo: str, files: Iterable[str], *, cache_dir: Path | Non
     return None
 
 
-def fetch_file_prefix(repo: str, path: str, nbytes: int, *, timeout_s: float = 30.0) -> bytes:
-    """The first ``nbytes`` of ``path`` in ``repo`` (an HTTP Range request through huggingface_hub's session).
+def read_file_prefix(
+    repo: str, path: str, *, limit: int, first_look: int, take: Callable[[bytes], T | None], timeout_s: float = 30.0
+) -> T | None:
+    """Offer ``take`` the first ``first_look`` bytes of ``path`` in ``repo``, then twice as many, and so on up
+    to ``limit`` (or the file's end); return its first answer that is not None.
 
-    A server that ignores the Range is read only as far as needed.
+    Each round asks (an HTTP Range request through huggingface_hub's session, kept alive) only for
+    the bytes it lacks, so none is fetched twice. A server that ignores the Range is read only as
+    far as needed.
     """
     from huggingface_hub import hf_hub_url
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
     headers = build_hf_headers()
-    headers["Range"] = f"bytes=0-{nbytes - 1}"
     headers["Accept-Encoding"] = "identity"
-    data = bytearray()
     url = hf_hub_url(repo, path)
-    with get_session().stream("GET", url, headers=headers, follow_redirects=True, timeout=timeout_s) as response:
-        if response.status_code >= 400:
-            response.read()
-            hf_raise_for_status(response)
-        for chunk in response.iter_bytes():
-            data += chunk
-            if len(data) >= nbytes:
-                break
-    return bytes(data[:nbytes])
+    data = bytearray()
+    look_at = min(first_look, limit)
+    while True:
+        headers["Range"] = f"bytes={len(data)}-{look_at - 1}"
+        wanted = look_at - len(data)
+        with get_session().stream("GET", url, headers=headers, follow_redirects=True, timeout=timeout_s) as response:
+            if response.status_code >= 400:
+                response.read()
+                hf_raise_for_status(response)
+            if response.status_code != 206 and data:
+                data.clear()  # the whole file from its start: the Range was not honoured
+                wanted = look_at
+            received = 0
+            for chunk in response.iter_bytes():
+                data += chunk
+                received += len(chunk)
+                if received >= wanted:
+                    break
+        del data[look_at:]
+        found = take(bytes(data))
+        if found is not None or len(data) < look_at or look_at >= limit:
+            return found
+        look_at = min(look_at * 2, limit)

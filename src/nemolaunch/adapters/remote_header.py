@@ -1,9 +1,12 @@
 """A model's architecture from the Hub without downloading its weights.
 
 The first few MB of a quant's first shard hold the whole GGUF header (hyperparameters, layer
-kinds, tokenizer). They are fetched with one Range request, doubled until the header fits, and
-what they say is kept in the user cache, keyed by repository, file and size, so a plan asks the
-Hub for them once.
+kinds, tokenizer). They are read with one Range request, looked at once 8 MiB have come and again
+each time that doubles, and the request ends as soon as the header parses, so a header past 8 MiB
+costs no second request and no byte twice. (A first look at fewer bytes would cost more than it
+saves: each look is a parse, and the ``gguf`` reader takes seconds over a large vocabulary, 3.4 s
+for 250,000 tokens here, where 8 MiB take 0.2 s at 40 MB/s.) What they say is kept in the user
+cache, keyed by repository, file and size, so a plan asks the Hub for them once.
 """
 
 from __future__ import annotations
@@ -11,13 +14,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from nemolaunch.adapters.gguf_header import GGUFHeader, architecture_of, header_from_prefix
+from nemolaunch.adapters.gguf_header import GGUF_MAGIC, GGUFHeader, architecture_of, header_from_prefix
 from nemolaunch.adapters.header_cache import entry, load, save
 from nemolaunch.core.forecast import ArchitectureFacts
 
 log = logging.getLogger(__name__)
 
-FIRST_READ_BYTES = 8 * 1024 * 1024
+FIRST_LOOK_BYTES = 8 * 1024 * 1024
 #: Past this a "header" is not one: give up rather than download weights.
 MAX_READ_BYTES = 256 * 1024 * 1024
 
@@ -41,16 +44,25 @@ def remote_architecture(
 
 
 def _fetch_header(repo: str, path: str, file_size: int) -> GGUFHeader | None:
-    from nemolaunch.adapters.hub_listing import fetch_file_prefix
+    from gguf import GGUFReader  # noqa: F401  imported before the bytes flow: a first look is then quick
 
-    wanted = min(FIRST_READ_BYTES, file_size)
-    while True:
-        try:
-            prefix = fetch_file_prefix(repo, path, wanted)
-        except Exception as exc:  # any Hub, HTTP or network error: the forecast goes on without the header
-            log.debug("could not read the header of %s/%s: %s", repo, path, exc)
-            return None
-        header = header_from_prefix(prefix, file_size)
-        if header is not None or wanted >= min(MAX_READ_BYTES, file_size) or len(prefix) < wanted:
-            return header
-        wanted = min(wanted * 2, MAX_READ_BYTES, file_size)
+    from nemolaunch.adapters.hub_listing import read_file_prefix
+
+    def take(prefix: bytes) -> GGUFHeader | None:
+        if not prefix.startswith(GGUF_MAGIC[: len(prefix)]):
+            raise _NotGGUF
+        return header_from_prefix(prefix, file_size)
+
+    try:
+        return read_file_prefix(
+            repo, path, limit=min(MAX_READ_BYTES, file_size), first_look=min(FIRST_LOOK_BYTES, file_size), take=take
+        )
+    except _NotGGUF:
+        log.debug("%s/%s is not a GGUF file", repo, path)
+    except Exception as exc:  # any Hub, HTTP or network error: the forecast goes on without the header
+        log.debug("could not read the header of %s/%s: %s", repo, path, exc)
+    return None
+
+
+class _NotGGUF(Exception):
+    """The first bytes are not a GGUF file's: reading more will not make them one."""
