@@ -33,8 +33,11 @@ def run_for(
     return seen
 
 
-def started(clock: Clock, most: int) -> ConnectionBudget:
-    budget = ConnectionBudget(most=most, clock=clock)
+def started(clock: Clock, most: int, *, answered_in: float | None = None) -> ConnectionBudget:
+    """A budget whose windows last 0.1 s (or four answer times of ``answered_in`` seconds)."""
+    budget = ConnectionBudget(most=most, clock=clock, min_window_s=0.1)
+    if answered_in is not None:
+        budget.answered(answered_in)
     budget.count(1)  # the first write starts the first window
     return budget
 
@@ -46,6 +49,19 @@ def test_capped_connections_leap_to_the_most() -> None:
     # the first doubling doubled the speed, so the next step is x4.
     assert run_for(budget, clock, 0.35, mb_per_connection=40) == [4, 8, 32]
     assert run_for(budget, clock, 2.0, mb_per_connection=40) == [32]
+
+
+def test_a_far_servers_windows_last_a_few_of_its_answer_times() -> None:
+    clock = Clock()
+    budget = started(clock, most=32, answered_in=0.25)
+    # Windows of 1 s, not 0.1: the first doubling comes after one, the leap after two more.
+    assert run_for(budget, clock, 0.95, mb_per_connection=40) == [4]
+    assert run_for(budget, clock, 0.1, mb_per_connection=40) == [4, 8]
+    assert run_for(budget, clock, 2.0, mb_per_connection=40) == [8, 32]
+    # The window follows the median of the last answers: a single slow one does not stretch it.
+    for seconds in (0.01, 0.01, 0.01, 5.0):
+        budget.answered(seconds)
+    assert budget.window_s() == 0.1
 
 
 def test_a_doubling_that_pays_but_not_twice_over_doubles_again() -> None:

@@ -5,33 +5,39 @@ to the link's; against a server that does not cap (a near mirror, a fast link), 
 share the same bytes and cost CPU in switching between them (1 GB in 4 shards from a loopback hub on
 2 cores: 1.04 s over 4 connections, 1.12 s over 8, 1.21 s over 32, measured). Neither kind can be
 told in advance. So the run starts with ``first`` connections and measures its speed over a short
-window; after a step up it lets one window pass (the new connections' requests and first bytes),
-then measures again: while the speed beats the one before the step by ``gain``, it steps up again (up
-to ``most``); when it does not, it goes back to the number before that step. A step is a doubling,
-or x4 after a doubling that nearly doubled the speed (``leap``): then the connections, not the link,
-are the limit, and a capped CDN reaches 32 connections in two steps instead of three. A link changes
-over a long download, and a short window can mislead (a far server's connections take longer to get
-up to speed), so ``reprobe_s`` later it measures afresh and tries one doubling more, over windows
-that grow with the download's age (a tenth of it).
+window: ``round_trips`` of its requests' answer times, and at least ``min_window_s``, so that a new
+connection's request is answered and its bytes flow within it (a far server's windows are longer
+than a near one's). After a step up it lets one window pass (the new connections' requests and first
+bytes), then measures again: while the speed beats the one before the step by ``gain``, it steps up
+again (up to ``most``); when it does not, it goes back to the number before that step. A step is a
+doubling, or x4 after a doubling that nearly doubled the speed (``leap``): then the connections, not
+the link, are the limit, and a capped CDN reaches 32 connections in two steps instead of three. A
+link changes over a long download, and a short window can mislead (a far server's connections take
+longer to get up to speed), so ``reprobe_s`` later it measures afresh and tries one doubling more,
+over windows that grow with the download's age (a tenth of it).
 
 It is a semaphore to the fetching threads: a thread keeps its slot (and its connection, kept alive)
-from piece to piece unless the number shrank (``keep``), and ``count`` hears of every write, which
-is what drives the measurement.
+from piece to piece unless the number shrank (``keep``); ``count`` hears of every write, which is
+what drives the measurement, and ``answered`` of every request's answer time.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Literal
 
 FIRST = 4
-# Long enough that a new connection's request is a small part of it, short enough that the ramp to 32
-# (three doublings) takes a fraction of a second: 1 GB in 4 shards at 40 MB/s a connection took
-# 2.1-2.3 s with a quarter-second window, 1.6-1.8 s with this one.
-WINDOW_S = 0.1
+# A window is this many of the requests' answer times (the time to a response's headers: a new
+# connection's handshake and request, and the server's reply), and at least MIN_WINDOW_S. Every step
+# costs a window of grace and one of measuring, on the fake loopback hub (answers in ~10 ms on 2
+# busy cores) 1 GB in 4 shards took 1.12 s with 0.1 s windows, 1.07 s with 0.05 s, and 1.98 s and
+# 1.84 s when each connection is capped at 40 MB/s.
+ROUND_TRIPS = 4
+MIN_WINDOW_S = 0.05
+_ANSWERS_KEPT = 8  # the window follows the median of the last few answer times
 # A doubling must raise the speed by this much to be kept (a capped connection's doubling gives ~2x).
 GAIN = 1.25
 # A doubling that raised the speed this much found no limit but the connections: the next step is x4.
@@ -48,7 +54,8 @@ class ConnectionBudget:
         *,
         most: int,
         first: int = FIRST,
-        window_s: float = WINDOW_S,
+        min_window_s: float = MIN_WINDOW_S,
+        round_trips: float = ROUND_TRIPS,
         gain: float = GAIN,
         leap: float = LEAP,
         reprobe_s: float = REPROBE_S,
@@ -56,7 +63,9 @@ class ConnectionBudget:
     ) -> None:
         self.most = max(1, most)
         self.allowed = min(self.most, max(1, first))
-        self.window_s = window_s
+        self.min_window_s = min_window_s
+        self.round_trips = round_trips
+        self._answers: deque[float] = deque(maxlen=_ANSWERS_KEPT)  # seconds to a response's headers
         self.gain = gain
         self.leap = leap
         self.reprobe_s = reprobe_s
@@ -119,6 +128,17 @@ class ConnectionBudget:
         return not self._held.get(owner) or all(self._held.get(other) for other in self._waiting)
 
     # --- the measuring side ---------------------------------------------------------------------------
+    def answered(self, seconds: float) -> None:
+        """A request was answered (its response's headers came) ``seconds`` after it was sent."""
+        with self._changed:
+            self._answers.append(seconds)
+
+    def window_s(self) -> float:
+        """How long a window lasts now: a few answer times, and at least the minimum."""
+        answers = sorted(self._answers)
+        typical = answers[len(answers) // 2] if answers else 0.0
+        return max(self.min_window_s, self.round_trips * typical)
+
     def count(self, nbytes: int) -> None:
         """``nbytes`` more were written; at the end of a window, decide how many connections to allow."""
         if self._phase == "full":
@@ -136,7 +156,7 @@ class ConnectionBudget:
                 return
             self._window_bytes += nbytes
             elapsed = now - self._window_start
-            if elapsed < max(self.window_s, (now - self._began) / 10):
+            if elapsed < max(self.window_s(), (now - self._began) / 10):
                 return
             rate = self._window_bytes / elapsed
             self._window_start, self._window_bytes = now, 0

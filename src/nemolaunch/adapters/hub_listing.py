@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 from nemolaunch import __version__
-from nemolaunch.adapters.hub_http import translate
+from nemolaunch.adapters.hub_http import resolve_url, translate
 from nemolaunch.adapters.hub_layout import COMMIT_SHA
 from nemolaunch.core.catalog import Catalog, ListingEntry, select_catalog
 from nemolaunch.core.download_plan import RemoteFile, check_repo_id
@@ -323,12 +323,13 @@ def read_file_prefix(
     the bytes it lacks, so none is fetched twice. A server that ignores the Range is read only as
     far as needed.
     """
-    from huggingface_hub import hf_hub_url
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
     headers = build_hf_headers()
     headers["Accept-Encoding"] = "identity"
-    url = hf_hub_url(repo, path)
+    # Our own URL, not hf_hub_url: that would import huggingface_hub's download module (and asyncio, for
+    # its progress bars), a sixth of a download's start-up.
+    url = resolve_url(hub_endpoint(None), repo, "main", path)
     data = bytearray()
     look_at = min(first_look, limit)
     while True:

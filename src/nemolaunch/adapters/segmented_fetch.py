@@ -255,7 +255,9 @@ class _FileJob:
             target = None
             try:
                 target = self.source.target()
+                asked = time.monotonic()
                 body = connection.get(target, start, end, self.remote.size)
+                self.slots.answered(time.monotonic() - asked)
                 try:
                     self._copy(body.readinto, piece, start, min(end, start + body.length), buffer)
                 finally:

@@ -221,8 +221,9 @@ class _ProgressRenderer:
     def __init__(self, *, quiet: bool, label: str) -> None:
         self.quiet = quiet
         self.label = label
-        # rich's bars (and their import, ~20 ms) only where they are drawn: on a terminal, not quiet.
-        self.progress = _bars() if err_console.is_terminal and not quiet else None
+        # rich's bars (and their import, ~20 ms) only where they are drawn: not quiet, on a terminal (asked
+        # in that order, as asking makes rich's console).
+        self.progress = _bars() if not quiet and err_console.is_terminal else None
         self.total_task: int | None = None
         self.file_tasks: dict[str, int] = {}
         self.sizes: dict[str, int] = {}
