@@ -45,17 +45,19 @@ def started(clock: Clock, most: int, *, answered_in: float | None = None) -> Con
 def test_capped_connections_leap_to_the_most() -> None:
     clock = Clock()
     budget = started(clock, most=32)
-    # 40 MB/s a connection: each one more adds its cap. A window to measure, one of grace after each step;
-    # the first doubling doubled the speed, so the next step is x4.
-    assert run_for(budget, clock, 0.35, mb_per_connection=40) == [4, 8, 32]
+    # 40 MB/s a connection: each one more adds its cap. A window of grace (the connections' first
+    # bytes) and one to measure, at the start and after each step; the first doubling doubled the
+    # speed, so the next step is x4.
+    assert run_for(budget, clock, 0.35, mb_per_connection=40) == [4, 8]
+    assert run_for(budget, clock, 0.1, mb_per_connection=40) == [8, 32]
     assert run_for(budget, clock, 2.0, mb_per_connection=40) == [32]
 
 
 def test_a_far_servers_windows_last_a_few_of_its_answer_times() -> None:
     clock = Clock()
     budget = started(clock, most=32, answered_in=0.25)
-    # Windows of 1 s, not 0.1: the first doubling comes after one, the leap after two more.
-    assert run_for(budget, clock, 0.95, mb_per_connection=40) == [4]
+    # Windows of 1 s, not 0.1: the first doubling comes after two, the leap after two more.
+    assert run_for(budget, clock, 1.95, mb_per_connection=40) == [4]
     assert run_for(budget, clock, 0.1, mb_per_connection=40) == [4, 8]
     assert run_for(budget, clock, 2.0, mb_per_connection=40) == [8, 32]
     # The window follows the median of the last answers: a single slow one does not stretch it.
@@ -116,6 +118,18 @@ def test_a_doubling_wakes_threads_waiting_for_a_slot() -> None:
     got: list[bool] = []
     waiter = threading.Thread(target=lambda: got.append(budget.acquire(timeout=5)))
     waiter.start()
-    run_for(budget, clock, 0.11, mb_per_connection=40)
+    run_for(budget, clock, 0.21, mb_per_connection=40)
     waiter.join(timeout=5)
     assert got == [True]
+
+
+def test_until_every_file_has_asked_none_takes_more_than_its_share() -> None:
+    # Files start a few ms apart: the first must not take every slot before the others ask.
+    budget = ConnectionBudget(most=32, owners=2, clock=Clock())  # 4 allowed at first: 2 each
+    assert budget.acquire(timeout=0, owner="a")
+    assert budget.acquire(timeout=0, owner="a")
+    assert not budget.acquire(timeout=0, owner="a")
+    assert budget.acquire(timeout=0, owner="b")
+    assert budget.acquire(timeout=0, owner="a")  # both have asked: a free slot goes to whoever asks
+    # No slot is free: b's one connection is all it gets for now (a run of pieces); a has three.
+    assert budget.alone("b") and not budget.alone("a")

@@ -760,6 +760,39 @@ def test_a_capped_hub_gets_several_connections_per_file_in_ranges(fake_hub: Fake
     assert not sidecar(home, repo, path).exists()
 
 
+def test_a_files_only_connection_asks_for_a_seconds_worth_of_pieces_at_once(fake_hub: FakeHub, home: Path) -> None:
+    # One connection in all: it takes every piece, asks for the first alone (its speed unknown), then for
+    # as many as it brings in about a second, here the rest of the file (loopback is fast).
+    repo, path, size = one_big_file(fake_hub, 8)
+    args = {"repo_id": REPO, "files": wanted(repo), "connections": 1, "piece_bytes": MIB}
+
+    run = run_driver(fake_hub, home, args)
+
+    assert run.returncode == 0, run.lines[-3:]
+    assert snapshot_file(home, repo, path).read_bytes() == repo.files[path]
+    assert [record.range for record in fake_hub.gets_of(path)] == [f"bytes=0-{MIB - 1}", f"bytes={MIB}-"]
+    assert fake_hub.served(REPO, path) == size
+
+
+def test_a_run_is_shared_out_when_another_connection_frees_up(fake_hub: FakeHub, home: Path) -> None:
+    # Two connections for a big and a small file: each file's connection is all it gets, so each asks for
+    # several pieces at once. When the small one is done, its connection takes the pieces of the big
+    # file's run that lie past the request in flight; no request is cut short, no byte comes twice.
+    repo = fake_hub.add_repo(REPO, {"Q/big.gguf": gguf_shard(1, 1, 8 * MIB), "Q/small.gguf": gguf_shard(1, 1, 2 * MIB)})
+    fake_hub.rate_bytes_per_s = 4_000_000
+    args = {"repo_id": REPO, "files": wanted(repo, "Q"), "connections": 2, "piece_bytes": MIB}
+
+    run = run_driver(fake_hub, home, args)
+
+    assert run.returncode == 0, run.lines[-3:]
+    assert_quant_in_cache(home, repo)
+    big = fake_hub.gets_of("Q/big.gguf")
+    asked = [record.range[6:].split("-") for record in big if record.range]
+    assert max(int(end or len(repo.files["Q/big.gguf"]) - 1) - int(start) + 1 for start, end in asked) > MIB
+    assert len(fake_hub.connections_of("Q/big.gguf")) == 2
+    assert all(fake_hub.served(REPO, name) == len(content) for name, content in repo.files.items())
+
+
 def test_the_connection_budget_is_shared_by_all_files(fake_hub: FakeHub, home: Path) -> None:
     repo = fake_hub.add_repo(REPO, quant_files(QUANT, 2, 4 * MIB))
     fake_hub.rate_bytes_per_s = 8_000_000

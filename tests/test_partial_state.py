@@ -192,7 +192,7 @@ def test_a_proxy_sends_the_bytes_through_huggingface_hubs_client(monkeypatch: py
 
 
 def test_pieces_come_in_two_rounds_per_connection_within_8_and_64_mib() -> None:
-    from nemolaunch.adapters.segmented_fetch import piece_bytes_for
+    from nemolaunch.adapters.piece_runs import piece_bytes_for
 
     mib = 1024 * 1024
     assert piece_bytes_for(250 * 10**6, 8) == 32 * mib  # 1 GB in 4 shards over up to 32 connections: 8 each

@@ -1,24 +1,27 @@
 """How many connections may carry a run's bytes at once: a few at first, more while more pay.
 
-A CDN edge caps each connection, so against one, every connection more adds its cap to the speed, up
-to the link's; against a server that does not cap (a near mirror, a fast link), more connections only
-share the same bytes and cost CPU in switching between them (1 GB in 4 shards from a loopback hub on
-2 cores: 1.04 s over 4 connections, 1.12 s over 8, 1.21 s over 32, measured). Neither kind can be
-told in advance. So the run starts with ``first`` connections and measures its speed over a short
-window: ``round_trips`` of its requests' answer times, and at least ``min_window_s``, so that a new
-connection's request is answered and its bytes flow within it (a far server's windows are longer
-than a near one's). After a step up it lets one window pass (the new connections' requests and first
-bytes), then measures again: while the speed beats the one before the step by ``gain``, it steps up
+A CDN edge caps each connection, so against one, every connection more adds its cap to the speed, up to
+the link's; against a server that does not cap (a near mirror, a fast link), more connections only
+share the same bytes and cost CPU in switching between them (1 GB in 4 shards from a loopback hub on 2
+cores: 1.04 s over 4 connections, 1.12 s over 8, 1.21 s over 32, measured). Neither kind can be told in
+advance. So the run starts with ``first`` connections and measures its speed over a short window:
+``round_trips`` of its requests' answer times, and at least ``min_window_s``, so that a new
+connection's request is answered and its bytes flow within it (a far server's windows are longer than a
+near one's). At the start and after a step up it lets one window pass (the new connections' requests
+and first bytes), then measures: while the speed beats the one before the step by ``gain``, it steps up
 again (up to ``most``); when it does not, it goes back to the number before that step. A step is a
 doubling, or x4 after a doubling that nearly doubled the speed (``leap``): then the connections, not
-the link, are the limit, and a capped CDN reaches 32 connections in two steps instead of three. A
-link changes over a long download, and a short window can mislead (a far server's connections take
-longer to get up to speed), so ``reprobe_s`` later it measures afresh and tries one doubling more,
-over windows that grow with the download's age (a tenth of it).
+the link, are the limit, and a capped CDN reaches 32 connections in two steps instead of three. A link
+changes over a long download, and a short window can mislead (a far server's connections take longer to
+get up to speed), so ``reprobe_s`` later it measures afresh and tries one doubling more, over windows
+that grow with the download's age (a tenth of it).
 
-It is a semaphore to the fetching threads: a thread keeps its slot (and its connection, kept alive)
-from piece to piece unless the number shrank (``keep``); ``count`` hears of every write, which is
-what drives the measurement, and ``answered`` of every request's answer time.
+It is a semaphore to the fetching threads, shared by files (``owners``): a file without a connection
+goes first, and until every file expected has asked (they start a few ms apart) none takes more than
+its share. A thread keeps its slot (and its connection, kept alive) from run to run unless the number
+shrank (``keep``); ``alone`` tells a file whether its one connection is all it gets for now (it then
+takes its pieces as one run). ``count`` hears of every write, which is what drives the measurement,
+and ``answered`` of every request's answer time.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ GAIN = 1.25
 LEAP = 1.8
 REPROBE_S = 5.0
 
-_Phase = Literal["measuring", "grace", "doubled", "settled", "full"]
+_Phase = Literal["starting", "measuring", "grace", "doubled", "settled", "full"]
 
 
 class ConnectionBudget:
@@ -53,6 +56,7 @@ class ConnectionBudget:
         self,
         *,
         most: int,
+        owners: int = 1,
         first: int = FIRST,
         min_window_s: float = MIN_WINDOW_S,
         round_trips: float = ROUND_TRIPS,
@@ -62,6 +66,8 @@ class ConnectionBudget:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.most = max(1, most)
+        self.owners = max(1, owners)  # files expected to fetch at once
+        self._seen: set[object] = set()  # owners that asked for a slot so far
         self.allowed = min(self.most, max(1, first))
         self.min_window_s = min_window_s
         self.round_trips = round_trips
@@ -70,7 +76,9 @@ class ConnectionBudget:
         self.leap = leap
         self.reprobe_s = reprobe_s
         self._clock = clock
-        self._phase: _Phase = "full" if self.allowed >= self.most else "measuring"
+        # The first window is grace too: connections start a few ms apart, and the first bytes of each come
+        # after its request is answered, so the first window would measure less than they carry.
+        self._phase: _Phase = "full" if self.allowed >= self.most else "starting"
         self._active = 0
         self._held: Counter[object] = Counter()  # slots held, per owner
         self._waiting: Counter[object] = Counter()  # threads waiting for one, per owner
@@ -89,6 +97,7 @@ class ConnectionBudget:
     def acquire(self, timeout: float | None = None, owner: object = None) -> bool:
         """Take a slot; False if none came within ``timeout`` seconds."""
         with self._changed:
+            self._seen.add(owner)
             self._waiting[owner] += 1
             try:
                 if not self._changed.wait_for(lambda: self._may_take(owner), timeout):
@@ -120,12 +129,23 @@ class ConnectionBudget:
         self.release(owner)
         return False
 
+    def alone(self, owner: object) -> bool:
+        """True if ``owner`` holds one slot and none is free: for now its one connection is all it gets."""
+        with self._changed:
+            return self._held.get(owner, 0) <= 1 and self._active >= self.allowed
+
     def _may_take(self, owner: object) -> bool:
         if self._active >= self.allowed:
             return False
         # One without a connection may always take a free slot; one with some only if nobody waits
-        # that has none.
-        return not self._held.get(owner) or all(self._held.get(other) for other in self._waiting)
+        # that has none, and, until every file expected has asked or the first window was measured,
+        # not past its share (files start a few ms apart, and the first would take every slot).
+        held = self._held.get(owner, 0)
+        if not held:
+            return True
+        if not all(self._held.get(other) for other in self._waiting):
+            return False
+        return self._rate_before > 0 or len(self._seen) >= self.owners or held < -(-self.allowed // self.owners)
 
     # --- the measuring side ---------------------------------------------------------------------------
     def answered(self, seconds: float) -> None:
@@ -160,8 +180,9 @@ class ConnectionBudget:
                 return
             rate = self._window_bytes / elapsed
             self._window_start, self._window_bytes = now, 0
-            if self._phase == "grace":
-                self._phase = "doubled"  # the new connections are up: the next window is theirs
+            if self._phase in ("starting", "grace"):
+                # The connections are up: the next window measures them.
+                self._phase = "measuring" if self._phase == "starting" else "doubled"
                 return
             if self._phase == "doubled":
                 if rate < self._rate_before * self.gain:

@@ -21,8 +21,9 @@ from nemolaunch.adapters import partial_state
 from nemolaunch.adapters.connection_budget import ConnectionBudget
 from nemolaunch.adapters.hub_http import resolve_url, translate
 from nemolaunch.adapters.hub_layout import Layout, size_or_zero
+from nemolaunch.adapters.piece_runs import piece_bytes_for
 from nemolaunch.adapters.range_source import FileSource
-from nemolaunch.adapters.segmented_fetch import FetchSettings, Stopped, fetch_file, piece_bytes_for
+from nemolaunch.adapters.segmented_fetch import FetchSettings, Stopped, fetch_file
 from nemolaunch.adapters.verify import HashStopped, VerifiedState, sha256_of_file
 from nemolaunch.core.download_plan import (
     ChecksumRefetch,
@@ -77,7 +78,7 @@ class Run:
         self.connections_per_file = max(1, connections // max(1, files_at_once))
         # The run's budget of connections, shared by every file it fetches: a few at first, more while
         # more pay. Pieces are sized for the most it may grow to.
-        self.slots = ConnectionBudget(most=connections)
+        self.slots = ConnectionBudget(most=connections, owners=files_at_once)
         self.verify = verify
         self.prefer_xet = prefer_xet
         self.stop = stop
