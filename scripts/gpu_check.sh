@@ -2,7 +2,7 @@
 # Check nemolaunch on an NVIDIA machine, offline, in one command (about 12 minutes on 16 cores).
 #
 #   bash scripts/gpu_check.sh [--source ARCHIVE|DIR] [--llama-cpp DIR] [--cuda-arch LIST] [--jobs N]
-#                             [--out DIR] [--wheels DIR] [--skip-tests] [--budget SECONDS]
+#                             [--out DIR] [--wheels DIR] [--skip-tests] [--skip-download] [--budget SECONDS]
 #
 # Steps, each under a time limit, each a row of the summary table at the end:
 #   gpu       nvidia-smi lists a GPU (else one line and exit 4, before anything is written)
@@ -14,6 +14,9 @@
 #             `nvidia-smi --query-compute-apps`, a CUDA device in its log, one chat completion, Ctrl-C
 #   tests     the test suite against that build (NEMOLAUNCH_TEST_LLAMA_CPP); --skip-tests skips it
 #   forecast  benchmarks/forecast_vs_rss.py --gpu: peak VRAM (NVML) + RSS against the memory forecast
+#   download  benchmarks/download_vs_curl.py on this machine's cores: 2 GB in 4 shards from the loopback
+#             hub against curl and `hf download` (3 runs), and bytes fetched twice after a kill -9;
+#             --skip-download skips it
 #
 # --source     llama.cpp tree or archive [default: $NEMOLAUNCH_LLAMA_CPP_SOURCE, else the archive
 #              scripts/fetch_llamacpp_source.sh cached]; nothing is downloaded here
@@ -21,7 +24,7 @@
 # --cuda-arch  GPU targets for the build, e.g. 90 (needed where no GPU is visible to the build)
 # --out        folder for everything this prints and records [default: gpu-check-DATE in the checkout];
 #              at most 8 files: summary.txt (all it printed), build.log, doctor.json, plan.json,
-#              serve.log, tests.log, forecast.txt
+#              serve.log, tests.log, forecast.txt, download.txt
 # --wheels     a folder of wheels to install .venv from with `pip --no-index` (a machine without PyPI:
 #              on a connected one, `pip download -d DIR pip 'setuptools>=77'` and `pip wheel -w DIR '.[test]'`)
 # --budget     seconds for the whole run [default: 720]; a step that would start with too little
@@ -45,6 +48,7 @@ jobs=""
 out=""
 wheels=""
 skip_tests=0
+skip_download=0
 budget=720
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -56,7 +60,8 @@ while [[ $# -gt 0 ]]; do
         --wheels) [[ $# -ge 2 ]] || die "--wheels needs a folder of wheels"; wheels="$2"; shift 2 ;;
         --budget) [[ $# -ge 2 ]] || die "--budget needs seconds"; budget="$2"; shift 2 ;;
         --skip-tests) skip_tests=1; shift ;;
-        -h | --help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --skip-download) skip_download=1; shift ;;
+        -h | --help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option '$1' (see --help)" ;;
     esac
 done
@@ -452,6 +457,34 @@ else
         record forecast ok $(($(date +%s) - t0)) "${worst:-?}; the forecast covers peak VRAM + RSS"
     else
         record forecast FAIL $(($(date +%s) - t0)) "$(rc_words "$rc"): $(tail -n 1 "$out/forecast.txt" | cut -c1-160)"
+    fi
+fi
+
+# --- download --------------------------------------------------------------------------------------------
+say "download"
+t0=$(date +%s)
+if [[ $skip_download -eq 1 ]]; then
+    record download skipped 0 "--skip-download"
+elif [[ $venv_ok -eq 0 ]]; then
+    record download "not run" 0 "no venv"
+elif too_late 120; then
+    record download "not run" 0 "time budget spent"
+else
+    bench_results="$(mktemp -d)" # its own result files stay out of --out (at most 8 files there)
+    set +e
+    run_limited "$(limit_for 300)" .venv/bin/python benchmarks/download_vs_curl.py --size-mb 2000 --shards 4 \
+        --repeats 3 --skip capped --kill-repeats 1 --results-dir "$bench_results" 2>&1 | tee "$out/download.txt"
+    rc=${PIPESTATUS[0]}
+    set -e
+    rm -rf "$bench_results"
+    # The plain hub's nemolaunch row (x curl one at a time, x hf download) and the kill's median (%).
+    speed="$(awk -F'|' '$2 ~ /^ nemolaunch download / {gsub(/ /, ""); print $6 "x curl, " $7 "x hf"; exit}' \
+        "$out/download.txt" || true)"
+    twice="$(awk -F'|' '$2 ~ /^ median / {gsub(/ /, ""); print $5 " % fetched twice"; exit}' "$out/download.txt" || true)"
+    if [[ $rc -eq 0 ]]; then
+        record download ok $(($(date +%s) - t0)) "${speed:-?}; ${twice:-?}"
+    else
+        record download FAIL $(($(date +%s) - t0)) "$(rc_words "$rc"): $(tail -n 1 "$out/download.txt" | cut -c1-160)"
     fi
 fi
 

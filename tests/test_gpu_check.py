@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO_ROOT, path_without
 
 SCRIPT = REPO_ROOT / "scripts" / "gpu_check.sh"
-STEPS = ("gpu", "venv", "build", "doctor", "plan", "serve", "tests", "forecast")
+STEPS = ("gpu", "venv", "build", "doctor", "plan", "serve", "tests", "forecast", "download")
 
 
 def run_check(*args: str, path: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -106,7 +106,7 @@ def test_a_faked_gpu_never_passes_the_serve_step(tmp_path: Path, llama_bin_dir: 
     out = tmp_path / "out"
 
     result = run_check(
-        "--llama-cpp", str(llama_bin_dir), "--skip-tests", "--out", str(out), "--budget", "300",
+        "--llama-cpp", str(llama_bin_dir), "--skip-tests", "--skip-download", "--out", str(out), "--budget", "300",
         path=nvidia_smi(tmp_path / "driver", smi),
         timeout=400,
     )  # fmt: skip
@@ -119,6 +119,7 @@ def test_a_faked_gpu_never_passes_the_serve_step(tmp_path: Path, llama_bin_dir: 
     assert rows["build"].split()[1] == "ok" and f"given: {llama_bin_dir}" in rows["build"]
     assert rows["serve"].split()[1] == "FAIL" and "not among nvidia-smi's compute apps" in rows["serve"]
     assert rows["tests"].split()[1] == "skipped"
+    assert rows["download"].split()[1] == "skipped"
     files = sorted(path.name for path in out.iterdir())
     assert len(files) <= 8 and {"summary.txt", "doctor.json", "plan.json", "serve.log"} <= set(files)
     assert (out / "summary.txt").read_text().endswith(result.stdout[-500:])  # what it printed, it kept
