@@ -3,6 +3,7 @@ Ctrl-C, and nothing is left running under the shell."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from pathlib import Path
@@ -12,12 +13,21 @@ import pytest
 from nemolaunch.scripted_model import write_scripted_model
 
 from conftest import free_port, nemolaunch_argv
+from fakehub import FakeHub, fake_hub_fixture, gguf_shard  # noqa: F401  (fixture)
 from openai_stub import StubBehaviour, openai_stub
 from test_smoke import wait_for_health
 from tmux_pane import terminal, wait_until_gone
 
 __all__ = ["terminal"]  # the fixture, imported for pytest
 SCRIPT = ["Let me think.", "</think>", "Hello there!", "<|im_end|>"]
+# Recorded facts of a 64 GB CPU machine (the disk's folder is added per test).
+BIG_MACHINE = {
+    "os": "linux",
+    "arch": "x86_64",
+    "cpu": {"model": "Test CPU", "physical_cores": 8, "logical_cores": 16, "flags": ["avx2"]},
+    "memory": {"total_bytes": 64 * 2**30, "available_bytes": 60 * 2**30},
+    "gpus": [],
+}
 
 
 def command(*args: str) -> str:
@@ -137,3 +147,38 @@ def test_chat_saves_and_loads_a_session(terminal, llama_bin_dir: Path, tmp_path:
         left = wait_until_gone(server)
     assert left == [], server.screen()[-2000:]
     assert (tmp_path / "data" / "nemolaunch" / "sessions" / "sums.json").is_file()
+
+
+def test_download_draws_bars_and_ctrl_c_keeps_what_came(terminal, fake_hub: FakeHub, tmp_path: Path) -> None:
+    """At a terminal `download` draws a bar for the quant and one per shard; Ctrl-C stops it with one line
+    saying what is on disk, leaves nothing running, and the same command again finishes from there."""
+    shards = {f"UD-Q2_K_XL/Bench-UD-Q2_K_XL-{i:05d}-of-00002.gguf": gguf_shard(i, 2, 12_000_000) for i in (1, 2)}
+    fake_hub.add_repo("acme/Bench-GGUF", shards)
+    fake_hub.rate_bytes_per_s = 4_000_000  # slow enough to watch and stop it (its 8 MiB header read: 2 s)
+    machine = tmp_path / "machine.json"
+    machine.write_text(json.dumps(BIG_MACHINE | {"disk": {"path": str(tmp_path), "free_bytes": 500 * 2**30}}))
+    hub_env = {key: value for key, value in fake_hub.env(tmp_path / "hf").items() if key.startswith(("HF_", "XDG_"))}
+    pane = terminal(**hub_env)
+    line = command("download", "acme/Bench-GGUF:UD-Q2_K_XL", "--hardware", str(machine))
+
+    pane.type_line(line)
+    screen = pane.wait_for("Bench-UD-Q2_K_XL-00002-of-00002.gguf")
+    bars = [row.split() for row in screen.splitlines() if "MB" in row]
+    # The quant's bar (bytes of all shards), then one per shard: name, bar, done/total, speed, time left.
+    assert [(row[0], row[2].split("/")[1]) for row in bars] == [
+        ("acme/Bench-GGUF:UD-Q2_K_XL", "24.0"),
+        ("Bench-UD-Q2_K_XL-00001-of-00002.gguf", "12.0"),
+        ("Bench-UD-Q2_K_XL-00002-of-00002.gguf", "12.0"),
+    ], screen[-2000:]
+    pane.send("C-c")
+    screen = pane.wait_for("run the same command again to resume")
+    assert "nemolaunch: error: download stopped with" in screen
+    assert wait_until_gone(pane) == [], screen[-2000:]
+
+    fake_hub.rate_bytes_per_s = None
+    fake_hub.reset_counters()  # (the first run also read the first shard's header for its plan)
+    pane.type_line(line)
+    screen = pane.wait_for("2 file(s) ready", after=line)
+    assert "resuming UD-Q2_K_XL/Bench-UD-Q2_K_XL-00001-of-00002.gguf from" in screen
+    fetched = sum(fake_hub.served("acme/Bench-GGUF", path) for path in shards)
+    assert fetched < sum(map(len, shards.values())), screen[-2000:]  # the rest, not all again
