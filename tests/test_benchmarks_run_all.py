@@ -20,6 +20,7 @@ def test_the_new_benchmarks_run_on_their_smallest_input(llama_bin_dir: Path, tmp
         ("serve_to_health.py", ["--runs", "1", "--sizes", "tiny"]),
         ("serving_sweep.py", ["--size", "0.03", "--runs", "1", "--models", str(tmp_path)]),
         ("build_times.py", ["--runs", "1"]),
+        ("header_read.py", ["--runs", "1", "--vocab", "2000", "--merges", "4000"]),
     ):
         done = subprocess.run(
             [sys.executable, str(REPO_ROOT / "benchmarks" / script), *args],

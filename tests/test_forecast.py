@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 from gguf import GGUFWriter
 
 from nemolaunch import ULTRA_REPO
-from nemolaunch.adapters.gguf_header import read_architecture, read_gguf_header
+from nemolaunch.adapters.gguf_header import read_architecture, read_gguf_header, read_weight_facts
 from nemolaunch.core.forecast import (
     ULTRA_ARCHITECTURE,
     ArchitectureFacts,
@@ -291,3 +293,37 @@ def test_header_reader_reports_a_truncated_file(tmp_path: Path) -> None:
     cut.write_bytes(whole[:200])
     with pytest.raises(TruncatedGGUF):
         read_gguf_header(cut)
+
+
+def test_weight_facts_of_an_unchanged_file_come_from_the_header_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plan or launch of the same model parses its header once: the gguf reader takes seconds over a real
+    vocabulary (benchmarks/header_read.py), and a plan needs the tensor table as well as the keys."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = write_gguf(tmp_path / "m.gguf")
+    first = read_weight_facts((path,))
+    assert (first.parameters, first.weights_bytes, first.expert_count) == (16, 64, 128)  # output_norm: 16 f32
+    # Same size and modification time, the magic kept, every other byte zero: only the cache still knows.
+    info = path.stat()
+    path.write_bytes(b"GGUF" + bytes(info.st_size - 4))
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert read_weight_facts((path,)) == first
+    os.utime(path)  # changed: read again, and the zeros are no header
+    with pytest.raises(TruncatedGGUF):
+        read_weight_facts((path,))
+
+
+def test_a_cache_entry_without_tensor_totals_is_read_again_and_completed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nemolaunch.adapters import header_cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = write_gguf(tmp_path / "m.gguf")
+    entry = header_cache.entry(header_cache.local_key(path))
+    header_cache.save(entry, read_gguf_header(path))
+    raw = json.loads(entry.read_text())
+    entry.write_text(json.dumps({"metadata": raw["metadata"], "token_count": raw["token_count"]}))  # an older entry
+    assert read_weight_facts((path,)).weights_bytes == 64
+    assert json.loads(entry.read_text())["tensors"] == {"parameters": 16, "weights_bytes": 64, "expert_bytes": 0}

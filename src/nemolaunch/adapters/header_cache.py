@@ -38,11 +38,16 @@ def local_key(path: Path) -> str:
 
 
 def load(path: Path) -> GGUFHeader | None:
-    from nemolaunch.adapters.gguf_header import GGUFHeader
+    from nemolaunch.adapters.gguf_header import GGUFHeader, TensorTotals
 
     try:
         raw = json.loads(path.read_text())
-        return GGUFHeader(metadata=dict(raw["metadata"]), token_count=raw["token_count"])
+        tensors = raw.get("tensors")
+        return GGUFHeader(
+            metadata=dict(raw["metadata"]),
+            token_count=raw["token_count"],
+            tensors=TensorTotals(**tensors) if tensors is not None else None,
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -50,7 +55,10 @@ def load(path: Path) -> GGUFHeader | None:
 def save(path: Path, header: GGUFHeader) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        payload = json.dumps({"metadata": header.metadata, "token_count": header.token_count}, default=_plain)
+        tensors = vars(header.tensors) if header.tensors is not None else None
+        payload = json.dumps(
+            {"metadata": header.metadata, "token_count": header.token_count, "tensors": tensors}, default=_plain
+        )
         # Atomic: a reader never sees half a cache entry.
         with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
             handle.write(payload)
