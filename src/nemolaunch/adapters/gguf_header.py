@@ -7,6 +7,7 @@ Only the first shard of a split model carries the model's metadata.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,35 @@ class GGUFHeader:
     tensors: TensorTotals | None = None  # from a whole local file (not from a remote prefix)
 
 
+def open_reader(path: Path) -> GGUFReader:
+    """gguf's reader of ``path``, reading through a plain array view of the file's mapping.
+
+    The reader slices its array once or twice for every item of every key: a vocabulary's header
+    holds a million items, and a slice of numpy's memmap subclass costs its ``__array_finalize__``
+    each time, a plain view's does not (an 8.4 MB header, 131,072 tokens and 260,000 merges: 6.9 s
+    through the memmap, 2.3 s through the view, measured here). Nothing else changes: the same
+    reader parses the same bytes (numpy-heavy, so imported only when a header is read).
+    """
+    return _plain_view_reader()(path)
+
+
+@functools.cache
+def _plain_view_reader() -> type[GGUFReader]:
+    import numpy as np
+    from gguf import GGUFReader
+
+    class PlainViewReader(GGUFReader):
+        @property  # type: ignore[override]
+        def data(self) -> np.ndarray:
+            return self._plain
+
+        @data.setter
+        def data(self, mapped: np.ndarray) -> None:
+            self._plain = mapped.view(np.ndarray)  # the view keeps the mapping alive
+
+    return PlainViewReader
+
+
 def read_gguf_header(path: Path) -> GGUFHeader:
     """The architecture keys of ``path``'s header. Raises ModelFileMissing, NotGGUF or TruncatedGGUF."""
     if not path.is_file():
@@ -59,10 +89,8 @@ def read_gguf_header(path: Path) -> GGUFHeader:
     header = header_cache.load(cached)
     if header is not None:
         return header  # read whole before, and unchanged since (size and modification time)
-    from gguf import GGUFReader  # numpy-heavy: only when a header is actually read
-
     try:
-        reader = GGUFReader(path)
+        reader = open_reader(path)
     except (ValueError, IndexError, OSError) as exc:
         raise TruncatedGGUF(path=str(path), reason=_truncation_reason(exc)) from exc
     header = _header_of(reader, with_tensors=True)
@@ -109,8 +137,6 @@ def header_from_prefix(prefix: bytes, file_size: int) -> GGUFHeader | None:
     """
     import tempfile
 
-    from gguf import GGUFReader
-
     if prefix[:4] != GGUF_MAGIC:
         return None
     with tempfile.TemporaryDirectory(prefix="nemolaunch-header-") as folder:
@@ -119,7 +145,7 @@ def header_from_prefix(prefix: bytes, file_size: int) -> GGUFHeader | None:
             with sparse.open("wb") as handle:
                 handle.write(prefix)
                 handle.truncate(max(file_size, len(prefix)))
-            reader = GGUFReader(sparse)
+            reader = open_reader(sparse)
         except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError) as exc:
             log.debug("a %d-byte prefix is not enough for the header: %s", len(prefix), exc)
             return None
@@ -195,12 +221,10 @@ def _header_with_tensors(shard: Path) -> GGUFHeader:
     if header.tensors is not None:
         return header
     # A cache entry from before tensor totals were kept: read the file again, and keep them this time.
-    from gguf import GGUFReader
-
     from nemolaunch.adapters import header_cache
 
     try:
-        reader = GGUFReader(shard)
+        reader = open_reader(shard)
     except (ValueError, IndexError, OSError) as exc:
         raise TruncatedGGUF(path=str(shard), reason=_truncation_reason(exc)) from exc
     header = _header_of(reader, with_tensors=True)
