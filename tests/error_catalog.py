@@ -263,7 +263,8 @@ CASES: list[Case] = [
     c("rpc-port-in-use", "rpc-worker", "a port another program holds", "rpc-worker --port {busy_port} --llama-cpp {shim}",
       4, E + "port {busy_port} on 127.0.0.1 is already in use: stop what holds it or pass another --port",
       setup="busy-port"),
-    c("rpc-no-binary", "rpc-worker", "a llama.cpp folder without rpc-server", "rpc-worker --llama-cpp {tmp}/empty", 3,
+    c("rpc-no-binary", "rpc-worker", "a llama.cpp folder without rpc-server",
+      "rpc-worker --port {port} --llama-cpp {tmp}/empty", 3,
       E + "--llama-cpp names {tmp}/empty, which holds no executable rpc-server: point it at llama.cpp's bin folder"),
 ]  # fmt: skip
 
