@@ -44,7 +44,7 @@ VERBS = (
     Verb("serve", "nemolaunch.cli.serve", "serve_command",
          "Serve a model with llama-server's OpenAI-compatible API (args after -- go to llama-server).",
          pass_through=True),
-    Verb("run", "nemolaunch.cli.serve", "run_command",
+    Verb("run", "nemolaunch.cli.run", "run_command",
          "Chat with a model in the terminal through llama-cli (args after -- go to llama-cli).", pass_through=True),
     Verb("chat", "nemolaunch.cli.chat", "chat_command",
          "Chat with a running server in the terminal (/exit leaves, /clear starts over, Ctrl-C stops an answer)."),

@@ -48,7 +48,7 @@ def rpc_worker_command(
 ) -> None:
     """Serve this machine's GPUs (or CPU and RAM) to a head running `nemolaunch serve --rpc`."""
     from nemolaunch.adapters.ports import lan_addresses
-    from nemolaunch.cli.serve import check_port_for_launch, exec_launch
+    from nemolaunch.cli.launch_command import check_port_for_launch, exec_launch
     from nemolaunch.core.launch import WorkerLaunch, is_loopback, worker_argv
     from nemolaunch.errors import BadOption
 

@@ -1,82 +1,66 @@
-"""`nemolaunch serve` (llama-server) and `nemolaunch run` (llama-cli).
+"""`nemolaunch serve`: a model behind llama-server's OpenAI-compatible API.
 
-Both resolve the model and the binary, check what is cheap to check, print
-the exact command, then replace themselves with llama.cpp (``os.execvpe``)
-so that it owns the terminal and its signals: Ctrl-C reaches llama-server
-directly and no nemolaunch process is left behind.
+It resolves the model and the binary, checks what is cheap to check, prints the exact command, then
+replaces itself with llama-server (``os.execve``) so that it owns the terminal and its signals: Ctrl-C
+reaches llama-server directly and no nemolaunch process is left behind. What `run` shares with it is
+in ``launch_command``.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from nemolaunch.cli.api_key import API_KEY_ENV, check_api_key_file
 from nemolaunch.cli.cluster import RpcOption, launch_cluster, read_endpoints, workers_for_launch
-from nemolaunch.cli.context_options import CacheTypeOption, CtxOption, read_context
-from nemolaunch.cli.launch_model import ModelRequest
+from nemolaunch.cli.context_options import CacheTypeOption, CtxOption
+from nemolaunch.cli.launch_command import (
+    MANAGED_SERVER_OPTIONS,
+    BuildOption,
+    DryRunOption,
+    JsonOption,
+    LlamaCppOption,
+    MinPOption,
+    ModelOption,
+    NoDownloadOption,
+    TempOption,
+    TopPOption,
+    check_json,
+    check_passthrough,
+    check_port_for_launch,
+    exec_launch,
+    model_and_passthrough,
+    model_request,
+)
 from nemolaunch.cli.llama_binary import find_llama_binary, warn_if_gpus_go_unused
-from nemolaunch.cli.output import console, err_console, note, print_command, print_json, styled, warn
+from nemolaunch.cli.output import err_console, note, print_command, print_json, styled, warn
 from nemolaunch.cli.plan import (
     ForceOption,
     HardwareOption,
     MinSpeedOption,
     PreferOption,
     QuantOption,
-    check_preference,
 )
 from nemolaunch.cli.settings import llama_cpp_dir, load_settings
 from nemolaunch.core.launch import (
     DEFAULT_HOST,
-    DEFAULT_PARALLEL,
     DEFAULT_PORT,
-    CliLaunch,
     Sampling,
     ServerLaunch,
-    cli_argv,
     client_base_url,
     is_loopback,
     openai_snippet,
     server_argv,
 )
-from nemolaunch.errors import BadOption, LaunchFailed
-
-if TYPE_CHECKING:
-    from nemolaunch.core.settings import ResolvedSettings
+from nemolaunch.errors import BadOption
 
 #: The variable llama-server reads its key from (LLAMA_ARG_API_KEY is ignored by this build).
 SERVER_KEY_ENV = "LLAMA_API_KEY"
-
-ModelOption = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        "-m",
-        help="A local .gguf file (any shard of a split model), or REPO[:QUANT] on the Hub "
-        "[default: the Nemotron 3 Ultra, planned for this machine].",
-    ),
-]
-NoDownloadOption = Annotated[
-    bool, typer.Option("--no-download", help="Refuse, rather than download, a planned quant that is not local.")
-]
-TempOption = Annotated[float | None, typer.Option("--temp", help="Sampling temperature [default: NVIDIA's 1.0].")]
-TopPOption = Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling [default: NVIDIA's 0.95].")]
-MinPOption = Annotated[float | None, typer.Option("--min-p", help="Min-p sampling [default: 0.01, as llama-cli's].")]
-LlamaCppOption = Annotated[
-    Path | None,
-    typer.Option("--llama-cpp", help="Folder holding llama.cpp's binaries [env: NEMOLAUNCH_LLAMA_CPP]."),
-]
-BuildOption = Annotated[
-    bool, typer.Option("--build", help="Build llama.cpp first if no build is found (see `nemolaunch build`).")
-]
-DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Print the command and exit.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="With --dry-run: print the launch as JSON.")]
 
 
 def serve_command(
@@ -125,9 +109,9 @@ def serve_command(
     MODEL may also come first, without --model: `nemolaunch serve REPO:QUANT --port 8001`. Defaults can
     be kept in config.toml or NEMOLAUNCH_* variables (`nemolaunch config show`).
     """
-    model, passthrough = _model_and_passthrough(model, ctx.args)
-    _check_passthrough(passthrough, _MANAGED_SERVER_OPTIONS)
-    _check_json(json_output=json_output, dry_run=dry_run)
+    model, passthrough = model_and_passthrough(model, ctx.args)
+    check_passthrough(passthrough, MANAGED_SERVER_OPTIONS)
+    check_json(json_output=json_output, dry_run=dry_run)
     endpoints = read_endpoints(rpc)
     settings = load_settings(
         model=model, port=port, host=host, ctx_size=ctx_size, cache_type=cache_type, temp=temp, top_p=top_p,
@@ -137,7 +121,7 @@ def serve_command(
     _check_host(s.host)  # before any warning: a host that does not resolve is the one thing to hear
     if alias is not None and not alias.strip():
         raise BadOption(option="--alias", value="''", hint="give a name, or leave --alias out")
-    request = _model_request(settings, force=force, hardware=hardware, no_download=no_download, dry_run=dry_run,
+    request = model_request(settings, force=force, hardware=hardware, no_download=no_download, dry_run=dry_run,
                              min_speed=min_speed)  # fmt: skip
     early = request.check_local()
     key = ServerKey.read(s.api_key_file)
@@ -196,18 +180,6 @@ class ServerKey:
         return env
 
 
-def _model_request(
-    settings: ResolvedSettings, *, force: bool, hardware: Path | None, no_download: bool, dry_run: bool,
-    min_speed: float | None,
-) -> ModelRequest:  # fmt: skip
-    s = settings.values
-    return ModelRequest(
-        model=s.model, quant=s.quant, force=force, hardware=hardware, context=read_context(s.ctx_size, s.cache_type),
-        no_download=no_download, dry_run=dry_run, parallel=s.parallel or DEFAULT_PARALLEL,
-        prefer=check_preference(s.prefer, min_speed), min_speed=min_speed,
-    )  # fmt: skip
-
-
 def _announce_server(
     launch: ServerLaunch, argv: list[str], env: dict[str, str], key: ServerKey, *, json_output: bool, dry_run: bool,
     server: Path,
@@ -245,136 +217,6 @@ def _announce_web_ui(server: Path, base_url: str) -> None:
         err_console.print(styled("Web chat at ", (base_url.removesuffix("/v1") + "/", "bold"), f" ({web_ui})."))
 
 
-def run_command(
-    ctx: typer.Context,
-    model: ModelOption = None,
-    ctx_size: CtxOption = None,
-    cache_type: CacheTypeOption = None,
-    temp: TempOption = None,
-    top_p: TopPOption = None,
-    min_p: MinPOption = None,
-    prompt: Annotated[str | None, typer.Option("--prompt", help="Answer this one prompt and exit (no chat).")] = None,
-    n_predict: Annotated[int | None, typer.Option("--n-predict", "-n", help="Stop after this many tokens.")] = None,
-    rpc: RpcOption = None,
-    quant: QuantOption = None,
-    prefer: PreferOption = None,
-    min_speed: MinSpeedOption = None,
-    force: ForceOption = False,
-    hardware: HardwareOption = None,
-    no_download: NoDownloadOption = False,
-    llama_cpp: LlamaCppOption = None,
-    build: BuildOption = False,
-    dry_run: DryRunOption = False,
-    json_output: JsonOption = False,
-) -> None:
-    """Chat with a model in the terminal through llama-cli (args after -- go to llama-cli)."""
-    model, passthrough = _model_and_passthrough(model, ctx.args)
-    _check_passthrough(passthrough, _MANAGED_CLI_OPTIONS)
-    _check_json(json_output=json_output, dry_run=dry_run)
-    endpoints = read_endpoints(rpc)
-    settings = load_settings(
-        model=model, ctx_size=ctx_size, cache_type=cache_type, temp=temp, top_p=top_p, min_p=min_p, quant=quant,
-        prefer=prefer, llama_cpp=llama_cpp,
-    )  # fmt: skip
-    s = settings.values
-    request = _model_request(settings, force=force, hardware=hardware, no_download=no_download, dry_run=dry_run,
-                             min_speed=min_speed)  # fmt: skip
-    request = replace(request, parallel=DEFAULT_PARALLEL)
-    early = request.check_local()
-    if n_predict is not None and (n_predict == 0 or n_predict < -1):
-        raise BadOption(option="--n-predict", value=n_predict, hint="use a positive count, or -1 for no limit")
-    binary = find_llama_binary("llama-cli", llama_cpp=llama_cpp_dir(settings), build=build, dry_run=dry_run)
-    if hardware is None:
-        warn_if_gpus_go_unused(binary, passthrough)
-    workers = workers_for_launch(rpc, endpoints, server=binary.path, hardware=hardware)
-    resolved, context = replace(request, workers=workers).resolve(early)
-    launch = CliLaunch(
-        binary=str(binary.path), model=resolved.path, ctx_size=context, sampling=Sampling(s.temp, s.top_p, s.min_p),
-        prompt=prompt, n_predict=n_predict, cluster=launch_cluster(workers), cache_type=s.cache_type,
-        extra_args=passthrough,
-    )  # fmt: skip
-    argv = cli_argv(launch)
-    if json_output:
-        print_json({"command": argv, "dry_run": dry_run})
-    else:
-        print_command(argv, to_stderr=not dry_run)
-    if dry_run:
-        return
-    exec_launch(argv, dict(os.environ))
-
-
-#: Options nemolaunch sets itself; after `--` they would silently override what it checked and announced.
-_MANAGED_SERVER_OPTIONS = {
-    "-m": "--model", "--model": "--model", "-c": "--ctx-size", "--ctx-size": "--ctx-size", "--port": "--port",
-    "--host": "--host", "-a": "--alias", "--alias": "--alias", "--temp": "--temp", "--top-p": "--top-p",
-    "--min-p": "--min-p", "--api-key-file": "--api-key-file", "-np": "--parallel", "--parallel": "--parallel",
-    # Options that swap in another model would bypass every check made on this one.
-    "-hf": "--model REPO:QUANT", "-hfr": "--model REPO:QUANT", "--hf-repo": "--model REPO:QUANT",
-    "-hff": "--model REPO:QUANT", "--hf-file": "--model REPO:QUANT", "-mu": "--model", "--model-url": "--model",
-    # Workers are checked before launch and counted in the plan: unchecked ones would bypass both.
-    "--rpc": "--rpc",
-    "--slot-save-path": "--sessions",
-    # The KV cache's precision is in the memory forecast.
-    "-ctk": "--cache-type", "--cache-type-k": "--cache-type", "-ctv": "--cache-type", "--cache-type-v": "--cache-type",
-}  # fmt: skip
-_MANAGED_CLI_OPTIONS = {
-    key: value for key, value in _MANAGED_SERVER_OPTIONS.items() if value not in ("--port", "--host", "--alias")
-} | {"-p": "--prompt", "--prompt": "--prompt", "-n": "--n-predict", "--n-predict": "--n-predict"}
-
-
-def _check_json(*, json_output: bool, dry_run: bool) -> None:
-    if json_output and not dry_run:
-        # llama.cpp writes to the same stdout after exec: the JSON would not stay one object.
-        raise BadOption(option="--json", value="without --dry-run", hint="add --dry-run to print the launch as JSON")
-
-
-def _check_passthrough(passthrough: tuple[str, ...], managed: dict[str, str]) -> None:
-    for word in passthrough:
-        option = word.split("=", 1)[0]
-        if option == "--api-key":
-            # On the command line a key is visible to every user of the machine (`ps`).
-            raise BadOption(
-                option="--api-key", value="(hidden)", hint=f"use --api-key-file FILE or {API_KEY_ENV}, not argv"
-            )
-        if option in managed:
-            raise BadOption(
-                option=option,
-                value="after --",
-                hint=f"use nemolaunch's own {managed[option]} (it checks the value and shows the URL)",
-            )
-
-
-def _model_and_passthrough(
-    model: str | None, extra: list[str], argv: list[str] | None = None
-) -> tuple[str | None, tuple[str, ...]]:
-    """Split what Typer left over into a leading MODEL and the arguments after ``--``.
-
-    Typer hands both over as one list, so the words after ``--`` on the command
-    line tell them apart: only those go to llama.cpp untouched.
-    """
-    argv = sys.argv if argv is None else argv
-    after = argv[argv.index("--") + 1 :] if "--" in argv else []
-    leading = extra[: len(extra) - len(after)] if after else list(extra)
-    passthrough = tuple(extra[len(leading) :])
-    if not leading:
-        return model, passthrough
-    unknown = next((word for word in leading if word.startswith("-")), None)
-    if unknown is not None:
-        raise BadOption(
-            option="option",
-            value=unknown,
-            hint="nemolaunch has no such option (see --help); llama.cpp's own options go after --",
-        )
-    if model is not None or len(leading) > 1:
-        unexpected = leading[0] if model is not None else leading[1]
-        raise BadOption(
-            option="argument",
-            value=unexpected,
-            hint="name one model (MODEL or --model); put llama.cpp's own options after --",
-        )
-    return leading[0], passthrough
-
-
 def _check_host(host: str) -> None:
     from nemolaunch.adapters.ports import check_host
 
@@ -396,26 +238,3 @@ def _sessions_folder(folder: Path | None, *, dry_run: bool) -> Path | None:
         if folder.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             warn(f"{folder} is open to other users, and sessions hold whole conversations: chmod 700 {folder}")
     return folder
-
-
-def check_port_for_launch(*, host: str, port: int, dry_run: bool) -> None:
-    from nemolaunch.adapters.ports import check_port
-    from nemolaunch.errors import PortInUse
-
-    try:
-        check_port(host=host, port=port)
-    except PortInUse as exc:
-        if not dry_run:
-            raise
-        warn(str(exc))  # a dry run only shows the command; it may be meant for later
-
-
-def exec_launch(argv: list[str], env: dict[str, str]) -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    console.file.flush()
-    try:
-        # execve, not execvpe: the binary is the absolute path that was found and checked, never a PATH lookup.
-        os.execve(argv[0], argv, env)
-    except OSError as exc:
-        raise LaunchFailed(binary=argv[0], reason=exc.strerror or str(exc)) from exc
