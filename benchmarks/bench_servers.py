@@ -1,4 +1,5 @@
-"""What the serving benchmarks share: a free port, `nemolaunch` itself, waiting for /health, a clean stop.
+"""What the benchmarks share: a free port, `nemolaunch` itself, a big machine's recorded facts, waiting for
+/health, a clean stop.
 
 Imported by name (`import bench_servers`): a benchmark runs as a script, so its folder is on sys.path.
 """
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -23,6 +25,19 @@ def free_port() -> int:
 def nemolaunch(*args: str) -> list[str]:
     """The real CLI, run by this Python (the checkout's own install)."""
     return [sys.executable, "-m", "nemolaunch", *args]
+
+
+def write_hardware(path: Path) -> None:
+    """Recorded facts of a big CPU machine, so that the planner lets any quant through."""
+    facts = {
+        "os": "linux",
+        "arch": "x86_64",
+        "cpu": {"model": "Benchmark CPU", "physical_cores": 8, "logical_cores": 16, "flags": ["avx2"]},
+        "memory": {"total_bytes": 1024 * 2**30, "available_bytes": 1000 * 2**30},
+        "disk": {"path": str(path.parent), "free_bytes": 10 * 2**40},
+        "gpus": [],
+    }
+    path.write_text(json.dumps(facts))
 
 
 def listening(port: int) -> bool:

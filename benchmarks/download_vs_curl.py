@@ -44,6 +44,7 @@ from pathlib import Path
 
 # FakeHub lives with the tests, not in the package: put tests/ on the path to import it from there.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from bench_servers import write_hardware
 from fakehub import FakeHub, gguf_shard, sha256_hex
 
 REPO = "bench/Bench-Model-GGUF"
@@ -257,19 +258,6 @@ def partial_bytes(hf_home: Path, published: dict[str, bytes]) -> int:
 
 
 # --- report -------------------------------------------------------------------------------------------------
-def write_hardware(path: Path) -> None:
-    """Recorded facts of a big CPU machine, so that the planner lets any quant through."""
-    facts = {
-        "os": "linux",
-        "arch": "x86_64",
-        "cpu": {"model": "Benchmark CPU", "physical_cores": 8, "logical_cores": 16, "flags": ["avx2"]},
-        "memory": {"total_bytes": 1024 * 2**30, "available_bytes": 1000 * 2**30},
-        "disk": {"path": str(path.parent), "free_bytes": 10 * 2**40},
-        "gpus": [],
-    }
-    path.write_text(json.dumps(facts))
-
-
 def machine_facts(work: Path) -> dict[str, object]:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):

@@ -14,7 +14,6 @@ measured in the same run. The table is printed with this machine's facts (and wr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -24,40 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from bench_servers import write_hardware
 
-PATTERN = "MEM*EMEM*E"  # Mamba2, MoE and attention layers, as the Nemotron 3 models interleave them
-
-
-def write_model(path: Path, *, vocab: int, merges: int) -> Path:
-    from gguf import GGUFWriter
-
-    writer = GGUFWriter(path, "nemotron_h_moe")
-    writer.add_block_count(len(PATTERN))
-    writer.add_context_length(262_144)
-    writer.add_embedding_length(2688)
-    writer.add_head_count(32)
-    writer.add_head_count_kv([2 if kind == "*" else 0 for kind in PATTERN])
-    writer.add_feed_forward_length([1856 if kind == "E" else 0 for kind in PATTERN])
-    writer.add_key_length(128)
-    writer.add_value_length(128)
-    writer.add_ssm_conv_kernel(4)
-    writer.add_ssm_inner_size(4096)
-    writer.add_ssm_state_size(128)
-    writer.add_ssm_group_count(8)
-    writer.add_ssm_time_step_rank(64)
-    writer.add_expert_count(128)
-    writer.add_expert_used_count(6)
-    writer.add_token_list([f"tok{index}" for index in range(vocab)])
-    writer.add_token_types([1] * vocab)
-    if merges:
-        writer.add_token_merges([f"a{index} b{index}" for index in range(merges)])
-    writer.add_tensor("output_norm.weight", np.ones(16, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+# The header files are the tests' own (tests/gguf_headers.py): put tests/ on the path to import them.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from gguf_headers import write_nemotron_gguf
 
 
 def plan_seconds(model: Path, machine: Path, env: dict[str, str], *, cold: bool) -> float:
@@ -84,15 +54,10 @@ def main() -> int:
         work = Path(folder)
         env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache")}  # a header cache of this run's own
         machine = work / "machine.json"
-        machine.write_text(json.dumps({
-            "os": "linux", "arch": "x86_64",
-            "cpu": {"model": "benchmark", "physical_cores": 8, "logical_cores": 16, "flags": ["avx2"]},
-            "memory": {"total_bytes": 64 * 2**30, "available_bytes": 60 * 2**30},
-            "disk": {"path": str(work), "free_bytes": 500 * 2**30}, "gpus": [],
-        }))  # fmt: skip
+        write_hardware(machine)
         models = {
-            "300 tokens (baseline)": write_model(work / "small.gguf", vocab=300, merges=0),
-            f"{args.vocab:,} tokens, {args.merges:,} merges": write_model(
+            "300 tokens (baseline)": write_nemotron_gguf(work / "small.gguf", vocab=300),
+            f"{args.vocab:,} tokens, {args.merges:,} merges": write_nemotron_gguf(
                 work / "large.gguf", vocab=args.vocab, merges=args.merges
             ),
         }

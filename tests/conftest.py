@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -167,3 +168,22 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+
+
+@pytest.fixture
+def big_machine(tmp_path: Path) -> Path:
+    """Recorded facts of a 64 GB CPU machine: everything tiny fits."""
+    path = tmp_path / "machine.json"
+    path.write_text(
+        json.dumps(
+            {
+                "os": "linux",
+                "arch": "x86_64",
+                "cpu": {"model": "Test CPU", "physical_cores": 8, "logical_cores": 16, "flags": ["avx2"]},
+                "memory": {"total_bytes": 64 * 2**30, "available_bytes": 60 * 2**30},
+                "disk": {"path": str(tmp_path), "free_bytes": 500 * 2**30},
+                "gpus": [],
+            }
+        )
+    )
+    return path

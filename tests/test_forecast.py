@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from gguf import GGUFWriter
 
+from gguf_headers import PATTERN, write_nemotron_gguf
 from nemolaunch import ULTRA_REPO
 from nemolaunch.adapters.gguf_header import read_architecture, read_gguf_header, read_weight_facts
 from nemolaunch.core.forecast import (
@@ -127,7 +128,6 @@ def test_ctx_size_is_unbounded_when_the_architecture_is_unknown() -> None:
 # --- architecture facts from header values --------------------------------------------------------
 # A small nemotron_h_moe header as llama.cpp's converter writes it: per-layer
 # head_count_kv (attention layers only) and feed_forward_length (MoE layers only).
-PATTERN = "MEM*EMEM*E"
 NEMOTRON_METADATA: dict[str, object] = {
     "general.architecture": "nemotron_h_moe",
     "nemotron_h_moe.block_count": len(PATTERN),
@@ -203,39 +203,8 @@ def test_per_layer_array_of_the_wrong_length_is_rejected() -> None:
 
 
 # --- the GGUF header adapter, on real files ------------------------------------------------------
-def write_gguf(
-    path: Path, *, arch: str = "nemotron_h_moe", with_ssm: bool = True, chat_template: str | None = None
-) -> Path:
-    writer = GGUFWriter(path, arch)
-    if chat_template is not None:
-        writer.add_chat_template(chat_template)
-    writer.add_block_count(len(PATTERN))
-    writer.add_context_length(262_144)
-    writer.add_embedding_length(2688)
-    writer.add_head_count(32)
-    writer.add_head_count_kv([2 if kind == "*" else 0 for kind in PATTERN])
-    writer.add_feed_forward_length([1856 if kind == "E" else 0 for kind in PATTERN])
-    writer.add_key_length(128)
-    writer.add_value_length(128)
-    if with_ssm:
-        writer.add_ssm_conv_kernel(4)
-        writer.add_ssm_inner_size(4096)
-        writer.add_ssm_state_size(128)
-        writer.add_ssm_group_count(8)
-        writer.add_ssm_time_step_rank(64)
-    writer.add_expert_count(128)
-    writer.add_expert_used_count(6)
-    writer.add_token_list([f"t{index}" for index in range(300)])
-    writer.add_tensor("output_norm.weight", np.ones(16, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 def test_read_architecture_from_a_gguf_file(tmp_path: Path) -> None:
-    facts = read_architecture(write_gguf(tmp_path / "m.gguf"))
+    facts = read_architecture(write_nemotron_gguf(tmp_path / "m.gguf"))
     assert facts == ArchitectureFacts(
         architecture="nemotron_h_moe",
         n_layer=10,
@@ -258,7 +227,7 @@ def test_read_architecture_from_a_gguf_file(tmp_path: Path) -> None:
 
 
 def test_header_keeps_only_architecture_keys(tmp_path: Path) -> None:
-    header = read_gguf_header(write_gguf(tmp_path / "m.gguf"))
+    header = read_gguf_header(write_nemotron_gguf(tmp_path / "m.gguf"))
     assert header.token_count == 300
     assert header.metadata["general.architecture"] == "nemotron_h_moe"
     assert header.metadata["nemotron_h_moe.attention.head_count_kv"] == [0, 0, 0, 2, 0, 0, 0, 0, 2, 0]
@@ -288,7 +257,7 @@ def test_header_reader_rejects_what_is_not_a_gguf(tmp_path: Path) -> None:
 
 
 def test_header_reader_reports_a_truncated_file(tmp_path: Path) -> None:
-    whole = write_gguf(tmp_path / "whole.gguf").read_bytes()
+    whole = write_nemotron_gguf(tmp_path / "whole.gguf").read_bytes()
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(whole[:200])
     with pytest.raises(TruncatedGGUF):
@@ -301,7 +270,7 @@ def test_weight_facts_of_an_unchanged_file_come_from_the_header_cache(
     """A plan or launch of the same model parses its header once: the gguf reader takes seconds over a real
     vocabulary (benchmarks/header_read.py), and a plan needs the tensor table as well as the keys."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    path = write_gguf(tmp_path / "m.gguf")
+    path = write_nemotron_gguf(tmp_path / "m.gguf")
     first = read_weight_facts((path,))
     assert (first.parameters, first.weights_bytes, first.expert_count) == (16, 64, 128)  # output_norm: 16 f32
     # Same size and modification time, the magic kept, every other byte zero: only the cache still knows.
@@ -320,7 +289,7 @@ def test_a_cache_entry_without_tensor_totals_is_read_again_and_completed(
     from nemolaunch.adapters import header_cache
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    path = write_gguf(tmp_path / "m.gguf")
+    path = write_nemotron_gguf(tmp_path / "m.gguf")
     entry = header_cache.entry(header_cache.local_key(path))
     header_cache.save(entry, read_gguf_header(path))
     raw = json.loads(entry.read_text())

@@ -52,25 +52,6 @@ def hub(fake_hub: FakeHub, published: dict[str, bytes]) -> FakeHub:
     return fake_hub
 
 
-@pytest.fixture
-def big_machine(tmp_path: Path) -> Path:
-    """Recorded facts of a 64 GB CPU machine: everything tiny fits."""
-    path = tmp_path / "machine.json"
-    path.write_text(
-        json.dumps(
-            {
-                "os": "linux",
-                "arch": "x86_64",
-                "cpu": {"model": "Test CPU", "physical_cores": 8, "logical_cores": 16, "flags": ["avx2"]},
-                "memory": {"total_bytes": 64 * 2**30, "available_bytes": 60 * 2**30},
-                "disk": {"path": str(tmp_path), "free_bytes": 500 * 2**30},
-                "gpus": [],
-            }
-        )
-    )
-    return path
-
-
 def test_plan_lists_the_hubs_quants_with_real_sizes(hub: FakeHub, big_machine: Path, tmp_path: Path) -> None:
     result = run_nemolaunch("plan", REPO, "--hardware", str(big_machine), "--json", env=hub.env(tmp_path / "hf"))
     assert result.returncode == 0, result.stderr
@@ -329,9 +310,9 @@ def test_a_header_past_the_first_look_is_read_on_without_fetching_a_byte_twice(
     fake_hub: FakeHub, big_machine: Path, tmp_path: Path
 ) -> None:
     """A 9 MB chat template puts the header's end past the first 8 MiB: the rest is asked for alone."""
-    from test_forecast import write_gguf
+    from gguf_headers import write_nemotron_gguf
 
-    model = write_gguf(tmp_path / "m.gguf", chat_template="x" * 9_000_000)
+    model = write_nemotron_gguf(tmp_path / "m.gguf", chat_template="x" * 9_000_000)
     whole = model.read_bytes() + bytes(30_000_000)  # weights the plan must not read
     fake_hub.add_repo("acme/Templated-GGUF", {"Templated-Q8_0.gguf": whole})
     env = fake_hub.env(tmp_path / "hf")

@@ -3,7 +3,6 @@ Ctrl-C, and nothing is left running under the shell."""
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
 from pathlib import Path
@@ -20,14 +19,6 @@ from tmux_pane import terminal, wait_until_gone
 
 __all__ = ["terminal"]  # the fixture, imported for pytest
 SCRIPT = ["Let me think.", "</think>", "Hello there!", "<|im_end|>"]
-# Recorded facts of a 64 GB CPU machine (the disk's folder is added per test).
-BIG_MACHINE = {
-    "os": "linux",
-    "arch": "x86_64",
-    "cpu": {"model": "Test CPU", "physical_cores": 8, "logical_cores": 16, "flags": ["avx2"]},
-    "memory": {"total_bytes": 64 * 2**30, "available_bytes": 60 * 2**30},
-    "gpus": [],
-}
 
 
 def command(*args: str) -> str:
@@ -149,17 +140,17 @@ def test_chat_saves_and_loads_a_session(terminal, llama_bin_dir: Path, tmp_path:
     assert (tmp_path / "data" / "nemolaunch" / "sessions" / "sums.json").is_file()
 
 
-def test_download_draws_bars_and_ctrl_c_keeps_what_came(terminal, fake_hub: FakeHub, tmp_path: Path) -> None:
+def test_download_draws_bars_and_ctrl_c_keeps_what_came(
+    terminal, fake_hub: FakeHub, big_machine: Path, tmp_path: Path
+) -> None:
     """At a terminal `download` draws a bar for the quant and one per shard; Ctrl-C stops it with one line
     saying what is on disk, leaves nothing running, and the same command again finishes from there."""
     shards = {f"UD-Q2_K_XL/Bench-UD-Q2_K_XL-{i:05d}-of-00002.gguf": gguf_shard(i, 2, 12_000_000) for i in (1, 2)}
     fake_hub.add_repo("acme/Bench-GGUF", shards)
     fake_hub.rate_bytes_per_s = 4_000_000  # slow enough to watch and stop it (its 8 MiB header read: 2 s)
-    machine = tmp_path / "machine.json"
-    machine.write_text(json.dumps(BIG_MACHINE | {"disk": {"path": str(tmp_path), "free_bytes": 500 * 2**30}}))
     hub_env = {key: value for key, value in fake_hub.env(tmp_path / "hf").items() if key.startswith(("HF_", "XDG_"))}
     pane = terminal(**hub_env)
-    line = command("download", "acme/Bench-GGUF:UD-Q2_K_XL", "--hardware", str(machine))
+    line = command("download", "acme/Bench-GGUF:UD-Q2_K_XL", "--hardware", str(big_machine))
 
     pane.type_line(line)
     screen = pane.wait_for("Bench-UD-Q2_K_XL-00002-of-00002.gguf")

@@ -44,8 +44,6 @@ def remote_architecture(
 
 
 def _fetch_header(repo: str, path: str, file_size: int) -> GGUFHeader | None:
-    from gguf import GGUFReader  # noqa: F401  imported before the bytes flow: a first look is then quick
-
     from nemolaunch.adapters.hub_listing import read_file_prefix
 
     def take(prefix: bytes) -> GGUFHeader | None:
