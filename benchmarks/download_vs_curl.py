@@ -244,7 +244,7 @@ def measure_kill(hub: FakeHub, published: dict[str, bytes], hardware: Path, work
 
 def partial_bytes(hf_home: Path, published: dict[str, bytes]) -> int:
     """Bytes of the quant in partial files, as nemolaunch counts them (its sidecars, else the files' sizes)."""
-    from nemolaunch.adapters.partial_state import bytes_on_disk
+    from nemolaunch.hub.partial_state import bytes_on_disk
 
     blobs = hf_home / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs"
     total = 0

@@ -30,8 +30,8 @@ def _event(event: object) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from nemolaunch.adapters.hub_download import download_quant
-    from nemolaunch.adapters.hub_listing import fetch_listing
+    from nemolaunch.hub.download import download_quant
+    from nemolaunch.hub.listing import fetch_listing
 
     command, args = argv[0], json.loads(argv[1])
     try:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from nemolaunch import ULTRA_REPO
-from nemolaunch.adapters.hub_listing import hub_offline, list_cached_files, load_catalog
 from nemolaunch.core.catalog import (
     NANO_REPO,
     QUALITY_FLOOR_BPW,
@@ -35,6 +34,7 @@ from nemolaunch.errors import (
     UnknownQuant,
     describe,
 )
+from nemolaunch.hub.listing import hub_offline, list_cached_files, load_catalog
 
 from conftest import free_port
 from fakehub import API, FakeHub, Fault, fake_hub_fixture  # noqa: F401  (fixture)

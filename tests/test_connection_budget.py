@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from nemolaunch.adapters.connection_budget import ConnectionBudget
+from nemolaunch.hub.connection_budget import ConnectionBudget
 
 MB = 1_000_000
 

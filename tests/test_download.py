@@ -1015,7 +1015,7 @@ def test_disk_arithmetic() -> None:
 
 
 def test_the_verified_record_survives_a_reload_and_notices_changes(tmp_path: Path) -> None:
-    from nemolaunch.adapters.verify import VerifiedState, sha256_of_file
+    from nemolaunch.hub.verify import VerifiedState, sha256_of_file
 
     data = tmp_path / "blobs" / "file"
     data.parent.mkdir()
@@ -1040,7 +1040,7 @@ def test_the_verified_record_survives_a_reload_and_notices_changes(tmp_path: Pat
 
 
 def test_split_headers_are_read_with_the_gguf_package(tmp_path: Path) -> None:
-    from nemolaunch.adapters.verify import check_split_headers
+    from nemolaunch.hub.verify import check_split_headers
 
     good = tmp_path / "good.gguf"
     good.write_bytes(gguf_shard(1, 2, 1000))

@@ -291,7 +291,7 @@ def test_a_cache_entry_without_tensor_totals_is_read_again_and_completed(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     path = write_nemotron_gguf(tmp_path / "m.gguf")
     entry = header_cache.entry(header_cache.local_key(path))
-    header_cache.save(entry, read_gguf_header(path))
+    header_cache.save(entry, read_gguf_header(path).to_entry())
     raw = json.loads(entry.read_text())
     entry.write_text(json.dumps({"metadata": raw["metadata"], "token_count": raw["token_count"]}))  # an older entry
     assert read_weight_facts((path,)).weights_bytes == 64

@@ -499,7 +499,7 @@ def test_importing_the_core_and_adapters_loads_no_heavy_library() -> None:
     code = (
         "import sys\n"
         "import nemolaunch.core.planner, nemolaunch.adapters.hardware_probe\n"
-        "import nemolaunch.adapters.hub_listing, nemolaunch.adapters.gguf_header\n"
+        "import nemolaunch.hub.listing, nemolaunch.adapters.gguf_header\n"
         "print(sorted(m for m in ('pynvml', 'huggingface_hub', 'gguf', 'psutil') if m in sys.modules))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}

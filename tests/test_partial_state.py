@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from nemolaunch.adapters import partial_state
-from nemolaunch.adapters.partial_state import PartialFile
-from nemolaunch.adapters.range_source import FileSource, Retry, Target, _is_direct
+from nemolaunch.hub import partial_state
+from nemolaunch.hub.partial_state import PartialFile
+from nemolaunch.hub.range_source import FileSource, Retry, Target, _is_direct
 
 from fakehub import FakeHub, fake_hub_fixture  # noqa: F401  (fixture)
 
@@ -192,7 +192,7 @@ def test_a_proxy_sends_the_bytes_through_huggingface_hubs_client(monkeypatch: py
 
 
 def test_pieces_come_in_two_rounds_per_connection_within_8_and_64_mib() -> None:
-    from nemolaunch.adapters.piece_runs import piece_bytes_for
+    from nemolaunch.hub.piece_runs import piece_bytes_for
 
     mib = 1024 * 1024
     assert piece_bytes_for(250 * 10**6, 8) == 32 * mib  # 1 GB in 4 shards over up to 32 connections: 8 each

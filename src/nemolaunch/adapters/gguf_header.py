@@ -11,8 +11,9 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from nemolaunch.adapters import header_cache
 from nemolaunch.core.forecast import ArchitectureFacts, architecture_from_metadata
 from nemolaunch.errors import BadOption, ModelFileMissing, NotGGUF, TruncatedGGUF
 
@@ -41,6 +42,34 @@ class GGUFHeader:
     metadata: dict[str, object]  # general.architecture, general.name, split.*, and every "<arch>.*" key
     token_count: int | None  # the vocabulary size, from the token list's length
     tensors: TensorTotals | None = None  # from a whole local file (not from a remote prefix)
+
+    def to_entry(self) -> dict[str, Any]:
+        """The header as a header-cache entry."""
+        tensors = vars(self.tensors) if self.tensors is not None else None
+        return {"metadata": self.metadata, "token_count": self.token_count, "tensors": tensors}
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any] | None) -> GGUFHeader | None:
+        """A header back from its cache entry; None for no entry or one this version cannot read."""
+        if entry is None:
+            return None
+        try:
+            tensors = entry.get("tensors")
+            return cls(
+                metadata=dict(entry["metadata"]),
+                token_count=entry["token_count"],
+                tensors=TensorTotals(**tensors) if tensors is not None else None,
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def load_cached(entry_path: Path) -> GGUFHeader | None:
+    return GGUFHeader.from_entry(header_cache.load(entry_path))
+
+
+def save_cached(entry_path: Path, header: GGUFHeader) -> None:
+    header_cache.save(entry_path, header.to_entry())
 
 
 def open_reader(path: Path) -> GGUFReader:
@@ -83,10 +112,8 @@ def read_gguf_header(path: Path) -> GGUFHeader:
         raise BadOption(option="--model", value=str(path), hint=f"it cannot be read ({exc.strerror or exc})") from exc
     if magic != GGUF_MAGIC:
         raise NotGGUF(path=str(path), magic=magic)
-    from nemolaunch.adapters import header_cache
-
     cached = header_cache.entry(header_cache.local_key(path))
-    header = header_cache.load(cached)
+    header = load_cached(cached)
     if header is not None:
         return header  # read whole before, and unchanged since (size and modification time)
     try:
@@ -94,7 +121,7 @@ def read_gguf_header(path: Path) -> GGUFHeader:
     except (ValueError, IndexError, OSError) as exc:
         raise TruncatedGGUF(path=str(path), reason=_truncation_reason(exc)) from exc
     header = _header_of(reader, with_tensors=True)
-    header_cache.save(cached, header)
+    save_cached(cached, header)
     return header
 
 
@@ -221,12 +248,10 @@ def _header_with_tensors(shard: Path) -> GGUFHeader:
     if header.tensors is not None:
         return header
     # A cache entry from before tensor totals were kept: read the file again, and keep them this time.
-    from nemolaunch.adapters import header_cache
-
     try:
         reader = open_reader(shard)
     except (ValueError, IndexError, OSError) as exc:
         raise TruncatedGGUF(path=str(shard), reason=_truncation_reason(exc)) from exc
     header = _header_of(reader, with_tensors=True)
-    header_cache.save(header_cache.entry(header_cache.local_key(shard)), header)
+    save_cached(header_cache.entry(header_cache.local_key(shard)), header)
     return header

@@ -4,6 +4,9 @@ Reading a header needs the gguf reader and numpy (a fifth of a second before any
 person restarts `nemolaunch serve` on the same model many times. A local file's entry is keyed by its
 path, size and modification time, so a file that changes is read again; a Hub file's by repository,
 path and size.
+
+It stores JSON entries and knows nothing of what they mean: :mod:`gguf_header` turns a header into an
+entry and back, so the reader depends on its cache and not the other way round.
 """
 
 from __future__ import annotations
@@ -14,10 +17,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from nemolaunch.adapters.gguf_header import GGUFHeader
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -37,28 +37,19 @@ def local_key(path: Path) -> str:
     return f"local\0{path.resolve()}\0{info.st_size}\0{info.st_mtime_ns}"
 
 
-def load(path: Path) -> GGUFHeader | None:
-    from nemolaunch.adapters.gguf_header import GGUFHeader, TensorTotals
-
+def load(path: Path) -> dict[str, Any] | None:
+    """The entry at ``path``, or None when there is none or it is not a JSON object."""
     try:
         raw = json.loads(path.read_text())
-        tensors = raw.get("tensors")
-        return GGUFHeader(
-            metadata=dict(raw["metadata"]),
-            token_count=raw["token_count"],
-            tensors=TensorTotals(**tensors) if tensors is not None else None,
-        )
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return None
+    return raw if isinstance(raw, dict) else None
 
 
-def save(path: Path, header: GGUFHeader) -> None:
+def save(path: Path, entry: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = vars(header.tensors) if header.tensors is not None else None
-        payload = json.dumps(
-            {"metadata": header.metadata, "token_count": header.token_count, "tensors": tensors}, default=_plain
-        )
+        payload = json.dumps(entry, default=_plain)
         # Atomic: a reader never sees half a cache entry.
         with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
             handle.write(payload)

@@ -19,9 +19,9 @@ from nemolaunch.core.launch import DEFAULT_PARALLEL
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-    from nemolaunch.adapters.hub_download import DownloadResult
     from nemolaunch.cli.planning import PlannedModel
     from nemolaunch.core.download_plan import DownloadEvent
+    from nemolaunch.hub.download import DownloadResult
 
 LocalDirOption = Annotated[
     Path | None,
@@ -133,9 +133,9 @@ def download_planned(
     connections: int = 32,  # the adapter's DEFAULT_CONNECTIONS, not imported here to keep --help fast
 ) -> DownloadResult:
     """Fetch the plan's quant (what `serve` and `run` also call when the files are not local)."""
-    from nemolaunch.adapters.hub_download import download_quant
-    from nemolaunch.adapters.hub_listing import fetch_listing, hub_offline
     from nemolaunch.errors import BadOption, HubListingChanged, HubUnreachable
+    from nemolaunch.hub.download import download_quant
+    from nemolaunch.hub.listing import fetch_listing, hub_offline
 
     quant = planned.plan.quant
     assert quant is not None
@@ -188,9 +188,9 @@ def _check_local_dir(local_dir: Path) -> None:
 
 def _from_cache(planned: PlannedModel, *, reason: str, quiet: bool, local_dir: Path | None) -> DownloadResult:
     """No Hub to ask: use the quant if every shard is already where it would go, else say what is missing."""
-    from nemolaunch.adapters.hub_download import DownloadResult
-    from nemolaunch.adapters.hub_listing import cached_quant_paths
     from nemolaunch.errors import FilesMissingOffline
+    from nemolaunch.hub.download import DownloadResult
+    from nemolaunch.hub.listing import cached_quant_paths
 
     quant = planned.plan.quant
     assert quant is not None

@@ -25,13 +25,13 @@ from nemolaunch.errors import (
 )
 
 if TYPE_CHECKING:
-    from nemolaunch.adapters.hub_listing import RepoListing
     from nemolaunch.core.catalog import Catalog, ModelReference
     from nemolaunch.core.cluster import Worker
     from nemolaunch.core.forecast import ArchitectureFacts
     from nemolaunch.core.hardware import HardwareFacts
     from nemolaunch.core.planner import Plan, Preference, QuantAssessment
     from nemolaunch.core.speed import Sparsity
+    from nemolaunch.hub.listing import RepoListing
 
 
 @dataclass(frozen=True)
@@ -82,9 +82,9 @@ def plan_model(
 ) -> PlannedModel:
     """Plan ``reference`` for this machine (or the one in ``hardware_file``) with its RPC ``workers``
     (live ones, or those a cluster file records), warning as it goes."""
-    from nemolaunch.adapters.hub_listing import cached_quant_paths, load_catalog
     from nemolaunch.core.forecast import DEFAULT_CTX_SIZE
     from nemolaunch.core.planner import PlanRequest, plan_launch
+    from nemolaunch.hub.listing import cached_quant_paths, load_catalog
 
     if quant is not None and not quant.strip():
         raise BadOption(option="--quant", value="''", hint="name a quant such as UD-Q4_K_XL, or leave --quant out")
@@ -260,10 +260,10 @@ def _architecture(catalog: Catalog) -> ArchitectureFacts | None:
     Hub without its weights (and cached); else built-in facts for the Ultra.
     """
     from nemolaunch.adapters.gguf_header import read_architecture
-    from nemolaunch.adapters.hub_listing import cached_quant_paths
-    from nemolaunch.adapters.remote_header import remote_architecture
     from nemolaunch.core.forecast import builtin_architecture
     from nemolaunch.errors import NemolaunchError
+    from nemolaunch.hub.listing import cached_quant_paths
+    from nemolaunch.hub.remote_header import remote_architecture
 
     for quant in reversed(catalog.quants):
         cached = cached_quant_paths(catalog.repo, quant.files[:1])

@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 from typing import Any, Protocol
 
-from nemolaunch.adapters import partial_state
 from nemolaunch.core.download_plan import RemoteFile, local_parts
+from nemolaunch.hub import partial_state
 
 COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 _STATE_FILE_NAME = "nemolaunch-verified.json"

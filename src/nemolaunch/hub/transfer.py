@@ -17,14 +17,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from nemolaunch.adapters import partial_state
-from nemolaunch.adapters.connection_budget import ConnectionBudget
-from nemolaunch.adapters.hub_http import resolve_url, translate
-from nemolaunch.adapters.hub_layout import Layout, size_or_zero
-from nemolaunch.adapters.piece_runs import piece_bytes_for
-from nemolaunch.adapters.range_source import FileSource
-from nemolaunch.adapters.segmented_fetch import FetchSettings, Stopped, fetch_file
-from nemolaunch.adapters.verify import HashStopped, VerifiedState, sha256_of_file
 from nemolaunch.core.download_plan import (
     ChecksumRefetch,
     DownloadEvent,
@@ -38,6 +30,14 @@ from nemolaunch.core.download_plan import (
     XetFallback,
 )
 from nemolaunch.errors import ChecksumMismatch, NemolaunchError, first_line
+from nemolaunch.hub import partial_state
+from nemolaunch.hub.api import resolve_url, translate
+from nemolaunch.hub.connection_budget import ConnectionBudget
+from nemolaunch.hub.layout import Layout, size_or_zero
+from nemolaunch.hub.piece_runs import piece_bytes_for
+from nemolaunch.hub.range_source import FileSource
+from nemolaunch.hub.segmented_fetch import FetchSettings, Stopped, fetch_file
+from nemolaunch.hub.verify import HashStopped, VerifiedState, sha256_of_file
 
 ProgressCallback = Callable[[DownloadEvent], None]
 

@@ -39,11 +39,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nemolaunch.adapters.connection_budget import ConnectionBudget
-from nemolaunch.adapters.partial_state import PartialFile
-from nemolaunch.adapters.piece_runs import Pace, Run
-from nemolaunch.adapters.prefix_hash import PrefixHasher, Stopped
-from nemolaunch.adapters.range_source import Connection, FileSource, RangeIgnored, Retry
 from nemolaunch.core.download_plan import (
     DownloadEvent,
     FileProgress,
@@ -54,6 +49,11 @@ from nemolaunch.core.download_plan import (
     human_bytes,
 )
 from nemolaunch.errors import DownloadFailed, NotEnoughDisk, TargetNotWritable
+from nemolaunch.hub.connection_budget import ConnectionBudget
+from nemolaunch.hub.partial_state import PartialFile
+from nemolaunch.hub.piece_runs import Pace, Run
+from nemolaunch.hub.prefix_hash import PrefixHasher, Stopped
+from nemolaunch.hub.range_source import Connection, FileSource, RangeIgnored, Retry
 
 # Each read takes what has arrived (up to the buffer's free room). The buffer is written out when full,
 # or when a read finds nothing more waiting and it holds this much, or was last written this long ago.

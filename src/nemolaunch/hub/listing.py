@@ -18,8 +18,6 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 from nemolaunch import __version__
-from nemolaunch.adapters.hub_http import resolve_url, translate
-from nemolaunch.adapters.hub_layout import COMMIT_SHA
 from nemolaunch.core.catalog import Catalog, ListingEntry, select_catalog
 from nemolaunch.core.download_plan import RemoteFile, check_repo_id
 from nemolaunch.errors import (
@@ -29,6 +27,8 @@ from nemolaunch.errors import (
     NotCachedOffline,
     first_line,
 )
+from nemolaunch.hub.api import resolve_url, translate
+from nemolaunch.hub.layout import COMMIT_SHA
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from nemolaunch.adapters.partial_state import PartialFile
+from nemolaunch.hub.partial_state import PartialFile
 
 _HASH_BLOCK = 8 * 1024 * 1024
 _PROGRESS_EVERY_S = 0.2

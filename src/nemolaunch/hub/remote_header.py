@@ -14,8 +14,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from nemolaunch.adapters.gguf_header import GGUF_MAGIC, GGUFHeader, architecture_of, header_from_prefix
-from nemolaunch.adapters.header_cache import entry, load, save
+from nemolaunch.adapters.gguf_header import (
+    GGUF_MAGIC,
+    GGUFHeader,
+    architecture_of,
+    header_from_prefix,
+    load_cached,
+    save_cached,
+)
+from nemolaunch.adapters.header_cache import entry
 from nemolaunch.core.forecast import ArchitectureFacts
 
 log = logging.getLogger(__name__)
@@ -34,17 +41,17 @@ def remote_architecture(
     header is parsed inside a sparse file that long.
     """
     cached = entry(f"{repo}/{path}/{file_size}", cache_dir)
-    header = load(cached)
+    header = load_cached(cached)
     if header is None:
         header = _fetch_header(repo, path, file_size)
         if header is None:
             return None
-        save(cached, header)
+        save_cached(cached, header)
     return architecture_of(header, where=f"{repo}/{path}")
 
 
 def _fetch_header(repo: str, path: str, file_size: int) -> GGUFHeader | None:
-    from nemolaunch.adapters.hub_listing import read_file_prefix
+    from nemolaunch.hub.listing import read_file_prefix
 
     def take(prefix: bytes) -> GGUFHeader | None:
         if not prefix.startswith(GGUF_MAGIC[: len(prefix)]):

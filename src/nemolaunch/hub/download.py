@@ -19,8 +19,8 @@ written). A file is hashed before it takes its final name, then linked into ``sn
 the way huggingface_hub links it, so ``hf download``, llama.cpp's ``-hf`` and ``hf_hub_download``
 share one copy and none of them fetches it again.
 
-This module plans a call and checks what can be checked before the first byte; :mod:`hub_run` does
-the per-file work, :mod:`hub_layout` knows where files live.
+This module plans a call and checks what can be checked before the first byte; :mod:`transfer` does
+the per-file work, :mod:`layout` knows where files live.
 huggingface_hub is imported inside functions only: ``nemolaunch --help`` must not pay for it.
 """
 
@@ -33,11 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nemolaunch.adapters.hardware_probe import existing_ancestor
-from nemolaunch.adapters.hub_http import resolve_url, translate
-from nemolaunch.adapters.hub_layout import COMMIT_SHA, Layout, make_layout, size_or_zero
-from nemolaunch.adapters.hub_listing import RepoListing, fetch_listing, hub_endpoint, resolve_token
-from nemolaunch.adapters.hub_run import Run, run_parallel
-from nemolaunch.adapters.verify import check_split_headers
 from nemolaunch.core.download_plan import (
     DEFAULT_DISK_MARGIN_BYTES,
     DownloadEvent,
@@ -60,6 +55,11 @@ from nemolaunch.errors import (
     HubUnreachable,
     NotEnoughDisk,
 )
+from nemolaunch.hub.api import resolve_url, translate
+from nemolaunch.hub.layout import COMMIT_SHA, Layout, make_layout, size_or_zero
+from nemolaunch.hub.listing import RepoListing, fetch_listing, hub_endpoint, resolve_token
+from nemolaunch.hub.transfer import Run, run_parallel
+from nemolaunch.hub.verify import check_split_headers
 
 ProgressCallback = Callable[[DownloadEvent], None]
 
@@ -114,7 +114,7 @@ def download_quant(
     A transfer that fails or stalls (no byte for ``stall_timeout_s``) is retried from the bytes on
     disk, waiting ``retry_wait_s`` doubled after each attempt that brought nothing new.
     Ctrl-C raises DownloadInterrupted, leaving partial files to resume from.
-    ``listing`` (from ``hub_listing.fetch_listing`` at ``revision``) saves asking the Hub again.
+    ``listing`` (from ``listing.fetch_listing`` at ``revision``) saves asking the Hub again.
     At most ``connections`` HTTP connections carry bytes at once, all files together; each file is
     fetched in ranges of ``piece_bytes`` (default: sized for the connections it will likely get), over
     as many of them as it has ranges left.
