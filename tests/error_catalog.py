@@ -141,8 +141,8 @@ CASES: list[Case] = [
       "serve {tmp}/m-00001-of-00002.gguf --llama-cpp {shim}", 8,
       E + "{tmp}/m-00001-of-00002.gguf is part of a 2-file split model, but m-00002-of-00002.gguf is missing: "
       "download every shard into the same folder"),
-    c("serve-port-range", "serve", "a port out of range", "serve {model} --port 70000 --llama-cpp {shim}", 2,
-      E + "port 70000 is out of range: use a port from 1 to 65535"),
+    c("serve-port-range", "serve", "a port out of range", "serve {model} --port 99999 --llama-cpp {shim}", 2,
+      E + "--port 99999 is out of range: use a port from 1 to 65535"),
     c("serve-port-in-use", "serve", "a port another program holds", "serve {model} --port {busy_port} --llama-cpp {shim}",
       4, E + "port {busy_port} on 127.0.0.1 is already in use: stop what holds it or pass another --port",
       setup="busy-port"),
@@ -259,7 +259,7 @@ CASES: list[Case] = [
       E + "--messages {tmp}/text.gguf is not valid: it is not JSON (Expecting value)"),
     # --- rpc-worker --------------------------------------------------------------------------------------------
     c("rpc-port", "rpc-worker", "a port out of range", "rpc-worker --port 0 --llama-cpp {shim}", 2,
-      E + "port 0 is out of range: use a port from 1 to 65535"),
+      E + "--port 0 is out of range: use a port from 1 to 65535"),
     c("rpc-port-in-use", "rpc-worker", "a port another program holds", "rpc-worker --port {busy_port} --llama-cpp {shim}",
       4, E + "port {busy_port} on 127.0.0.1 is already in use: stop what holds it or pass another --port",
       setup="busy-port"),
