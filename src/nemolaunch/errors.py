@@ -331,6 +331,10 @@ class NoLogFile(NemolaunchError):
     """launch (in a few words)"""
 
 
+class NothingLaunched(NemolaunchError):
+    """verb (what was asked: "show the log of")"""
+
+
 @dataclass(frozen=True)
 class ErrorSpec:
     exit_code: int
@@ -567,6 +571,9 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
     NoLogFile: ErrorSpec(
         EXIT_NOT_FOUND,
         "{launch} keeps no log file: start it with `nemolaunch serve --log-file PATH` (or set log_dir)",
+    ),
+    NothingLaunched: ErrorSpec(
+        EXIT_NOT_FOUND, "no server nemolaunch launched is running to {verb}: start one with `nemolaunch serve`"
     ),
     ModelNotDownloaded: ErrorSpec(
         EXIT_NOT_FOUND,

@@ -23,6 +23,7 @@ class Stopped:
     record: LaunchRecord
     signals: tuple[str, ...]  # what it took: ("SIGINT",), ("SIGINT", "SIGTERM"), ...
     seconds: float
+    running: bool = False  # still there after SIGKILL (a process stuck in the kernel)
 
 
 def _still_ours(record: LaunchRecord) -> bool:
@@ -71,4 +72,5 @@ def stop_launches(
         if not running:
             break
     seconds = time.monotonic() - started
-    return [Stopped(record, tuple(sent[record.pid]), seconds) for record in records]
+    left = {record.pid for record in running}
+    return [Stopped(record, tuple(sent[record.pid]), seconds, record.pid in left) for record in records]

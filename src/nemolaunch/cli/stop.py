@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from nemolaunch.cli.output import err_console, note, styled, warn
+from nemolaunch.cli.output import console, err_console, note, styled, warn
 
 if TYPE_CHECKING:
     from nemolaunch.adapters.launch_records import Launch
@@ -52,14 +52,12 @@ def stop_command(
     for record in chosen:
         err_console.print(f"stopping {_describe(record)} (SIGINT; SIGTERM after {grace:g} s)", markup=False)
     for stopped in stop_launches(chosen, grace_s=grace, on_escalate=escalate):
+        if stopped.running:
+            warn(f"{_describe(stopped.record)} survived {', '.join(stopped.signals)}: it is stuck in the kernel")
+            continue
         remove_record(stopped.record.pid)
-        err_console.print(
-            styled(
-                ("stopped ", "bold"),
-                f"{_describe(stopped.record)} in {stopped.seconds:.1f} s "
-                f"({', '.join(stopped.signals) or 'it had exited'})",
-            )  # fmt: skip
-        )
+        how = ", ".join(stopped.signals) or "it had exited"
+        console.print(styled(("stopped ", "bold"), f"{_describe(stopped.record)} in {stopped.seconds:.1f} s ({how})"))
 
 
 def _describe(record: LaunchRecord) -> str:
@@ -72,10 +70,12 @@ def choose_launch(launches: list[Launch], target: str | None, verb: str) -> Laun
     """The one launch ``target`` names; refuses none, several, and a pid that is not a launch."""
     from nemolaunch.adapters.launch_records import process_facts
     from nemolaunch.core.launch_record import find_targets
-    from nemolaunch.errors import AmbiguousLaunch, LaunchNotNamed, NoSuchLaunch, NotALaunch
+    from nemolaunch.errors import AmbiguousLaunch, LaunchNotNamed, NoSuchLaunch, NotALaunch, NothingLaunched
 
     records = [launch.record for launch in launches]
     running = [_describe(record) for record in records]
+    if target is None and not records:
+        raise NothingLaunched(verb=verb)
     if target is None:
         if len(records) == 1 and verb == "show the log of":
             return records[0]  # one server: `nemolaunch logs` means it

@@ -1,0 +1,352 @@
+"""`nemolaunch ps`, `stop` and `logs` on real launches: llama-server and rpc-server started by `serve` and
+`rpc-worker`, the records they leave, and processes that only look like launches (a pid reused)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from nemolaunch.core.launch_record import (
+    LaunchRecord,
+    ProcessFacts,
+    busy_slots,
+    find_targets,
+    generation_speed,
+    liveness,
+    parse_metrics,
+)
+
+from conftest import cli_env, free_port, nemolaunch_argv, run_nemolaunch
+from test_smoke import process_alive, wait_for_health
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+def state_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The CLI's environment with a state folder of this test's own: its records are the test's only."""
+    return cli_env(XDG_STATE_HOME=str(tmp_path / "state"), **extra)
+
+
+def records_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "nemolaunch" / "launches"
+
+
+def ps_json(env: dict[str, str]) -> list[dict[str, object]]:
+    result = run_nemolaunch("ps", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["launches"]
+
+
+def start_serve(model: Path, llama_bin_dir: Path, port: int, env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        nemolaunch_argv(
+            "serve", str(model), "--port", str(port), "--parallel", "1", "--llama-cpp", str(llama_bin_dir), *extra,
+            "--", "--threads", "1",
+        ),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+
+
+def start_worker(llama_bin_dir: Path, port: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        nemolaunch_argv("rpc-worker", "--port", str(port), "--threads", "1", "--llama-cpp", str(llama_bin_dir)),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return process
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail(f"rpc-worker did not listen on {port}: {process.poll()}")
+
+
+def distinct_ports(count: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(free_port())
+    return sorted(ports)
+
+
+def complete(port: int, tokens: int) -> dict[str, object]:
+    """A completion of exactly ``tokens`` tokens (ignore_eos), whatever the random model says."""
+    body = {"prompt": "Once upon a time", "n_predict": tokens, "ignore_eos": True, "cache_prompt": False}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/completion", data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return json.loads(response.read())
+
+
+def process_started(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).create_time()
+
+
+def write_fake_record(state_home: Path, pid: int, **fields: object) -> Path:
+    from nemolaunch.adapters.launch_records import write_record
+
+    values: dict[str, object] = {
+        "kind": "server", "argv": ["/opt/llama.cpp/bin/llama-server", "--port", "8123"], "host": "127.0.0.1",
+        "port": 8123, "alias": "someone-else", "process_started": process_started(pid),
+    }  # fmt: skip
+    values.update(fields)
+    return write_record(LaunchRecord(pid=pid, **values), folder=state_home / "nemolaunch" / "launches")  # type: ignore[arg-type]
+
+
+@contextmanager
+def lookalike(tmp_path: Path, *, ignore_sigint: bool = False) -> Iterator[subprocess.Popen[bytes]]:
+    """A process whose argv[0] is a llama-server's path (bash's ``exec -a``): what a record names after exec.
+
+    With ``ignore_sigint`` it ignores Ctrl-C (an ignored signal stays ignored across exec), as a server
+    stuck in a long step would seem to.
+    """
+    binary = tmp_path / "bin" / "llama-server"
+    trap = "trap '' INT; " if ignore_sigint else ""
+    process = subprocess.Popen(["bash", "-c", f"{trap}exec -a {binary} sleep 300"], stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if Path(f"/proc/{process.pid}/cmdline").read_bytes().startswith(str(binary).encode()):
+                break
+            time.sleep(0.02)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+
+
+# --- the judgement itself, on facts set here -------------------------------------------------------------
+RECORD = LaunchRecord(
+    kind="server", pid=4242, process_started=1_700_000_000.0, argv=["/b/llama-server", "--port", "8001"],
+    host="127.0.0.1", port=8001, alias="tiny",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("facts", "state"),
+    [
+        (None, "stale"),  # the pid is gone
+        (ProcessFacts(4242, 1_700_000_000.2, ("/b/llama-server", "--port", "8001")), "live"),
+        (ProcessFacts(4242, 1_700_000_000.0, ("/b/llama-server",), zombie=True), "stale"),
+        (ProcessFacts(4242, 1_700_050_000.0, ("/b/llama-server",)), "stale"),  # reused: started at another time
+        (ProcessFacts(4242, 1_700_000_000.0, ("/usr/bin/sleep", "300")), "stale"),  # exec'd another program
+        (ProcessFacts(4242, 1_700_000_000.0, ("/venv/bin/python", "-m", "nemolaunch", "serve")), "starting"),
+    ],
+)
+def test_a_record_is_live_only_while_its_own_process_runs(facts: ProcessFacts | None, state: str) -> None:
+    assert liveness(RECORD, facts) == state
+
+
+def test_targets_are_ports_then_pids_then_aliases() -> None:
+    other = RECORD.model_copy(update={"pid": 8001, "port": 8002, "alias": "other"})
+    records = [RECORD, other]
+    assert find_targets(records, "8001") == [RECORD]  # a port before a pid that happens to be 8001
+    assert find_targets(records, "8002") == [other]
+    assert find_targets(records, "other") == [other]
+    assert find_targets(records, "4242") == [RECORD]
+    assert find_targets(records, "nobody") == []
+
+
+def test_what_a_server_says_is_read_from_its_own_words() -> None:
+    metrics = "\n".join([
+        "# HELP llamacpp:tokens_predicted_total Number of generation tokens processed",
+        "# TYPE llamacpp:tokens_predicted_total counter",
+        "llamacpp:tokens_predicted_total 3000",
+        "llamacpp:tokens_predicted_seconds_total 1.5",
+        "llamacpp:predicted_tokens_seconds 0",
+    ])  # fmt: skip
+    assert generation_speed(parse_metrics(metrics)) == pytest.approx(2000.0)
+    assert generation_speed(parse_metrics("llamacpp:tokens_predicted_total 0\n")) is None
+    assert busy_slots([{"id": 0, "is_processing": True}, {"id": 1, "is_processing": False}]) == (1, 2)
+
+
+# --- real processes --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reuse", ["started-at-another-time", "another-program-now"])
+def test_a_reused_pid_is_never_stopped_and_its_record_is_pruned(tmp_path: Path, reuse: str) -> None:
+    env = state_env(tmp_path)
+    other = subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL)
+    try:
+        started = process_started(other.pid)
+        # The record of a launch whose pid is now `sleep`'s: started earlier, or (the same start) exec'd since.
+        fields = {"process_started": started - 3600} if reuse == "started-at-another-time" else {}
+        record = write_fake_record(tmp_path / "state", other.pid, **fields)
+        assert ps_json(env) == []
+        assert not record.exists(), "a stale record was kept"
+        write_fake_record(tmp_path / "state", other.pid, **fields)
+        for target in (str(other.pid), "8123", "someone-else"):
+            result = run_nemolaunch("stop", target, env=env)
+            assert result.returncode in (2, 3), result.stderr
+            assert "Traceback" not in result.stderr
+        result = run_nemolaunch("stop", str(other.pid), env=env)
+        assert f"pid {other.pid} (sleep) was not started by nemolaunch" in result.stderr
+        assert run_nemolaunch("stop", "--all", env=env).returncode == 0
+        assert process_alive(other.pid), "stop signalled a process that is not a launch"
+    finally:
+        other.kill()
+        other.wait(timeout=10)
+
+
+def test_a_launch_that_ignores_ctrl_c_gets_sigterm_after_the_grace_period(tmp_path: Path) -> None:
+    env = state_env(tmp_path)
+    with lookalike(tmp_path, ignore_sigint=True) as process:
+        write_fake_record(tmp_path / "state", process.pid, argv=[str(tmp_path / "bin" / "llama-server")])
+        [listed] = ps_json(env)
+        assert (listed["pid"], listed["port"], listed["alias"]) == (process.pid, 8123, "someone-else")
+        assert listed["server"] == {
+            "health": listed["server"]["health"], "slots_busy": None, "slots_total": None, "tokens_per_s": None,
+        }  # fmt: skip
+        assert str(listed["server"]["health"]).startswith("no answer")  # nothing listens on its port
+        result = run_nemolaunch("stop", "someone-else", "--grace", "0.5", env=env)
+        assert result.returncode == 0, result.stderr
+        assert "still running after its grace period: sending SIGTERM" in result.stderr
+        assert f"stopped llama-server pid {process.pid} on 127.0.0.1:8123 (someone-else)" in result.stdout
+        assert "(SIGINT, SIGTERM)" in result.stdout
+        assert process.wait(timeout=10) == -signal.SIGTERM
+    assert ps_json(env) == []
+    assert list(records_dir(tmp_path).glob("*.json")) == []
+
+
+@pytest.mark.llama
+def test_ps_lists_two_servers_and_a_worker_shows_a_busy_slot_and_stop_leaves_nothing(
+    tiny_model: Path, llama_bin_dir: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    env = state_env(tmp_path)
+    first_port, second_port, worker_port = distinct_ports(3)
+    first = start_serve(tiny_model, llama_bin_dir, first_port, env)
+    second = start_serve(tiny_model, llama_bin_dir, second_port, env, "--alias", "tiny-b")
+    processes += [first, second]
+    worker = start_worker(llama_bin_dir, worker_port, env)
+    processes.append(worker)
+    wait_for_health(first_port, first)
+    wait_for_health(second_port, second)
+
+    launches = {row["port"]: row for row in ps_json(env)}
+    assert set(launches) == {first_port, second_port, worker_port}
+    # The exec kept each pid: the process the test started is the one listed.
+    expected = {first_port: ("server", first.pid, tiny_model.stem), second_port: ("server", second.pid, "tiny-b"),
+                worker_port: ("rpc-worker", worker.pid, None)}  # fmt: skip
+    for port, (kind, pid, alias) in expected.items():
+        row = launches[port]
+        assert (row["kind"], row["pid"], row["alias"], row["address"]) == (kind, pid, alias, f"127.0.0.1:{port}")
+        assert isinstance(row["rss_bytes"], int) and row["rss_bytes"] > 0
+        assert row["state"] == "live"
+    for port in (first_port, second_port):
+        assert launches[port]["server"]["health"] == "ok"
+        assert (launches[port]["server"]["slots_busy"], launches[port]["server"]["slots_total"]) == (0, 1)
+        assert "--metrics" in launches[port]["command"]
+    assert launches[worker_port]["server"] is None
+    assert Path(str(launches[worker_port]["command"][0])).name == "rpc-server"
+
+    # A queue of long completions keeps the first server's one slot busy while ps looks.
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        replies = [pool.submit(complete, first_port, 3000) for _ in range(6)]
+        busy_seen = None
+        while busy_seen is None and not all(reply.done() for reply in replies):
+            rows = {row["port"]: row for row in ps_json(env)}
+            if rows[first_port]["server"]["slots_busy"] == 1:
+                busy_seen = rows
+        assert busy_seen is not None, "ps never saw the busy slot while completions ran"
+        assert busy_seen[second_port]["server"]["slots_busy"] == 0
+        for reply in replies:
+            assert reply.result()["tokens_predicted"] == 3000
+    [row] = [row for row in ps_json(env) if row["port"] == first_port]
+    assert row["server"]["tokens_per_s"] > 0  # the server's own count of the 18,000 tokens it generated
+
+    shown = run_nemolaunch("ps", env=env)
+    assert shown.returncode == 0, shown.stderr
+    print(shown.stdout)
+    for word in (f"127.0.0.1:{first_port}", "tiny-b", "rpc-worker", "ok", "0/1"):
+        assert word in shown.stdout
+
+    by_port = run_nemolaunch("stop", str(first_port), env=env)
+    assert by_port.returncode == 0, by_port.stderr
+    assert f"stopped llama-server pid {first.pid} on 127.0.0.1:{first_port}" in by_port.stdout
+    assert first.wait(timeout=10) is not None
+    by_alias = run_nemolaunch("stop", "tiny-b", env=env)
+    assert by_alias.returncode == 0, by_alias.stderr
+    assert f"pid {second.pid} on 127.0.0.1:{second_port} (tiny-b)" in by_alias.stdout
+    assert second.wait(timeout=10) is not None
+    assert [row["kind"] for row in ps_json(env)] == ["rpc-worker"]
+    everything = run_nemolaunch("stop", "--all", env=env)
+    assert everything.returncode == 0, everything.stderr
+    assert f"stopped rpc-server pid {worker.pid} on 127.0.0.1:{worker_port}" in everything.stdout
+    assert worker.wait(timeout=10) is not None
+    assert ps_json(env) == []
+    assert list(records_dir(tmp_path).glob("*.json")) == []
+
+
+@pytest.mark.llama
+def test_a_record_left_by_a_killed_server_is_pruned(
+    tiny_model: Path, llama_bin_dir: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    env = state_env(tmp_path)
+    port = free_port()
+    server = start_serve(tiny_model, llama_bin_dir, port, env)
+    processes.append(server)
+    wait_for_health(port, server)
+    record = records_dir(tmp_path) / f"{server.pid}.json"
+    assert json.loads(record.read_text())["port"] == port
+    assert "sk-" not in record.read_text()
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait(timeout=10)
+    assert record.exists()  # nothing ran to remove it: kill -9 leaves it behind
+    assert ps_json(env) == []
+    assert not record.exists()
+    result = run_nemolaunch("stop", str(port), env=env)
+    assert result.returncode == 3
+    assert f"nothing nemolaunch launched matches '{port}' (running: none)" in result.stderr
+
+
+@pytest.mark.llama
+def test_logs_shows_and_follows_a_servers_log_file(
+    tiny_model: Path, llama_bin_dir: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    env = state_env(tmp_path)
+    port, other_port = distinct_ports(2)
+    log = tmp_path / "server.log"
+    server = start_serve(tiny_model, llama_bin_dir, port, env, "--log-file", str(log))
+    # The other keeps its log in a log_dir named by the setting's variable: a file of its own per launch.
+    other = start_serve(tiny_model, llama_bin_dir, other_port, state_env(tmp_path, NEMOLAUNCH_LOG_DIR=str(tmp_path)))
+    processes += [server, other]
+    wait_for_health(port, server)
+    wait_for_health(other_port, other)
+
+    shown = run_nemolaunch("logs", str(port), env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "server is listening" in shown.stdout
+    assert shown.stdout.strip().splitlines()[-1] in log.read_text()
+    [other_log] = tmp_path.glob(f"server-{other_port}-*.log")
+    assert f":{other_port}" in run_nemolaunch("logs", str(other_port), env=env).stdout
+    assert "server is listening" in other_log.read_text()
+    which = run_nemolaunch("logs", env=env)
+    assert which.returncode == 2
+    assert "name which launch to show the log of" in which.stderr
+
+    follow = subprocess.Popen(
+        nemolaunch_argv("logs", str(port), "-f", "-n", "1"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    processes.append(follow)  # type: ignore[arg-type]
+    complete(port, 8)  # the request's lines reach the file while -f follows it
+    stopped = run_nemolaunch("stop", str(port), env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    out, err = follow.communicate(timeout=30)
+    assert follow.returncode == 0, err
+    assert "[llama-server pid" in err and "has exited]" in err
+    assert len(out) > 0
+    assert out.strip().splitlines()[-1] in log.read_text()
