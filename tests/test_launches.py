@@ -328,11 +328,11 @@ def test_logs_shows_and_follows_a_servers_log_file(
 
     shown = run_nemolaunch("logs", str(port), env=env)
     assert shown.returncode == 0, shown.stderr
-    assert "server is listening" in shown.stdout
+    assert f"listening on http://127.0.0.1:{port}" in shown.stdout
     assert shown.stdout.strip().splitlines()[-1] in log.read_text()
     [other_log] = tmp_path.glob(f"server-{other_port}-*.log")
     assert f":{other_port}" in run_nemolaunch("logs", str(other_port), env=env).stdout
-    assert "server is listening" in other_log.read_text()
+    assert f"listening on http://127.0.0.1:{other_port}" in other_log.read_text()
     which = run_nemolaunch("logs", env=env)
     assert which.returncode == 2
     assert "name which launch to show the log of" in which.stderr
