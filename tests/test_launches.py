@@ -29,6 +29,9 @@ from nemolaunch.core.launch_record import (
 
 from conftest import cli_env, free_port, nemolaunch_argv, run_nemolaunch
 from test_smoke import process_alive, wait_for_health
+from tmux_pane import terminal, wait_until_gone
+
+__all__ = ["terminal"]  # the fixture, imported for pytest
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
@@ -350,3 +353,32 @@ def test_logs_shows_and_follows_a_servers_log_file(
     assert "[llama-server pid" in err and "has exited]" in err
     assert len(out) > 0
     assert out.strip().splitlines()[-1] in log.read_text()
+
+
+@pytest.mark.llama
+def test_serve_in_one_pane_ps_and_stop_in_another(
+    terminal, tiny_model: Path, llama_bin_dir: Path, tmp_path: Path
+) -> None:
+    import shlex
+
+    state = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    port = free_port()
+    server = terminal(**state)
+    serve = nemolaunch_argv("serve", str(tiny_model), "--port", str(port), "--llama-cpp", str(llama_bin_dir))
+    server.type_line(shlex.join(serve) + " -- --threads 1")
+    wait_for_health(port)
+    [llama_server] = server.children()  # the exec: the shell's one child is llama-server itself
+
+    other = terminal(**state)
+    other.type_line(shlex.join(nemolaunch_argv("ps")))
+    screen = other.wait_for("TOK/S")
+    row = next(line for line in screen.splitlines() if f"127.0.0.1:{port}" in line)
+    assert row.split()[:4] == ["server", str(llama_server), f"127.0.0.1:{port}", tiny_model.stem], screen
+    assert " ok " in row
+
+    other.type_line(shlex.join(nemolaunch_argv("stop", str(port))))
+    other.wait_for(f"stopped llama-server pid {llama_server} on 127.0.0.1:{port}")
+    assert wait_until_gone(server) == [], server.screen()[-2000:]  # the serving pane is back at its prompt
+    other.type_line(shlex.join(nemolaunch_argv("ps")))
+    other.wait_for("nothing nemolaunch launched is running")
+    assert wait_until_gone(other) == []
