@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -111,19 +112,28 @@ def write_fake_record(state_home: Path, pid: int, **fields: object) -> Path:
 
 
 @contextmanager
-def lookalike(tmp_path: Path, *, ignore_sigint: bool = False) -> Iterator[subprocess.Popen[bytes]]:
+def lookalike(tmp_path: Path, *, sigint: str = "default") -> Iterator[subprocess.Popen[bytes]]:
     """A process whose argv[0] is a llama-server's path (bash's ``exec -a``): what a record names after exec.
 
-    With ``ignore_sigint`` it ignores Ctrl-C (an ignored signal stays ignored across exec), as a server
-    stuck in a long step would seem to.
+    ``sigint``: "default" (it dies of Ctrl-C), "caught" (a handler that does nothing, as a server stuck in a
+    long step would seem), or "ignored" (as in a process a shell started in the background: an ignored
+    signal stays ignored across exec).
     """
     binary = tmp_path / "bin" / "llama-server"
-    trap = "trap '' INT; " if ignore_sigint else ""
-    process = subprocess.Popen(["bash", "-c", f"{trap}exec -a {binary} sleep 300"], stdin=subprocess.DEVNULL)
+    program = {
+        "default": f"exec -a {binary} sleep 300",
+        "ignored": f"trap '' INT; exec -a {binary} sleep 300",
+        "caught": f"exec -a {binary} {sys.executable} -c "
+        "'import signal, time; signal.signal(signal.SIGINT, lambda *_: None); time.sleep(300)'",
+    }[sigint]
+    process = subprocess.Popen(["bash", "-c", program], stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if Path(f"/proc/{process.pid}/cmdline").read_bytes().startswith(str(binary).encode()):
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            caught = int(status.split("SigCgt:")[1].split()[0], 16) & (1 << (signal.SIGINT - 1))
+            named = Path(f"/proc/{process.pid}/cmdline").read_bytes().startswith(str(binary).encode())
+            if named and (sigint != "caught" or caught):
                 break
             time.sleep(0.02)
         yield process
@@ -206,7 +216,7 @@ def test_a_reused_pid_is_never_stopped_and_its_record_is_pruned(tmp_path: Path, 
 
 def test_a_launch_that_ignores_ctrl_c_gets_sigterm_after_the_grace_period(tmp_path: Path) -> None:
     env = state_env(tmp_path)
-    with lookalike(tmp_path, ignore_sigint=True) as process:
+    with lookalike(tmp_path, sigint="caught") as process:
         write_fake_record(tmp_path / "state", process.pid, argv=[str(tmp_path / "bin" / "llama-server")])
         [listed] = ps_json(env)
         assert (listed["pid"], listed["port"], listed["alias"]) == (process.pid, 8123, "someone-else")
@@ -222,6 +232,22 @@ def test_a_launch_that_ignores_ctrl_c_gets_sigterm_after_the_grace_period(tmp_pa
         assert process.wait(timeout=10) == -signal.SIGTERM
     assert ps_json(env) == []
     assert list(records_dir(tmp_path).glob("*.json")) == []
+
+
+def test_a_launch_started_in_the_background_gets_sigterm_at_once(tmp_path: Path) -> None:
+    """A shell's `&` or nohup leaves SIGINT ignored: waiting a grace period for it would be waiting for nothing."""
+    env = state_env(tmp_path)
+    with lookalike(tmp_path, sigint="ignored") as process:
+        write_fake_record(tmp_path / "state", process.pid, argv=[str(tmp_path / "bin" / "llama-server")])
+        result = run_nemolaunch("stop", str(process.pid), "--grace", "600", env=env)
+        assert result.returncode == 0, result.stderr
+        assert (
+            f"stopping llama-server pid {process.pid} on 127.0.0.1:8123 (someone-else) (SIGTERM: it ignores SIGINT)"
+            in result.stderr
+        )
+        assert "grace period" not in result.stderr
+        assert "(SIGTERM)" in result.stdout
+        assert process.wait(timeout=10) == -signal.SIGTERM
 
 
 @pytest.mark.llama
@@ -382,3 +408,43 @@ def test_serve_in_one_pane_ps_and_stop_in_another(
     other.type_line(shlex.join(nemolaunch_argv("ps")))
     other.wait_for("nothing nemolaunch launched is running")
     assert wait_until_gone(other) == []
+
+
+class RecordedNvml:
+    """pynvml's shape, answering from facts set here: two GPUs, the launch on both, another process on one."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, processes: dict[int, list[tuple[int, int]]]) -> None:
+        self.processes = processes  # GPU index -> (pid, bytes)
+        self.shut_down = False
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlShutdown(self) -> None:
+        self.shut_down = True
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.processes)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[object]:
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in self.processes[handle]]
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: int) -> list[object]:
+        raise self.NVMLError("not supported")
+
+
+def test_gpu_memory_is_per_device_for_the_launches_only() -> None:
+    from nemolaunch.adapters.process_memory import gpu_bytes_by_pid
+
+    nvml = RecordedNvml({0: [(4242, 70 * 2**30), (999, 2**30)], 1: [(4242, 30 * 2**30)]})
+    assert gpu_bytes_by_pid([4242], nvml=nvml) == {4242: {0: 70 * 2**30, 1: 30 * 2**30}}
+    assert nvml.shut_down
+    assert gpu_bytes_by_pid([], nvml=nvml) == {}

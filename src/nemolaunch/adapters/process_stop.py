@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from nemolaunch.adapters.launch_records import process_facts
 from nemolaunch.core.launch_record import LaunchRecord, liveness
@@ -41,6 +42,20 @@ def _send(record: LaunchRecord, sig: signal.Signals) -> bool:
     return True
 
 
+def ignores_sigint(pid: int) -> bool:
+    """Does the process ignore SIGINT? One started in the background (``&``, nohup) by a shell does, and an
+    ignored signal stays ignored across the exec: Ctrl-C's signal would only cost it the grace period.
+    Linux says so in /proc; elsewhere it is not known, and SIGINT is tried."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    return False
+
+
 def _wait_gone(records: Sequence[LaunchRecord], timeout: float) -> list[LaunchRecord]:
     """Wait up to ``timeout`` for the processes to end; those still running."""
     deadline = time.monotonic() + timeout
@@ -60,15 +75,20 @@ def stop_launches(
     started = time.monotonic()
     sent: dict[int, list[str]] = {record.pid: [] for record in records}
     steps = ((signal.SIGINT, grace_s), (signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, TERM_GRACE_S))
+    # The step each process starts at: one that ignores SIGINT gets SIGTERM first.
+    first = {record.pid: 1 if ignores_sigint(record.pid) else 0 for record in records}
     running = list(records)
     for number, (sig, wait_s) in enumerate(steps):
-        if number:
-            for record in running:
+        due = [record for record in running if first[record.pid] <= number]
+        if not due:
+            continue
+        for record in due:
+            if number > first[record.pid]:
                 on_escalate(record, sig.name)
-        running = [record for record in running if _send(record, sig)]
-        for record in running:
-            sent[record.pid].append(sig.name)
-        running = _wait_gone(running, wait_s)
+            if _send(record, sig):
+                sent[record.pid].append(sig.name)
+        still = {record.pid for record in _wait_gone(due, wait_s)}
+        running = [record for record in running if record.pid in still or first[record.pid] > number]
         if not running:
             break
     seconds = time.monotonic() - started

@@ -31,7 +31,7 @@ def stop_command(
 ) -> None:
     """Stop servers and workers nemolaunch launched: SIGINT, then SIGTERM after a grace period."""
     from nemolaunch.adapters.launch_records import live_launches, remove_record
-    from nemolaunch.adapters.process_stop import stop_launches
+    from nemolaunch.adapters.process_stop import ignores_sigint, stop_launches
     from nemolaunch.errors import BadOption
 
     if grace < 0:
@@ -50,7 +50,8 @@ def stop_command(
         warn(f"{describe_launch(record)} is still running after its grace period: sending {signal_name}")
 
     for record in chosen:
-        err_console.print(f"stopping {_describe(record)} (SIGINT; SIGTERM after {grace:g} s)", markup=False)
+        how = "SIGTERM: it ignores SIGINT" if ignores_sigint(record.pid) else f"SIGINT; SIGTERM after {grace:g} s"
+        err_console.print(f"stopping {_describe(record)} ({how})", markup=False)
     for stopped in stop_launches(chosen, grace_s=grace, on_escalate=escalate):
         if stopped.running:
             warn(f"{_describe(stopped.record)} survived {', '.join(stopped.signals)}: it is stuck in the kernel")
