@@ -407,6 +407,19 @@ def test_serve_in_one_pane_ps_and_stop_in_another(
     assert wait_until_gone(server) == [], server.screen()[-2000:]  # the serving pane is back at its prompt
     other.type_line(shlex.join(nemolaunch_argv("ps")))
     other.wait_for("nothing nemolaunch launched is running")
+
+    # `run` leaves a record too: llama-cli in the first pane, listed and stopped from the second.
+    run = nemolaunch_argv("run", str(tiny_model), "--llama-cpp", str(llama_bin_dir))
+    server.type_line(shlex.join(run) + " -- --threads 1")
+    server.wait_for("/exit or Ctrl+C")
+    [llama_cli] = server.children()
+    other.type_line(shlex.join(nemolaunch_argv("ps")))
+    screen = other.wait_for(f" {llama_cli} ", after="TOK/S")
+    row = next(line for line in screen.splitlines() if line.startswith("cli "))
+    assert row.split()[:4] == ["cli", str(llama_cli), "-", tiny_model.name], screen
+    other.type_line(shlex.join(nemolaunch_argv("stop", str(llama_cli))))
+    other.wait_for(f"stopped llama-cli pid {llama_cli}")
+    assert wait_until_gone(server) == [], server.screen()[-2000:]
     assert wait_until_gone(other) == []
 
 

@@ -105,8 +105,10 @@ def _print_table(rows: list[dict[str, object]]) -> None:
         busy, total = (server or {}).get("slots_busy"), (server or {}).get("slots_total")
         speed = (server or {}).get("tokens_per_s")
         rss = row["rss_bytes"]
+        # A chat (`run`) serves no alias: its model's file name says what it runs.
+        alias = row["alias"] or (Path(str(row["model"])).name if row["model"] and row["kind"] == "cli" else "-")
         table.add_row(
-            str(row["kind"]), str(row["pid"]), str(row["address"] or "-"), str(row["alias"] or "-"),
+            str(row["kind"]), str(row["pid"]), str(row["address"] or "-"), str(alias),
             str(row["quant"] or "-"), human_duration(float(row["uptime_s"])),  # type: ignore[arg-type]
             human_bytes(rss) if isinstance(rss, int) else "-",
             " ".join(f"{index}:{human_bytes(used)}" for index, used in gpu.items()) or "-",
