@@ -371,13 +371,16 @@ def test_logs_shows_and_follows_a_servers_log_file(
         text=True,
     )  # fmt: skip
     processes.append(follow)  # type: ignore[arg-type]
+    assert follow.stdout is not None
+    first_line = follow.stdout.readline()  # -n 1: the log's last line, then it follows
+    assert first_line.strip() in log.read_text()
     complete(port, 8)  # the request's lines reach the file while -f follows it
     stopped = run_nemolaunch("stop", str(port), env=env)
     assert stopped.returncode == 0, stopped.stderr
     out, err = follow.communicate(timeout=30)
     assert follow.returncode == 0, err
     assert "[llama-server pid" in err and "has exited]" in err
-    assert len(out) > 0
+    assert "processing task" in out  # the request, logged after -f began
     assert out.strip().splitlines()[-1] in log.read_text()
 
 
