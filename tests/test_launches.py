@@ -464,3 +464,18 @@ def test_gpu_memory_is_per_device_for_the_launches_only() -> None:
     assert gpu_bytes_by_pid([4242], nvml=nvml) == {4242: {0: 70 * 2**30, 1: 30 * 2**30}}
     assert nvml.shut_down
     assert gpu_bytes_by_pid([], nvml=nvml) == {}
+
+
+def test_a_launch_whose_exec_fails_leaves_no_record(tmp_path: Path, tiny_model: Path) -> None:
+    """A llama-server whose interpreter does not exist: execve fails after the record is written."""
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    for name in ("llama-server", "llama-cli"):
+        (shim / name).write_text("#!/nonexistent/interpreter\n")
+        (shim / name).chmod(0o755)
+    env = state_env(tmp_path)
+    result = run_nemolaunch("serve", str(tiny_model), "--port", str(free_port()), "--llama-cpp", str(shim), env=env)
+    assert result.returncode == 4, result.stderr
+    assert f"could not start {shim / 'llama-server'} (No such file or directory)" in result.stderr
+    assert records_dir(tmp_path).is_dir()  # it was written, then taken back
+    assert list(records_dir(tmp_path).iterdir()) == []
