@@ -479,3 +479,30 @@ def test_a_launch_whose_exec_fails_leaves_no_record(tmp_path: Path, tiny_model: 
     assert f"could not start {shim / 'llama-server'} (No such file or directory)" in result.stderr
     assert records_dir(tmp_path).is_dir()  # it was written, then taken back
     assert list(records_dir(tmp_path).iterdir()) == []
+
+
+@pytest.mark.llama
+def test_a_server_that_does_not_answer_is_shown_as_such(
+    tiny_model: Path, llama_bin_dir: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    env = state_env(tmp_path, http_proxy="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")  # never used
+    port = free_port()
+    server = start_serve(tiny_model, llama_bin_dir, port, env)
+    processes.append(server)
+    wait_for_health(port, server)
+    [answering] = ps_json(env)
+    assert answering["server"]["health"] == "ok"  # straight to the server, not through the proxy
+    os.kill(server.pid, signal.SIGSTOP)  # its socket still accepts (the kernel does), nothing replies
+    try:
+        result = run_nemolaunch("ps", "--json", env=env)
+        assert result.returncode == 0, result.stderr
+        [row] = json.loads(result.stdout)["launches"]
+        assert row["server"]["health"] == "no answer (timed out)"
+        assert (row["pid"], row["port"]) == (server.pid, port)
+        shown = run_nemolaunch("ps", env=env)
+        assert "no answer (timed out)" in " ".join(shown.stdout.split()), shown.stdout
+        assert "Traceback" not in result.stderr + shown.stderr
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    assert run_nemolaunch("stop", str(port), env=env).returncode == 0
+    assert server.wait(timeout=10) is not None

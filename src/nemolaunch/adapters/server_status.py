@@ -26,11 +26,15 @@ class ServerStatus:
     tokens_per_s: float | None = None
 
 
+#: Never through a proxy (http_proxy and the like): the server is one this machine launched.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _get(url: str, key: str | None, timeout: float) -> tuple[int, bytes]:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     request = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _OPENER.open(request, timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
