@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -504,5 +505,28 @@ def test_a_server_that_does_not_answer_is_shown_as_such(
         assert "Traceback" not in result.stderr + shown.stderr
     finally:
         os.kill(server.pid, signal.SIGCONT)
+    assert run_nemolaunch("stop", str(port), env=env).returncode == 0
+    assert server.wait(timeout=10) is not None
+
+
+@pytest.mark.llama
+def test_ps_asks_a_server_with_a_key_using_its_key_file_and_records_no_key(
+    tiny_model: Path, llama_bin_dir: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-launch-secret\n")
+    key_file.chmod(0o600)
+    env = state_env(tmp_path)
+    port = free_port()
+    server = start_serve(tiny_model, llama_bin_dir, port, env, "--api-key-file", str(key_file))
+    processes.append(server)
+    wait_for_health(port, server)
+    with pytest.raises(urllib.error.HTTPError):  # /slots wants the key
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/slots", timeout=10)
+    result = run_nemolaunch("ps", "--json", env=env)
+    [row] = json.loads(result.stdout)["launches"]
+    assert (row["server"]["slots_busy"], row["server"]["slots_total"]) == (0, 1)
+    assert "sk-launch-secret" not in result.stdout + result.stderr
+    assert "sk-launch-secret" not in (records_dir(tmp_path) / f"{server.pid}.json").read_text()
     assert run_nemolaunch("stop", str(port), env=env).returncode == 0
     assert server.wait(timeout=10) is not None
