@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +16,9 @@ import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Where the launches of this test run leave their records (serve, run and rpc-worker write one each):
+#: never the user's own state folder, whose records name real servers `nemolaunch stop --all` would stop.
+TEST_STATE_HOME = Path(tempfile.gettempdir()) / f"nemolaunch-test-state-{os.getpid()}"
 #: Set by scripts/test.sh after `nemolaunch build`: the smoke tests must then run, not skip.
 TEST_LLAMA_CPP_ENV = "NEMOLAUNCH_TEST_LLAMA_CPP"
 
@@ -27,6 +32,12 @@ def free_port() -> int:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_state_home() -> Iterator[None]:
+    yield
+    shutil.rmtree(TEST_STATE_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -108,6 +119,7 @@ def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NEMOLAUNCH_", "LLAMA_"))}
     # A config.toml of this machine's user must not steer the tests: point at one that is not there.
     env["NEMOLAUNCH_CONFIG"] = str(REPO_ROOT / "tests" / "fixtures" / "no-such-config.toml")
+    env["XDG_STATE_HOME"] = str(TEST_STATE_HOME)
     env.update(extra)
     env.setdefault("COLUMNS", "200")
     return env

@@ -141,8 +141,8 @@ CASES: list[Case] = [
       "serve {tmp}/m-00001-of-00002.gguf --llama-cpp {shim}", 8,
       E + "{tmp}/m-00001-of-00002.gguf is part of a 2-file split model, but m-00002-of-00002.gguf is missing: "
       "download every shard into the same folder"),
-    c("serve-port-range", "serve", "a port out of range", "serve {model} --port 70000 --llama-cpp {shim}", 2,
-      E + "port 70000 is out of range: use a port from 1 to 65535"),
+    c("serve-port-range", "serve", "a port out of range", "serve {model} --port 99999 --llama-cpp {shim}", 2,
+      E + "--port 99999 is out of range: use a port from 1 to 65535"),
     c("serve-port-in-use", "serve", "a port another program holds", "serve {model} --port {busy_port} --llama-cpp {shim}",
       4, E + "port {busy_port} on 127.0.0.1 is already in use: stop what holds it or pass another --port",
       setup="busy-port"),
@@ -259,13 +259,38 @@ CASES: list[Case] = [
       E + "--messages {tmp}/text.gguf is not valid: it is not JSON (Expecting value)"),
     # --- rpc-worker --------------------------------------------------------------------------------------------
     c("rpc-port", "rpc-worker", "a port out of range", "rpc-worker --port 0 --llama-cpp {shim}", 2,
-      E + "port 0 is out of range: use a port from 1 to 65535"),
+      E + "--port 0 is out of range: use a port from 1 to 65535"),
     c("rpc-port-in-use", "rpc-worker", "a port another program holds", "rpc-worker --port {busy_port} --llama-cpp {shim}",
       4, E + "port {busy_port} on 127.0.0.1 is already in use: stop what holds it or pass another --port",
       setup="busy-port"),
     c("rpc-no-binary", "rpc-worker", "a llama.cpp folder without rpc-server",
       "rpc-worker --port {port} --llama-cpp {tmp}/empty", 3,
       E + "--llama-cpp names {tmp}/empty, which holds no executable rpc-server: point it at llama.cpp's bin folder"),
+    # --- ps, stop, logs ----------------------------------------------------------------------------------------
+    c("serve-log-file-folder", "serve", "a --log-file that is a folder", "serve {model} --log-file {tmp} --llama-cpp {shim}", 2,
+      E + "--log-file {tmp} is not valid: it is a folder; name a file (or use --log-dir)"),
+    c("serve-log-dir-file", "serve", "a log_dir (here NEMOLAUNCH_LOG_DIR) that is a file", "serve {model} --llama-cpp {shim}", 2,
+      E + "NEMOLAUNCH_LOG_DIR {model} is not valid: it is a file; name a folder", env={"NEMOLAUNCH_LOG_DIR": "{model}"}),
+    c("stop-unknown", "stop", "a port, alias or pid no launch has", "stop no-such-server", 3,
+      E + "nothing nemolaunch launched matches 'no-such-server' (running: none): name a port, an alias or a pid that "
+      "`nemolaunch ps` lists"),
+    c("stop-not-launch", "stop", "the pid of a process nemolaunch did not launch", "stop {other_pid}", 2,
+      E + "pid {other_pid} (sleep) was not started by nemolaunch serve, run or rpc-worker, so it is left alone: stop it "
+      "yourself if you mean to", setup="launches", check="other-alive"),
+    c("stop-ambiguous", "stop", "an alias two launches share", "stop twin", 2,
+      E + "'twin' names several launches (llama-server pid {*} on 127.0.0.1:{*} (twin), llama-server pid {*} on "
+      "127.0.0.1:{*} (twin)): name one by its port or pid", setup="launches"),
+    c("stop-all-and-one", "stop", "a launch and --all", "stop twin --all", 2,
+      E + "--all with twin is not valid: name one launch, or pass --all alone", setup="launches"),
+    c("stop-grace", "stop", "a negative grace period", "stop --all --grace -1", 2,
+      E + "--grace -1.0 is not valid: use 0 or more seconds"),
+    c("logs-none", "logs", "no server running", "logs", 3,
+      E + "no server nemolaunch launched is running to show the log of: start one with `nemolaunch serve`"),
+    c("logs-which", "logs", "several servers, none named", "logs", 2,
+      E + "name which launch to show the log of: a port, an alias or a pid (running: {*})", setup="launches"),
+    c("logs-no-file", "logs", "a server started without --log-file or log_dir", "logs {launch_port}", 3,
+      E + "llama-server pid {*} on 127.0.0.1:{launch_port} (twin) keeps no log file: start it with "
+      "`nemolaunch serve --log-file PATH` (or set log_dir)", setup="launches"),
 ]  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from conftest import REPO_ROOT, cli_env, free_port, llama_cpp_shim, nemolaunch_a
 from error_catalog import CASES, DOC, REPO, Case, render
 from fakehub import FakeHub, Fault
 from openai_stub import StubBehaviour, openai_stub
+from test_launches import lookalike, write_fake_record
 from test_smoke import process_alive, stop_with_sigint, wait_for_health
 
 MACHINE = REPO_ROOT / "tests" / "fixtures" / "hardware" / "laptop_64gb.json"
@@ -138,10 +139,27 @@ def _setup(ctx: Ctx, name: str, request: pytest.FixtureRequest) -> None:
         ctx.values.update(
             tiny=str(write_tiny_model(ctx.tmp / "tiny.gguf")), real=str(request.getfixturevalue("llama_bin_dir"))
         )
+    elif name == "launches":
+        _launches(ctx)
     elif name.startswith("stub"):
         behaviour = StubBehaviour(endless=name == "stub-endless", api_key="sk-right" if name == "stub-key" else None)
         url, ctx.stub = ctx.stack.enter_context(openai_stub(behaviour))
         ctx.values["url"] = url
+
+
+def _launches(ctx: Ctx) -> None:
+    """Two processes that look like llama-servers (their argv[0] is one's path), recorded as launches under
+    the alias "twin", and one plain `sleep` that is no launch; all killed at the end of the case."""
+    state = ctx.tmp / "state"
+    ctx.env["XDG_STATE_HOME"] = str(state)
+    ports = [free_port(), free_port()]
+    for port in ports:
+        process = ctx.stack.enter_context(lookalike(ctx.tmp / f"fake-{port}"))
+        write_fake_record(state, process.pid, argv=[str(ctx.tmp / f"fake-{port}" / "bin" / "llama-server")],
+                          port=port, alias="twin")  # fmt: skip
+    other = subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL)
+    ctx.stack.callback(lambda: (other.kill(), other.wait(timeout=10)))
+    ctx.values.update(launch_port=str(ports[0]), other_pid=str(other.pid))
 
 
 def _pattern(expected: str) -> re.Pattern[str]:
@@ -305,7 +323,14 @@ def _check_token_hidden(ctx: Ctx, args: list[str], env: dict[str, str]) -> tuple
     return done.returncode, done.stdout + serve.stdout, done.stderr + serve.stderr
 
 
+def _check_other_alive(ctx: Ctx, args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    done = subprocess.run(nemolaunch_argv(*args), capture_output=True, text=True, env=env, timeout=60)
+    assert process_alive(int(ctx.values["other_pid"])), "stop signalled a process nemolaunch did not launch"
+    return done.returncode, done.stdout, done.stderr
+
+
 CHECKS = {
+    "other-alive": _check_other_alive,
     "ctrl-c-build": _check_ctrl_c_build,
     "ctrl-c-download": _check_ctrl_c_download,
     "fill-disk": _check_fill_disk,

@@ -68,8 +68,13 @@ def _launch(verb: str) -> Callable[[Path], list[str]]:
     return args
 
 
+def _ps(tmp_path: Path) -> list[str]:
+    return ["ps", "--json"]
+
+
 CASES: dict[str, Callable[[Path], list[str]]] = {
     "doctor": _doctor,
+    "ps": _ps,
     "plan-offline": _plan_offline,
     "plan-file": _plan_file,
     "build": _build,

@@ -30,7 +30,16 @@ def test_server_argv_has_nvidia_sampling_and_every_option_as_its_own_word() -> N
         "--port", "8001",
         "--host", "127.0.0.1",
         "--alias", "a",
+        "--metrics",  # what `nemolaunch ps` reads the generation speed from
     ]  # fmt: skip
+
+
+def test_server_argv_names_the_log_file() -> None:
+    launch = ServerLaunch(binary="llama-server", model=Path("m.gguf"), ctx_size=4096, alias="x",
+                          log_file=Path("/var/log/n/server.log"), extra_args=("--jinja",))  # fmt: skip
+    argv = server_argv(launch)
+    assert argv[argv.index("--log-file") + 1] == "/var/log/n/server.log"
+    assert argv[-1] == "--jinja"
 
 
 def test_server_argv_passes_key_file_and_extra_args_last() -> None:

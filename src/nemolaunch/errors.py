@@ -66,7 +66,7 @@ class ApiKeyFileEmpty(NemolaunchError):
 
 # --- network ports ------------------------------------------------------------
 class PortOutOfRange(NemolaunchError):
-    """port"""
+    """port, option (the flag that gave it)"""
 
 
 class PortInUse(NemolaunchError):
@@ -310,6 +310,31 @@ class SettingsFileNotToml(NemolaunchError):
     """path, detail"""
 
 
+# --- what is running (ps, stop, logs) ----------------------------------------------------------
+class NoSuchLaunch(NemolaunchError):
+    """target (the word given), running (list of launches in a few words)"""
+
+
+class NotALaunch(NemolaunchError):
+    """pid, program"""
+
+
+class AmbiguousLaunch(NemolaunchError):
+    """target, matches (list of launches in a few words)"""
+
+
+class LaunchNotNamed(NemolaunchError):
+    """verb, running (list of launches in a few words)"""
+
+
+class NoLogFile(NemolaunchError):
+    """launch (in a few words)"""
+
+
+class NothingLaunched(NemolaunchError):
+    """verb (what was asked: "show the log of")"""
+
+
 @dataclass(frozen=True)
 class ErrorSpec:
     exit_code: int
@@ -334,7 +359,7 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
         EXIT_NOT_FOUND, "--api-key-file {path} does not exist: create it with the key on one line"
     ),
     ApiKeyFileEmpty: ErrorSpec(EXIT_USAGE, "--api-key-file {path} is empty: put the key on its first line"),
-    PortOutOfRange: ErrorSpec(EXIT_USAGE, "port {port} is out of range: use a port from 1 to 65535"),
+    PortOutOfRange: ErrorSpec(EXIT_USAGE, "{option} {port} is out of range: use a port from 1 to 65535"),
     PortInUse: ErrorSpec(
         EXIT_ENVIRONMENT,
         "port {port} on {host} is already in use: stop what holds it or pass another --port",
@@ -526,6 +551,29 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
     SettingsFileInvalid: ErrorSpec(EXIT_USAGE, "{path}: {key}: {problem}; fix it there, or remove the key"),
     SettingsFileNotToml: ErrorSpec(
         EXIT_USAGE, "{path} is not TOML ({detail}): fix it, or remove the file (`nemolaunch config path` names it)"
+    ),
+    NoSuchLaunch: ErrorSpec(
+        EXIT_NOT_FOUND,
+        "nothing nemolaunch launched matches {target!r} (running: {running_list}): "
+        "name a port, an alias or a pid that `nemolaunch ps` lists",
+    ),
+    NotALaunch: ErrorSpec(
+        EXIT_USAGE,
+        "pid {pid} ({program}) was not started by nemolaunch serve, run or rpc-worker, so it is left alone: "
+        "stop it yourself if you mean to",
+    ),
+    AmbiguousLaunch: ErrorSpec(
+        EXIT_USAGE, "{target!r} names several launches ({matches_list}): name one by its port or pid"
+    ),
+    LaunchNotNamed: ErrorSpec(
+        EXIT_USAGE, "name which launch to {verb}: a port, an alias or a pid (running: {running_list})"
+    ),
+    NoLogFile: ErrorSpec(
+        EXIT_NOT_FOUND,
+        "{launch} keeps no log file: start it with `nemolaunch serve --log-file PATH` (or set log_dir)",
+    ),
+    NothingLaunched: ErrorSpec(
+        EXIT_NOT_FOUND, "no server nemolaunch launched is running to {verb}: start one with `nemolaunch serve`"
     ),
     ModelNotDownloaded: ErrorSpec(
         EXIT_NOT_FOUND,

@@ -23,9 +23,9 @@ def _resolve(host: str, port: int) -> list[tuple[Any, ...]]:
         raise HostDoesNotResolve(host=host, reason=reason) from exc
 
 
-def check_port(*, host: str, port: int) -> None:
+def check_port(*, host: str, port: int, option: str = "--port") -> None:
     if not 1 <= port <= 65535:
-        raise PortOutOfRange(port=port)
+        raise PortOutOfRange(port=port, option=option)
     family, socktype, proto, _, address = _resolve(host, port)[0]
     with socket.socket(family, socktype, proto) as probe:
         # llama-server sets SO_REUSEADDR too, so a port in TIME_WAIT is free for it.

@@ -21,6 +21,7 @@ from nemolaunch.core.launch import DEFAULT_PARALLEL
 from nemolaunch.errors import BadOption, LaunchFailed
 
 if TYPE_CHECKING:
+    from nemolaunch.core.launch_record import LaunchKind
     from nemolaunch.core.settings import ResolvedSettings
 
 ModelOption = Annotated[
@@ -59,6 +60,7 @@ MANAGED_SERVER_OPTIONS = {
     # Workers are checked before launch and counted in the plan: unchecked ones would bypass both.
     "--rpc": "--rpc",
     "--slot-save-path": "--sessions",
+    "--log-file": "--log-file",
     # The KV cache's precision is in the memory forecast.
     "-ctk": "--cache-type", "--cache-type-k": "--cache-type", "-ctv": "--cache-type", "--cache-type-v": "--cache-type",
 }  # fmt: skip
@@ -141,7 +143,13 @@ def check_port_for_launch(*, host: str, port: int, dry_run: bool) -> None:
         warn(str(exc))  # a dry run only shows the command; it may be meant for later
 
 
-def exec_launch(argv: list[str], env: dict[str, str]) -> None:
+def exec_launch(argv: list[str], env: dict[str, str], *, kind: LaunchKind, **record: object) -> None:
+    """Leave a launch record (what `nemolaunch ps` finds the process by), then become ``argv``.
+
+    ``record`` holds the record's other fields (port, alias, model, ...). The exec keeps this process's
+    pid and start time, which is how the record names the server that follows.
+    """
+    recorded = _record_launch(argv, kind=kind, fields=record)
     sys.stdout.flush()
     sys.stderr.flush()
     console.file.flush()
@@ -149,4 +157,24 @@ def exec_launch(argv: list[str], env: dict[str, str]) -> None:
         # execve, not execvpe: the binary is the absolute path that was found and checked, never a PATH lookup.
         os.execve(argv[0], argv, env)
     except OSError as exc:
+        if recorded:
+            from nemolaunch.adapters.launch_records import remove_record
+
+            remove_record(os.getpid())  # nothing runs under it: it must not be listed
         raise LaunchFailed(binary=argv[0], reason=exc.strerror or str(exc)) from exc
+
+
+def _record_launch(argv: list[str], *, kind: LaunchKind, fields: dict[str, object]) -> bool:
+    from nemolaunch.adapters.launch_records import records_folder, this_process_started, write_record
+    from nemolaunch.core.launch_record import LaunchRecord
+
+    values = {key: str(value) if isinstance(value, Path) else value for key, value in fields.items()}
+    record = LaunchRecord(kind=kind, pid=os.getpid(), process_started=this_process_started(), argv=argv, **values)
+    try:
+        write_record(record)
+    except OSError as exc:
+        # The record is a convenience: a read-only state folder must not keep the server from starting.
+        warn(f"could not record this launch in {records_folder()} ({exc.strerror or exc}): `nemolaunch ps` "
+             "will not list it")  # fmt: skip
+        return False
+    return True

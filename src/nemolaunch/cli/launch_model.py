@@ -6,7 +6,7 @@ in a dry run); either way the memory forecast is held against the machine before
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,7 +61,7 @@ class ModelRequest:
         resolved = early or self._resolve()
         context = context_size(self.context.ctx_size, resolved)
         if resolved.user_file is not None:
-            context = check_local_fit(
+            context, forecast_bytes = check_local_fit(
                 resolved.user_file,
                 ctx_size=context,
                 hardware=self.hardware,
@@ -71,6 +71,7 @@ class ModelRequest:
                 longest=self.context.longest,
                 cache_type=self.context.cache_type,
             )
+            resolved = replace(resolved, forecast_bytes=forecast_bytes)
         return resolved, context
 
     def _resolve(self) -> ResolvedModel:
@@ -104,6 +105,10 @@ class ResolvedModel:
     default_ctx: int  # --ctx-size when none is given
     # A file the user named: it gets the memory check here (a planned quant was checked by its plan).
     user_file: ModelFile | None = None
+    # What the launch record keeps: the quant, where the plan puts it, the memory forecast.
+    quant: str | None = None
+    placement: str | None = None
+    forecast_bytes: int | None = None
 
 
 def resolve_model(
@@ -161,13 +166,18 @@ def resolve_model(
     reference = f"{planned.catalog.repo}:{chosen.name}"
     note(f"plan: {reference} ({planned.plan.placement}), {human_bytes(chosen.size_bytes)} of files")
     alias = alias_for_repo(planned.catalog.repo)
+    chosen_assessment = planned.plan.chosen
+    recorded = {
+        "quant": chosen.name, "placement": planned.plan.placement,
+        "forecast_bytes": chosen_assessment.forecast.total if chosen_assessment else None,
+    }  # fmt: skip
     if planned.local_files is not None:
         first = planned.local_files[0]
     elif no_download:
         raise ModelNotDownloaded(reference=reference)
     elif dry_run:
         note(f"{reference} is not downloaded yet: without --dry-run it is fetched first")
-        return ResolvedModel(Path(chosen.files[0]), alias, max_ctx=None, default_ctx=planned.plan.ctx_size)
+        return ResolvedModel(Path(chosen.files[0]), alias, max_ctx=None, default_ctx=planned.plan.ctx_size, **recorded)
     else:
         from nemolaunch.cli.download import download_planned
 
@@ -176,10 +186,12 @@ def resolve_model(
         )
         first = result.files[chosen.files[0]]
     resolved = _local(inspect_model(first))
-    return ResolvedModel(resolved.path, alias, resolved.max_ctx, resolved.default_ctx)
+    return ResolvedModel(resolved.path, alias, resolved.max_ctx, resolved.default_ctx, **recorded)
 
 
 def _local(model_file: ModelFile) -> ResolvedModel:
+    from nemolaunch.core.catalog import quant_tag
+
     maximum = model_file.context_length
     return ResolvedModel(
         path=model_file.path,
@@ -187,6 +199,7 @@ def _local(model_file: ModelFile) -> ResolvedModel:
         max_ctx=maximum,
         default_ctx=min(DEFAULT_CTX_SIZE, maximum) if maximum else DEFAULT_CTX_SIZE,
         user_file=model_file,
+        quant=quant_tag(model_file.path.name),
     )
 
 
@@ -200,10 +213,11 @@ def check_local_fit(
     workers: tuple[Worker, ...] = (),
     longest: bool = False,
     cache_type: str = "f16",
-) -> int:
+) -> tuple[int, int]:
     """A local file gets the same memory check as a planned quant; --force launches it anyway.
 
-    Returns the context to launch with: ``ctx_size``, or with ``longest`` the longest that fits.
+    Returns the context to launch with (``ctx_size``, or with ``longest`` the longest that fits) and
+    the memory forecast at that context.
     """
     from nemolaunch.adapters.gguf_header import read_architecture
     from nemolaunch.cli.planning import machine
@@ -236,12 +250,12 @@ def check_local_fit(
         cache_type=cache_type,
     )
     if forecast.total <= budget.total_bytes:
-        return ctx_size
+        return ctx_size, forecast.total
     shortfall = human_bytes(forecast.total - budget.total_bytes)
     where = f"{human_bytes(budget.total_bytes)} {budget.kind} budget"
     if force:
         warn(f"{model_file.path.name} needs {shortfall} more than this machine's {where}; launching anyway (--force)")
-        return ctx_size
+        return ctx_size, forecast.total
     raise QuantDoesNotFit(
         reference=str(model_file.path), shortfall=shortfall, budget=where, hint="pass --force to launch it anyway"
     )

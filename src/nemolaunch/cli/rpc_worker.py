@@ -89,7 +89,7 @@ def rpc_worker_command(
         err_console.print(f"weights received are cached in {_cache_folder()}", markup=False)
     if dry_run:
         return
-    exec_launch(argv, dict(os.environ))
+    exec_launch(argv, dict(os.environ), kind="rpc-worker", host=host, port=port)
 
 
 def _find_worker_binary(llama_cpp: Path | None, *, chose_devices: bool) -> Found:

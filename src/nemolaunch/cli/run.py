@@ -99,4 +99,7 @@ def run_command(
         print_command(argv, to_stderr=not dry_run)
     if dry_run:
         return
-    exec_launch(argv, dict(os.environ))
+    exec_launch(
+        argv, dict(os.environ), kind="cli", model=launch.model, quant=resolved.quant, placement=resolved.placement,
+        forecast_bytes=resolved.forecast_bytes,
+    )  # fmt: skip

@@ -38,6 +38,7 @@ from nemolaunch.cli.launch_command import (
     model_request,
 )
 from nemolaunch.cli.llama_binary import find_llama_binary, warn_if_gpus_go_unused
+from nemolaunch.cli.log_file import server_log_file
 from nemolaunch.cli.output import err_console, note, print_command, print_json, styled, warn
 from nemolaunch.cli.plan import (
     ForceOption,
@@ -93,6 +94,14 @@ def serve_command(
         Path | None,
         typer.Option("--sessions", help="Folder where `nemolaunch session save` keeps conversations (made 0700)."),
     ] = None,
+    log_file: Annotated[
+        Path | None,
+        typer.Option("--log-file", help="Also write llama-server's log to this file (`nemolaunch logs` shows it)."),
+    ] = None,
+    log_dir: Annotated[
+        Path | None,
+        typer.Option("--log-dir", help="Keep the log in this folder, as server-PORT-TIME.log [setting: log_dir]."),
+    ] = None,
     quant: QuantOption = None,
     prefer: PreferOption = None,
     min_speed: MinSpeedOption = None,
@@ -116,6 +125,7 @@ def serve_command(
     settings = load_settings(
         model=model, port=port, host=host, ctx_size=ctx_size, cache_type=cache_type, temp=temp, top_p=top_p,
         min_p=min_p, api_key_file=api_key_file, parallel=parallel, quant=quant, prefer=prefer, llama_cpp=llama_cpp,
+        log_dir=log_dir,
     )  # fmt: skip
     s = settings.values
     _check_host(s.host)  # before any warning: a host that does not resolve is the one thing to hear
@@ -141,7 +151,7 @@ def serve_command(
         binary=str(binary.path), model=resolved.path, ctx_size=context, alias=alias or resolved.alias, host=s.host,
         port=s.port, sampling=Sampling(s.temp, s.top_p, s.min_p), api_key_file=key.file, parallel=s.parallel,
         cluster=launch_cluster(workers), cache_type=s.cache_type, sessions=_sessions_folder(sessions, dry_run=dry_run),
-        extra_args=passthrough,
+        log_file=server_log_file(log_file, settings, port=s.port, dry_run=dry_run), extra_args=passthrough,
     )  # fmt: skip
     argv = server_argv(launch)
     env = key.server_environment()
@@ -150,7 +160,11 @@ def serve_command(
         return
     if not early:
         check_port_for_launch(host=s.host, port=s.port, dry_run=False)  # again: a download may have taken hours
-    exec_launch(argv, env)
+    exec_launch(
+        argv, env, kind="server", host=s.host, port=s.port, alias=launch.alias, model=launch.model,
+        quant=resolved.quant, placement=resolved.placement, forecast_bytes=resolved.forecast_bytes,
+        log_file=launch.log_file, api_key_file=key.file,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ class ServerLaunch:
     cluster: Cluster | None = None
     cache_type: str = "f16"  # KV cache precision, keys and values alike
     sessions: Path | None = None  # where llama-server saves and restores slots
+    log_file: Path | None = None  # llama-server writes its log there as well as to the terminal
     extra_args: tuple[str, ...] = ()
 
 
@@ -111,6 +112,10 @@ def server_argv(launch: ServerLaunch) -> list[str]:
     argv += _cache_type_argv(launch.cache_type)
     if launch.sessions is not None:
         argv += ["--slot-save-path", str(launch.sessions)]
+    if launch.log_file is not None:
+        argv += ["--log-file", str(launch.log_file)]
+    # /metrics: what `nemolaunch ps` reads the server's generation speed from (read-only counters).
+    argv.append("--metrics")
     argv += list(launch.extra_args)
     return argv
 

@@ -41,6 +41,7 @@ class Settings(BaseModel):
     min_p: float = 0.01
     prefer: str = "quality"
     url: str = f"http://127.0.0.1:{DEFAULT_PORT}/v1"  # where `nemolaunch chat` finds a server
+    log_dir: str | None = None  # where `serve` keeps each server's log (`--log-file` names one file instead)
 
 
 KEYS: tuple[str, ...] = tuple(Settings.model_fields)
@@ -120,6 +121,7 @@ CHECKS: dict[str, Callable[[object], str | None]] = {
     "host": _not_blank("give an address such as 127.0.0.1 or 0.0.0.0"),
     "quant": _not_blank("name a quant such as UD-Q4_K_XL, or leave --quant out"),
     "model": _not_blank("name a .gguf file or REPO[:QUANT], or leave it out"),
+    "log_dir": _not_blank("name a folder, or leave it out"),
 }
 
 
@@ -169,7 +171,7 @@ def _mistake(resolved: ResolvedSettings, key: str, value: object, hint: str) -> 
     """One line naming where the bad value came from: the flag, the variable, or the file and key."""
     origin = resolved.origins[key]
     if key == "port" and origin == "flag" and isinstance(value, int):
-        return PortOutOfRange(port=value)
+        return PortOutOfRange(port=value, option=FLAGS[key])
     if origin == "file":
         return SettingsFileInvalid(path=resolved.file, key=key, problem=f"{value!r} is not valid: {hint}")
     shown = "''" if isinstance(value, str) and not value.strip() else value
