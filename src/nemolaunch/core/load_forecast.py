@@ -1,0 +1,130 @@
+"""How long a cluster's load takes: the weights each worker receives over its link, and what its cache saves.
+
+What crosses the network (llama.cpp 0c1e570, ggml/src/ggml-rpc/ggml-rpc.cpp): at load the head sends
+every weight a worker holds, one tensor after another (the model loader is one thread), so the
+workers' times add up. A tensor over ``HASH_THRESHOLD`` (10 MiB) goes as its 64-bit FNV-1a hash
+first; a worker whose tensor cache has it (``rpc-server -c``, on by default with ``nemolaunch
+rpc-worker``) loads it from its own disk. Then a load costs the head's hashing (FNV-1a is a byte
+at a time: a multiply per byte, ~0.9 GB/s on one core) and the worker's disk read, not the link.
+Per token, each worker's part of the graph ends in the head reading its activations back: at
+least one network round trip per worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+#: Where a link speed comes from.
+LinkSource = Literal["cluster file", "measured", "assumed"]
+
+#: A link no one named: gigabit Ethernet, the common LAN (125 MB/s).
+ASSUMED_LINK_BYTES_PER_S = 1e9 / 8
+#: FNV-1a over the bytes of each big tensor, on the head: one xor and one 64-bit multiply per byte,
+#: a dependency chain of ~4 cycles, so ~0.9 GB/s whatever the CPU (measured here: 0.90 GB/s).
+HEAD_HASH_BYTES_PER_S = 0.9e9
+#: A worker reading a cached tensor back: an NVMe SSD's sequential read, or the page cache.
+WORKER_CACHE_READ_BYTES_PER_S = 2e9
+#: What a load costs beside moving weights: llama.cpp opening the model, making its contexts and
+#: buffers (measured here with a 2 GB model on loopback: ~1 s).
+LOAD_FIXED_S = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerLoad:
+    """One worker's part of a load."""
+
+    host: str
+    weights_bytes: int  # what the head sends it at a cold load
+    link_bytes_per_s: float
+    link_source: LinkSource
+
+    @property
+    def cold_s(self) -> float:
+        return self.weights_bytes / self.link_bytes_per_s
+
+    @property
+    def cached_s(self) -> float:
+        # Nearly all of a big model's bytes are in tensors over 10 MiB; the plan does not see tensor by
+        # tensor, so it prices them all as hashed, read back from the worker's disk.
+        return self.weights_bytes / HEAD_HASH_BYTES_PER_S + self.weights_bytes / WORKER_CACHE_READ_BYTES_PER_S
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "host": self.host,
+            "weights_bytes": self.weights_bytes,
+            "link_bytes_per_s": self.link_bytes_per_s,
+            "link_source": self.link_source,
+            "cold_s": round(self.cold_s, 2),
+            "cached_s": round(self.cached_s, 2),
+        }
+
+
+@dataclass(frozen=True)
+class LoadForecast:
+    workers: tuple[WorkerLoad, ...]
+
+    @property
+    def cold_s(self) -> float:
+        """The first load: every worker's weights over its link, one after another."""
+        return LOAD_FIXED_S + sum(worker.cold_s for worker in self.workers)
+
+    @property
+    def cached_s(self) -> float:
+        """A load whose big tensors every worker has in its cache (a reload, or after --preload)."""
+        return LOAD_FIXED_S + sum(worker.cached_s for worker in self.workers)
+
+    @property
+    def round_trips_per_token(self) -> int:
+        return len(self.workers)
+
+    @property
+    def assumed(self) -> bool:
+        return any(worker.link_source == "assumed" for worker in self.workers)
+
+    def words(self) -> str:
+        """The plan's line: "first load ~N min over the network; next loads ~M s (worker cache)", and why."""
+        per_worker = ", ".join(
+            f"{worker.host} {worker.weights_bytes / 1e9:.1f} GB at {_rate(worker.link_bytes_per_s)} "
+            f"({worker.link_source}) ~{_duration(worker.cold_s)}"
+            for worker in self.workers
+        )
+        line = (
+            f"first load ~{_duration(self.cold_s)} over the network; next loads ~{_duration(self.cached_s)} "
+            f"(worker cache): {per_worker}; each token makes {self.round_trips_per_token} network round "
+            f"trip{'s' if self.round_trips_per_token != 1 else ''} (one per worker)"
+        )
+        if self.assumed:
+            line += "; links not named are assumed 1 Gb/s (a cluster file's link_gbit_per_s names them)"
+        return line
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "cold_s": round(self.cold_s, 2),
+            "cached_s": round(self.cached_s, 2),
+            "round_trips_per_token": self.round_trips_per_token,
+            "assumed_link": self.assumed,
+            "workers": [worker.to_json() for worker in self.workers],
+        }
+
+
+def forecast_load(shares: list[tuple[str, int, float | None, LinkSource | None]]) -> LoadForecast:
+    """From each worker's (host, weights it holds, link bytes/s or None, where that figure came from)."""
+    return LoadForecast(
+        tuple(
+            WorkerLoad(host, weights, rate, source or "cluster file")
+            if rate
+            else WorkerLoad(host, weights, ASSUMED_LINK_BYTES_PER_S, "assumed")
+            for host, weights, rate, source in shares
+        )
+    )
+
+
+def _rate(bytes_per_s: float) -> str:
+    return f"{bytes_per_s * 8 / 1e9:g} Gb/s"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 90:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
