@@ -22,6 +22,8 @@ from conftest import cli_env, free_port, nemolaunch_argv
 pytestmark = pytest.mark.llama
 
 LINK_BITS_PER_S = 1e9
+#: Each worker's log file, by its process id.
+logs: dict[int, Path] = {}
 
 
 @pytest.fixture
@@ -45,14 +47,19 @@ def start_worker_inside(
     argv = nemolaunch_argv(
         "rpc-worker", "--host", link.worker_address, "--port", str(port), "--llama-cpp", str(llama_bin_dir), *extra
     )
+    # Its output to a file: rpc-server writes a line per tensor it caches, more than a pipe holds unread.
+    llama_cache.mkdir(parents=True, exist_ok=True)
+    log = (llama_cache / "worker.log").open("w")
     process = subprocess.Popen(
         network.in_worker(0, argv),
         env=cli_env(LLAMA_CACHE=str(llama_cache)),
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         text=True,
     )
+    log.close()
+    logs[process.pid] = llama_cache / "worker.log"
     probe = [sys.executable, "-c", f"import socket; socket.create_connection(('{link.worker_address}', {port}), 1)"]
     deadline = time.monotonic() + 600  # --preload hashes the model first
     while time.monotonic() < deadline:
@@ -68,6 +75,7 @@ def start_worker_inside(
 
 
 def stop(process: subprocess.Popen[str]) -> str:
+    """Stop a process this test started; what it printed."""
     if process.poll() is None:
         process.terminate()
         try:
@@ -75,6 +83,8 @@ def stop(process: subprocess.Popen[str]) -> str:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+    if process.pid in logs:
+        return logs.pop(process.pid).read_text()
     return process.stdout.read() if process.stdout else ""
 
 
@@ -110,3 +120,60 @@ def test_a_worker_behind_a_shaped_link_is_reached_only_inside_the_namespaces(
     finally:
         output = stop(worker)
     assert f"tensor cache: {tmp_path / 'cache' / 'rpc'}" in output
+
+
+def load_over_the_link(network: ShapedNetwork, llama_bin_dir: Path, model: Path, endpoint: str) -> int:
+    """llama-server in the head's namespace loads ``model`` over the worker; the bytes that crossed the link."""
+    before = network.bytes_sent(0)
+    port = free_port()
+    head = subprocess.Popen(
+        network.in_head([str(llama_bin_dir / "llama-server"), "-m", str(model), "--rpc", endpoint,
+                         "--host", "127.0.0.1", "--port", str(port), "--threads", "1", "-c", "512"]),
+        env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    lines = []
+    try:
+        assert head.stdout is not None
+        for line in head.stdout:
+            lines.append(line)
+            if "listening on http" in line:
+                break
+        else:
+            pytest.fail(f"llama-server exited before it listened: {''.join(lines[-20:])}")
+    finally:
+        stop(head)
+    return network.bytes_sent(0) - before
+
+
+def test_preload_writes_the_hashes_llama_cpp_sends_so_the_load_sends_no_weights(
+    network: ShapedNetwork, llama_bin_dir: Path, tmp_path: Path
+) -> None:
+    from nemolaunch.adapters.rpc_cache import HASH_THRESHOLD, is_cache_name
+    from nemolaunch.scaled_model import ScaledShape, write_scaled_model
+
+    # An Ultra-shaped model whose expert tensors are over the threshold (18 MB each).
+    model = write_scaled_model(tmp_path / "scaled.gguf", ScaledShape(n_embd=1024, blocks=1))
+    # Cold: an empty cache, which rpc-server fills with what it receives, each file named by llama.cpp's hash.
+    worker, endpoint = start_worker_inside(network, llama_bin_dir, tmp_path / "cold")
+    try:
+        cold_bytes = load_over_the_link(network, llama_bin_dir, model, endpoint)
+    finally:
+        cold_log = stop(worker)
+    received = {path.name: path.stat().st_size for path in (tmp_path / "cold" / "rpc").iterdir()}
+    assert received and all(is_cache_name(name) and size > HASH_THRESHOLD for name, size in received.items())
+    assert cold_log.count("saved to") == len(received)
+    assert cold_bytes > sum(received.values())
+
+    # Preloaded: nemolaunch writes the cache from the worker's own copy, then serves from it.
+    worker, endpoint = start_worker_inside(network, llama_bin_dir, tmp_path / "seeded", "--preload", str(model))
+    try:
+        seeded_bytes = load_over_the_link(network, llama_bin_dir, model, endpoint)
+    finally:
+        seeded_log = stop(worker)
+    seeded = {path.name for path in (tmp_path / "seeded" / "rpc").iterdir() if is_cache_name(path.name)}
+    # Every file llama.cpp named is one nemolaunch wrote: the same hash.
+    assert set(received) <= seeded, seeded_log
+    # The load found every one of them: rpc-server saved nothing, and the link carried none of their bytes.
+    assert "saved to" not in seeded_log
+    assert cold_bytes - seeded_bytes >= 0.99 * sum(received.values())
+    assert "tensor cache seeded in" in seeded_log

@@ -36,6 +36,14 @@ def rpc_worker_command(
             "head's next load sends their hashes, not their bytes.",
         ),
     ] = True,
+    preload: Annotated[
+        str | None,
+        typer.Option(
+            "--preload",
+            help="Seed the tensor cache from this machine's own copy of the model (REPO:QUANT, downloaded here, or "
+            "a local .gguf) before serving, so even the head's first load sends hashes, not weights.",
+        ),
+    ] = None,
     threads: Annotated[
         int | None, typer.Option("--threads", "-t", help="Threads for the CPU device [default: physical cores].")
     ] = None,
@@ -64,6 +72,8 @@ def rpc_worker_command(
     devices = tuple(name.strip() for name in device.split(",")) if device is not None else ()
     if device is not None and not all(devices):
         raise BadOption(option="--device", value=repr(device), hint="name devices such as CUDA0,CPU, comma-separated")
+    if preload is not None and not cache:
+        raise BadOption(option="--preload", value="with --no-cache", hint="--preload fills the cache: keep it on")
     check_port_for_launch(host=host, port=port, dry_run=dry_run)
     binary = _find_worker_binary(llama_cpp, chose_devices=bool(devices))
     _check_devices(binary, devices)
@@ -102,6 +112,10 @@ def rpc_worker_command(
         folder = cache_folder(env)
         # Named explicitly, so the folder shown is the folder rpc-server uses.
         env.update(llama_cache_env(folder))
+        if preload is not None:
+            from nemolaunch.cli.rpc_preload import preload as seed
+
+            seed(preload, folder=folder, dry_run=dry_run)
         if not json_output:
             _show_cache(folder)
     if dry_run:
