@@ -6,6 +6,8 @@ workers' times add up. A tensor over ``HASH_THRESHOLD`` (10 MiB) goes as its 64-
 first; a worker whose tensor cache has it (``rpc-server -c``, on by default with ``nemolaunch
 rpc-worker``) loads it from its own disk. Then a load costs the head's hashing (FNV-1a is a byte
 at a time: a multiply per byte, ~0.9 GB/s on one core) and the worker's disk read, not the link.
+A first load pays the hashing too, on both sides (a caching worker hashes what it receives to name
+the file), so at 10 Gb/s hashing, not the link, sets the pace.
 Per token, each worker's part of the graph ends in the head reading its activations back: at
 least one network round trip per worker.
 """
@@ -20,14 +22,16 @@ LinkSource = Literal["cluster file", "measured", "assumed"]
 
 #: A link no one named: gigabit Ethernet, the common LAN (125 MB/s).
 ASSUMED_LINK_BYTES_PER_S = 1e9 / 8
-#: FNV-1a over the bytes of each big tensor, on the head: one xor and one 64-bit multiply per byte,
-#: a dependency chain of ~4 cycles, so ~0.9 GB/s whatever the CPU (measured here: 0.90 GB/s).
-HEAD_HASH_BYTES_PER_S = 0.9e9
-#: A worker reading a cached tensor back: an NVMe SSD's sequential read, or the page cache.
-WORKER_CACHE_READ_BYTES_PER_S = 2e9
-#: What a load costs beside moving weights: llama.cpp opening the model, making its contexts and
-#: buffers (measured here with a 2 GB model on loopback: ~1 s).
-LOAD_FIXED_S = 1.0
+#: FNV-1a over the bytes of each big tensor: one xor and one 64-bit multiply per byte, a dependency
+#: chain of ~4 cycles, so ~0.9 GB/s whatever the CPU (measured here: 0.90 GB/s). The head hashes each
+#: tensor to ask for it; a worker that caches hashes what it receives again, to name the file.
+HASH_BYTES_PER_S = 0.9e9
+#: The head reading a weight before it hashes or sends it, and a worker writing or reading back a
+#: cached tensor: an NVMe SSD's sequential rate, or the page cache.
+DISK_BYTES_PER_S = 2e9
+#: What a load costs beside moving weights: llama.cpp opening the model, --fit, its contexts, buffers
+#: and warm-up (measured here: 0.6 s for a 2 GB model alone; with two RPC workers about 1 s more).
+LOAD_FIXED_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -39,15 +43,25 @@ class WorkerLoad:
     link_bytes_per_s: float
     link_source: LinkSource
 
+    # Nearly all of a big model's bytes are in tensors over 10 MiB (97 % of the 2 GB scaled Ultra's); the
+    # plan does not see tensor by tensor, so it prices them all as going by hash first. Each step is
+    # serial: the loader waits for the worker's answer to a hash before it goes on.
+
     @property
     def cold_s(self) -> float:
+        """Read on the head, hashed (asked for), sent, hashed again and written by the worker's cache."""
+        size = self.weights_bytes
+        return size / self.link_bytes_per_s + 2 * size / DISK_BYTES_PER_S + 2 * size / HASH_BYTES_PER_S
+
+    @property
+    def link_s(self) -> float:
         return self.weights_bytes / self.link_bytes_per_s
 
     @property
     def cached_s(self) -> float:
-        # Nearly all of a big model's bytes are in tensors over 10 MiB; the plan does not see tensor by
-        # tensor, so it prices them all as hashed, read back from the worker's disk.
-        return self.weights_bytes / HEAD_HASH_BYTES_PER_S + self.weights_bytes / WORKER_CACHE_READ_BYTES_PER_S
+        """Read and hashed on the head; read back from the worker's own disk."""
+        size = self.weights_bytes
+        return 2 * size / DISK_BYTES_PER_S + size / HASH_BYTES_PER_S
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -55,6 +69,7 @@ class WorkerLoad:
             "weights_bytes": self.weights_bytes,
             "link_bytes_per_s": self.link_bytes_per_s,
             "link_source": self.link_source,
+            "link_s": round(self.link_s, 2),
             "cold_s": round(self.cold_s, 2),
             "cached_s": round(self.cached_s, 2),
         }
@@ -86,7 +101,7 @@ class LoadForecast:
         """The plan's line: "first load ~N min over the network; next loads ~M s (worker cache)", and why."""
         per_worker = ", ".join(
             f"{worker.host} {worker.weights_bytes / 1e9:.1f} GB at {_rate(worker.link_bytes_per_s)} "
-            f"({worker.link_source}) ~{_duration(worker.cold_s)}"
+            f"({worker.link_source}) ~{_duration(worker.link_s)} on the link"
             for worker in self.workers
         )
         line = (
