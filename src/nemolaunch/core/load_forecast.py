@@ -29,6 +29,13 @@ HASH_BYTES_PER_S = 0.9e9
 #: The head reading a weight before it hashes or sends it, and a worker writing or reading back a
 #: cached tensor: an NVMe SSD's sequential rate, or the page cache.
 DISK_BYTES_PER_S = 2e9
+#: One pass over a tensor in memory (zeroing or copying it). ggml-rpc.cpp makes four on a first load: the
+#: head builds each message in a zeroed buffer (``new uint8_t[n]()``) and copies the tensor in; the
+#: worker receives into a zeroed vector (``resize``), then copies it into its buffer. From its cache,
+#: two: the worker reads the file into a zeroed vector and copies it in.
+MEMORY_PASS_BYTES_PER_S = 5e9
+FIRST_LOAD_PASSES = 4
+CACHED_LOAD_PASSES = 2
 #: What a load costs beside moving weights: llama.cpp opening the model, --fit, its contexts, buffers
 #: and warm-up (measured here: 0.6 s for a 2 GB model alone; with two RPC workers about 1 s more).
 LOAD_FIXED_S = 1.5
@@ -51,7 +58,8 @@ class WorkerLoad:
     def cold_s(self) -> float:
         """Read on the head, hashed (asked for), sent, hashed again and written by the worker's cache."""
         size = self.weights_bytes
-        return size / self.link_bytes_per_s + 2 * size / DISK_BYTES_PER_S + 2 * size / HASH_BYTES_PER_S
+        local = 2 * size / DISK_BYTES_PER_S + 2 * size / HASH_BYTES_PER_S
+        return self.link_s + local + FIRST_LOAD_PASSES * size / MEMORY_PASS_BYTES_PER_S
 
     @property
     def link_s(self) -> float:
@@ -61,7 +69,8 @@ class WorkerLoad:
     def cached_s(self) -> float:
         """Read and hashed on the head; read back from the worker's own disk."""
         size = self.weights_bytes
-        return 2 * size / DISK_BYTES_PER_S + size / HASH_BYTES_PER_S
+        local = 2 * size / DISK_BYTES_PER_S + size / HASH_BYTES_PER_S
+        return local + CACHED_LOAD_PASSES * size / MEMORY_PASS_BYTES_PER_S
 
     def to_json(self) -> dict[str, object]:
         return {
