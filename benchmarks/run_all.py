@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
                        ["--sizes", "0.02", "--runs", "1", "--tokens", "4"]),
     "prompt reuse": ("prompt_reuse.py", ["--runs", "5"], ["--runs", "1", "--turns", "3"]),
     "RPC cluster": ("rpc_cluster.py", ["--runs", "5"], ["--runs", "1", "--tokens", "4"]),
+    "RPC over shaped links": ("rpc_link.py", ["--gbit", "1,10"], ["--size-gb", "0.4", "--tokens", "4"]),
     "P6 build": ("build_times.py", ["--runs", "5", "--cold"], ["--runs", "1"]),
     "header read": ("header_read.py", ["--runs", "3"], ["--runs", "1", "--vocab", "2000", "--merges", "4000"]),
 }  # fmt: skip

@@ -291,6 +291,17 @@ CASES: list[Case] = [
     c("logs-no-file", "logs", "a server started without --log-file or log_dir", "logs {launch_port}", 3,
       E + "llama-server pid {*} on 127.0.0.1:{launch_port} (twin) keeps no log file: start it with "
       "`nemolaunch serve --log-file PATH` (or set log_dir)", setup="launches"),
+    c("rpc-preload-no-space", "rpc-worker", "--preload where the tensor cache's disk is too small",
+      "rpc-worker --port {port} --llama-cpp {shim} --preload {model}", 4,
+      E + "{small_disk}/rpc has {*} free, but --preload writes 0 B of tensors there plus a 1.1 GB margin: free space "
+      "there, point LLAMA_CACHE at a bigger disk, or leave out --preload",
+      setup="small-disk", env={"LLAMA_CACHE": "{small_disk}"}),
+    c("rpc-preload-no-cache", "rpc-worker", "--preload with the cache refused",
+      "rpc-worker --port {port} --llama-cpp {shim} --preload {model} --no-cache", 2,
+      E + "--preload with --no-cache is not valid: --preload fills the cache: keep it on"),
+    c("rpc-preload-no-quant", "rpc-worker", "--preload of a Hub model without its quant",
+      f"rpc-worker --port {{port}} --llama-cpp {{shim}} --preload {REPO}", 2,
+      E + f"--preload {REPO} is not valid: name the quant the head runs, e.g. REPO:UD-Q4_K_XL (see its plan)"),
 ]  # fmt: skip
 
 

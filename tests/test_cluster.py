@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,15 @@ from nemolaunch.core.cluster import (
 )
 from nemolaunch.core.forecast import ULTRA_ARCHITECTURE
 from nemolaunch.core.launch import Cluster, ServerLaunch, server_argv
+from nemolaunch.core.load_forecast import (
+    ASSUMED_LINK_BYTES_PER_S,
+    CACHED_LOAD_PASSES,
+    DISK_BYTES_PER_S,
+    FIRST_LOAD_PASSES,
+    HASH_BYTES_PER_S,
+    LOAD_FIXED_S,
+    MEMORY_PASS_BYTES_PER_S,
+)
 from nemolaunch.core.planner import Plan, PlanRequest, memory_budget, plan_launch
 from nemolaunch.core.speed import RAM_BYTES_PER_S_PER_CORE
 from nemolaunch.errors import BadRpcEndpoint, HardwareFileInvalid
@@ -162,6 +172,12 @@ def test_a_gpu_worker_lends_its_gpus_unless_told_to_lend_its_ram_too() -> None:
         (lambda data: data.update(workers=[]), "workers", "at least 1 item"),
         (lambda data: data["head"]["memory"].pop("total_bytes"), "head.memory.total_bytes", "Field required"),
         (lambda data: data["workers"][0].update(devices=["CUDA0"]), "workers[0].devices", "'CUDA0' is not on"),
+        (lambda data: data["workers"][0].update(link_gbit_per_s=0), "workers[0].link_gbit_per_s", "greater than 0"),
+        (
+            lambda data: data["workers"][1].update(link_gbit_per_s=1, link_bytes_per_s=1e8),
+            "workers[1].link_gbit_per_s",
+            "not both",
+        ),
     ],
 )
 def test_a_cluster_file_with_a_mistake_names_the_key(tmp_path: Path, mutate, field: str, problem: str) -> None:
@@ -306,3 +322,45 @@ def test_serve_refuses_a_cluster_file_without_live_workers(tmp_path: Path, llama
     errors = [line for line in result.stderr.splitlines() if line.startswith("nemolaunch: error:")]
     assert len(errors) == 1 and "describes a cluster (10.0.0.2:50052)" in errors[0], result.stderr
     assert "--rpc HOST:PORT" in errors[0]
+
+
+# --- the load over the network ---------------------------------------------------------------------------
+def test_the_plan_forecasts_each_workers_load_at_its_link_speed(tmp_path: Path) -> None:
+    data = json.loads((CLUSTERS / "rtx4090_head_two_128gb_workers.json").read_text())
+    data["workers"][0]["link_gbit_per_s"] = 10  # the second names no link: assumed gigabit
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps(data))
+    cluster = ultra_plan(path)
+    assert cluster.load is not None
+    ten, assumed = cluster.load.workers
+    # What each worker receives is its share of the weights; the seconds follow from its link.
+    assert [ten.weights_bytes, assumed.weights_bytes] == [host.weights_bytes for host in cluster.hosts[1:]]
+    assert (ten.link_bytes_per_s, ten.link_source) == (10e9 / 8, "cluster file")
+    assert (assumed.link_bytes_per_s, assumed.link_source) == (ASSUMED_LINK_BYTES_PER_S, "assumed")
+    assert ten.link_s == pytest.approx(ten.weights_bytes / (10e9 / 8))
+    # Beside the link, a first load reads each weight on the head and hashes it there and on the worker.
+    size = ten.weights_bytes
+    passes = FIRST_LOAD_PASSES * size / MEMORY_PASS_BYTES_PER_S  # zeroing and copying, both sides
+    assert ten.cold_s == pytest.approx(ten.link_s + 2 * size / DISK_BYTES_PER_S + 2 * size / HASH_BYTES_PER_S + passes)
+    assert cluster.load.cold_s == pytest.approx(LOAD_FIXED_S + ten.cold_s + assumed.cold_s)
+    # The cache: hashes, not bytes, so the link drops out: the head's hashing and the worker's disk are left,
+    # which at 10 Gb/s cost about what the link did, and at 1 Gb/s far less.
+    assert ten.cached_s == pytest.approx(
+        2 * size / DISK_BYTES_PER_S + size / HASH_BYTES_PER_S + CACHED_LOAD_PASSES * size / MEMORY_PASS_BYTES_PER_S
+    )
+    assert assumed.cached_s < assumed.cold_s / 4
+    assert cluster.load.round_trips_per_token == 2
+    words = next(reason for reason in cluster.reasons if reason.startswith("first load"))
+    minutes = round(cluster.load.cold_s / 60)
+    assert words.startswith(f"first load ~{minutes} min over the network; next loads ~")
+    assert "(worker cache)" in words and "10.0.0.3:50052" in words and "assumed 1 Gb/s" in words
+    assert cluster.to_json()["load"]["workers"][1]["link_source"] == "assumed"
+
+
+def test_plan_shows_the_load_forecast_for_a_cluster_file() -> None:
+    result = run_nemolaunch(
+        "plan", "--hardware", str(CLUSTERS / "two_cpu_256gb.json"), env=cli_env(HF_HUB_OFFLINE="1", COLUMNS="400")
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"first load ~\d+ min over the network; next loads ~\d+ (s|min) \(worker cache\)", result.stderr)
+    assert "assumed 1 Gb/s" in result.stderr

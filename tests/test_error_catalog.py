@@ -110,6 +110,8 @@ def _setup(ctx: Ctx, name: str, request: pytest.FixtureRequest) -> None:
             # 2 GiB is the margin download keeps free: a folder just above it takes the download, then fills.
             size = "1m" if name == "hub-small-disk" else "2060m"
             ctx.values["small_disk"] = str(ctx.stack.enter_context(_tmpfs(ctx.tmp / "small", size)))
+    elif name == "small-disk":
+        ctx.values["small_disk"] = str(ctx.stack.enter_context(_tmpfs(ctx.tmp / "small", "1m")))
     elif name in ("no-nvcc", "no-cmake", "no-npm"):
         ctx.env["PATH"] = path_without(ctx.tmp, name.removeprefix("no-"))
         ctx.env["CUDA_HOME"] = str(ctx.tmp / "no-cuda")  # the script also looks for $CUDA_HOME/bin/nvcc

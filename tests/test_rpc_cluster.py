@@ -19,10 +19,12 @@ from test_smoke import process_alive, stop_with_sigint, wait_for_health
 pytestmark = pytest.mark.llama
 
 
-def start_worker(llama_bin_dir: Path, port: int, *extra: str) -> subprocess.Popen[str]:
+def start_worker(llama_bin_dir: Path, port: int, *extra: str, llama_cache: Path | None = None) -> subprocess.Popen[str]:
+    # The tensor cache is on by default: a test's own folder, never this user's.
+    env = cli_env(LLAMA_CACHE=str(llama_cache)) if llama_cache is not None else cli_env()
     process = subprocess.Popen(
         nemolaunch_argv("rpc-worker", "--port", str(port), "--llama-cpp", str(llama_bin_dir), *extra),
-        env=cli_env(),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -42,12 +44,12 @@ def start_worker(llama_bin_dir: Path, port: int, *extra: str) -> subprocess.Pope
 
 
 @pytest.fixture
-def two_workers(llama_bin_dir: Path) -> Iterator[list[tuple[subprocess.Popen[str], int]]]:
+def two_workers(llama_bin_dir: Path, tmp_path: Path) -> Iterator[list[tuple[subprocess.Popen[str], int]]]:
     workers = []
     try:
-        for extra in ((), ("--cache",)):
+        for extra in (("--no-cache",), ()):
             port = free_port()
-            workers.append((start_worker(llama_bin_dir, port, *extra), port))
+            workers.append((start_worker(llama_bin_dir, port, *extra, llama_cache=tmp_path / "llama-cache"), port))
         yield workers
     finally:
         for process, _ in workers:
@@ -67,7 +69,13 @@ def test_serve_spreads_the_tiny_model_over_two_workers_and_ctrl_c_leaves_nothing
         assert Path(cmdline[0]).name == "rpc-server"
         assert cmdline[cmdline.index("--port") + 1] == str(port)
         assert cmdline[cmdline.index("--threads") + 1] == str(psutil.cpu_count(logical=False) or 1)
-    assert "--cache" in Path(f"/proc/{two_workers[1][0].pid}/cmdline").read_bytes().decode().split("\0")
+    # The cache is on unless refused, in the folder rpc-worker named (LLAMA_CACHE, handed to rpc-server).
+    refused, default = (
+        Path(f"/proc/{process.pid}/cmdline").read_bytes().decode().split("\0") for process, _ in two_workers
+    )
+    assert "--cache" in default and "--cache" not in refused
+    environ = Path(f"/proc/{two_workers[1][0].pid}/environ").read_bytes().decode().split("\0")
+    assert f"LLAMA_CACHE={tmp_path / 'llama-cache'}" in environ
 
     endpoints = [f"127.0.0.1:{port}" for _, port in two_workers]
     port = free_port()
@@ -201,7 +209,7 @@ def test_malformed_workers_are_refused_before_anything_runs(
     assert len(errors) == 1 and words in errors[0], result.stderr
 
 
-def test_rpc_worker_refuses_a_port_in_use_and_warns_off_loopback(llama_bin_dir: Path) -> None:
+def test_rpc_worker_refuses_a_port_in_use_and_warns_off_loopback(llama_bin_dir: Path, tmp_path: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
@@ -216,10 +224,16 @@ def test_rpc_worker_refuses_a_port_in_use_and_warns_off_loopback(llama_bin_dir: 
     assert wide.returncode == 0, wide.stderr
     assert "no authentication and no encryption" in wide.stderr and "trusted network" in wide.stderr
     assert "nemolaunch serve --rpc" in wide.stderr
-    loop = run_nemolaunch("rpc-worker", "--llama-cpp", str(llama_bin_dir), "--dry-run", "--threads", "3")
+    env = cli_env(LLAMA_CACHE=str(tmp_path))
+    loop = run_nemolaunch("rpc-worker", "--llama-cpp", str(llama_bin_dir), "--dry-run", "--threads", "3", env=env)
     assert loop.returncode == 0, loop.stderr
     assert "no authentication" not in loop.stderr
-    assert loop.stdout.split()[1:] == ["--host", "127.0.0.1", "--port", "50052", "--threads", "3"]
+    assert loop.stdout.split()[1:] == ["--host", "127.0.0.1", "--port", "50052", "--threads", "3", "--cache"]
+    # The folder it names is the one rpc-server -c uses: $LLAMA_CACHE/rpc here.
+    assert f"tensor cache: {tmp_path / 'rpc'} (empty;" in loop.stderr
+    refused = run_nemolaunch("rpc-worker", "--llama-cpp", str(llama_bin_dir), "--dry-run", "--no-cache", env=env)
+    assert refused.returncode == 0 and "--cache" not in refused.stdout.split()
+    assert "tensor cache" not in refused.stderr
 
 
 @pytest.mark.parametrize(

@@ -259,6 +259,10 @@ class RpcWorkerFailed(NemolaunchError):
     """endpoint, reason (llama.cpp's own words, one line)"""
 
 
+class RpcCacheNoSpace(NemolaunchError):
+    """folder, needed, free, margin (human sizes); needed_bytes, free_bytes"""
+
+
 class ClusterNeedsLiveWorkers(NemolaunchError):
     """path, workers (list of endpoints in the file)"""
 
@@ -507,6 +511,11 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
         EXIT_ENVIRONMENT,
         "RPC worker {endpoint} is unreachable ({reason}): start `nemolaunch rpc-worker --host <its address>` "
         "there, or leave it out of --rpc",
+    ),
+    RpcCacheNoSpace: ErrorSpec(
+        EXIT_ENVIRONMENT,
+        "{folder} has {free} free, but --preload writes {needed} of tensors there plus a {margin} margin: free "
+        "space there, point LLAMA_CACHE at a bigger disk, or leave out --preload",
     ),
     RpcWorkerFailed: ErrorSpec(
         EXIT_ENVIRONMENT,

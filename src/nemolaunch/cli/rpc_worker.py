@@ -8,7 +8,6 @@ signals reach it directly.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -30,8 +29,21 @@ def rpc_worker_command(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = DEFAULT_RPC_PORT,
     cache: Annotated[
-        bool, typer.Option("--cache", help="Keep received weights on disk, so a reload does not resend them.")
-    ] = False,
+        bool,
+        typer.Option(
+            "--cache/--no-cache",
+            help="rpc-server's tensor cache (-c): weights over 10 MiB received once are kept on disk, so the "
+            "head's next load sends their hashes, not their bytes.",
+        ),
+    ] = True,
+    preload: Annotated[
+        str | None,
+        typer.Option(
+            "--preload",
+            help="Seed the tensor cache from this machine's own copy of the model (REPO:QUANT, downloaded here, or "
+            "a local .gguf) before serving, so even the head's first load sends hashes, not weights.",
+        ),
+    ] = None,
     threads: Annotated[
         int | None, typer.Option("--threads", "-t", help="Threads for the CPU device [default: physical cores].")
     ] = None,
@@ -48,6 +60,7 @@ def rpc_worker_command(
 ) -> None:
     """Serve this machine's GPUs (or CPU and RAM) to a head running `nemolaunch serve --rpc`."""
     from nemolaunch.adapters.ports import lan_addresses
+    from nemolaunch.adapters.rpc_cache import cache_folder, llama_cache_env
     from nemolaunch.cli.launch_command import check_port_for_launch, exec_launch
     from nemolaunch.core.launch import WorkerLaunch, is_loopback, worker_argv
     from nemolaunch.errors import BadOption
@@ -59,6 +72,8 @@ def rpc_worker_command(
     devices = tuple(name.strip() for name in device.split(",")) if device is not None else ()
     if device is not None and not all(devices):
         raise BadOption(option="--device", value=repr(device), hint="name devices such as CUDA0,CPU, comma-separated")
+    if preload is not None and not cache:
+        raise BadOption(option="--preload", value="with --no-cache", hint="--preload fills the cache: keep it on")
     check_port_for_launch(host=host, port=port, dry_run=dry_run)
     binary = _find_worker_binary(llama_cpp, chose_devices=bool(devices))
     _check_devices(binary, devices)
@@ -74,7 +89,14 @@ def rpc_worker_command(
     heads = [host] if host not in ("0.0.0.0", "::") else lan_addresses() or ["<this machine's address>"]
     rpc_words = [f"--rpc {address}:{port}" for address in heads]
     if json_output:
-        print_json({"command": argv, "head_rpc": [f"{address}:{port}" for address in heads], "dry_run": dry_run})
+        print_json(
+            {
+                "command": argv,
+                "head_rpc": [f"{address}:{port}" for address in heads],
+                "cache_folder": str(cache_folder()) if cache else None,
+                "dry_run": dry_run,
+            }
+        )
     else:
         print_command(argv, to_stderr=not dry_run)
         where = "on this machine" if is_loopback(host) else "on the head"
@@ -85,11 +107,20 @@ def rpc_worker_command(
             f"port {port} can run code on this machine's devices and read what it computes. Use it only on a "
             "trusted network."
         )
-    if cache and not json_output:
-        err_console.print(f"weights received are cached in {_cache_folder()}", markup=False)
+    env = dict(os.environ)
+    if cache:
+        folder = cache_folder(env)
+        # Named explicitly, so the folder shown is the folder rpc-server uses.
+        env.update(llama_cache_env(folder))
+        if preload is not None:
+            from nemolaunch.cli.rpc_preload import preload as seed
+
+            seed(preload, folder=folder, dry_run=dry_run)
+        if not json_output:
+            _show_cache(folder)
     if dry_run:
         return
-    exec_launch(argv, dict(os.environ), kind="rpc-worker", host=host, port=port)
+    exec_launch(argv, env, kind="rpc-worker", host=host, port=port)
 
 
 def _find_worker_binary(llama_cpp: Path | None, *, chose_devices: bool) -> Found:
@@ -145,11 +176,12 @@ def _physical_cores() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
-def _cache_folder() -> Path:
-    # Where rpc-server keeps it (tools/rpc/rpc-server.cpp): $LLAMA_CACHE, else the user cache folder.
-    if os.environ.get("LLAMA_CACHE"):
-        return Path(os.environ["LLAMA_CACHE"]) / "rpc"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "llama.cpp" / "rpc"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "llama.cpp" / "rpc"
+def _show_cache(folder: Path) -> None:
+    from nemolaunch.adapters.rpc_cache import read_contents
+    from nemolaunch.core.download_plan import human_bytes
+
+    contents = read_contents(folder)
+    held = f"{contents.tensors} tensors, {human_bytes(contents.total_bytes)}" if contents.tensors else "empty"
+    err_console.print(
+        f"tensor cache: {folder} ({held}; llama.cpp never prunes it; --no-cache to refuse it)", markup=False
+    )

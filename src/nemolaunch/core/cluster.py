@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -136,6 +136,8 @@ class WorkerDevice:
 class Worker:
     endpoint: RpcEndpoint
     devices: tuple[WorkerDevice, ...]
+    # The link from the head, where known (a cluster file names it); None: the load forecast assumes one.
+    link_bytes_per_s: float | None = None
 
     @property
     def free_bytes(self) -> int:
@@ -178,6 +180,9 @@ class ClusterWorkerEntry(_Strict):
     # rpc-server's --device list, as `nemolaunch rpc-worker --device` takes it (CUDA0, CPU, ...);
     # absent: what rpc-server exposes by default, the GPUs, else the CPU.
     devices: list[str] | None = None
+    # The link from the head to it, for the load forecast: bytes/s, or Gb/s (one of them).
+    link_bytes_per_s: float | None = Field(default=None, gt=0)
+    link_gbit_per_s: float | None = Field(default=None, gt=0)
 
     @field_validator("endpoint")
     @classmethod
@@ -210,10 +215,16 @@ class ClusterFile(_Strict):
     def to_workers(self) -> tuple[Worker, ...]:
         workers = []
         for number, entry in enumerate(self.workers):
+            if entry.link_bytes_per_s is not None and entry.link_gbit_per_s is not None:
+                raise ValueError(
+                    f"workers[{number}].link_gbit_per_s: name link_bytes_per_s or link_gbit_per_s, not both"
+                )
+            link = entry.link_bytes_per_s or (entry.link_gbit_per_s * 1e9 / 8 if entry.link_gbit_per_s else None)
             try:
-                workers.append(worker_like(entry.facts, parse_endpoint(entry.endpoint), devices=entry.devices))
+                worker = worker_like(entry.facts, parse_endpoint(entry.endpoint), devices=entry.devices)
             except ValueError as exc:
                 raise ValueError(f"workers[{number}].devices: {exc}") from None
+            workers.append(replace(worker, link_bytes_per_s=link))
         return tuple(workers)
 
 

@@ -154,7 +154,7 @@ class WorkerLaunch:
     port: int
     threads: int  # for its CPU device: rpc-server's own default is half the logical cores
     devices: tuple[str, ...] = ()  # rpc-server's --device; empty: its GPUs, else its CPU
-    cache: bool = False  # keep received tensors on disk, so a reload does not resend them
+    cache: bool = True  # rpc-server -c: weights received are kept on disk, so a reload sends hashes only
 
 
 def worker_argv(launch: WorkerLaunch) -> list[str]:

@@ -37,6 +37,7 @@ from nemolaunch.core.forecast import (
     validate_ctx_size,
 )
 from nemolaunch.core.hardware import HardwareFacts
+from nemolaunch.core.load_forecast import LoadForecast, forecast_load
 from nemolaunch.core.plan_reasons import (
     budget_reason,
     cluster_warnings,
@@ -87,6 +88,7 @@ class Plan:
     ways_out: tuple[WayOut, ...] = field(default=())
     forced: bool = False
     hosts: tuple[HostShare, ...] = ()  # with RPC workers: each machine's part of the chosen quant
+    load: LoadForecast | None = None  # with RPC workers: what the load sends over the network
     prefer: Preference = "quality"
     min_speed: float | None = None
     speed_assumptions: tuple[str, ...] = ()
@@ -147,6 +149,7 @@ class Plan:
                 for worker in self.budget.workers
             ],
             "hosts": [host.to_json() for host in self.hosts],
+            "load": self.load.to_json() if self.load else None,
             "quants": [
                 {
                     "name": item.quant.name,
@@ -232,12 +235,15 @@ def plan_launch(
         reasons.append(f"--ctx-size max: {ctx_size} tokens{limit} is the longest context that fits beside it")
     fits = chosen is not None and chosen.fits
     hosts: tuple[HostShare, ...] = ()
+    load: LoadForecast | None = None
     if chosen is not None:
         reasons.append(forecast_reason(chosen, ctx_size))
         reasons.append(placement_reason(chosen, budget))
         if budget.remote_workers:
             hosts = hosts_of(chosen.forecast, budget, facts)
             reasons.append(hosts_reason(chosen.quant.name, hosts))
+            load = load_of(hosts, budget.remote_workers)
+            reasons.append(load.words())
         if fits and named is None and request.prefer == "quality" and request.min_speed is None:
             reasons.extend(why_not_better(chosen, assessments))
         reasons.extend(_kv_type_reasons(chosen, assessments, request, budget, architecture, named is not None))
@@ -281,6 +287,7 @@ def plan_launch(
         ways_out=ways_out,
         forced=request.force,
         hosts=hosts,
+        load=load,
         prefer=request.prefer,
         min_speed=request.min_speed,
         speed_assumptions=speed_assumptions(facts, budget, sparsity),
@@ -351,3 +358,9 @@ def _choose(eligible: list[QuantAssessment], request: PlanRequest) -> tuple[Quan
 def _tps(item: QuantAssessment) -> str:
     rate = item.speed.generation_tps if item.speed else None
     return "? tokens/s (a bandwidth is unknown)" if rate is None else f"{rate:.1f} tokens/s"
+
+
+def load_of(hosts: tuple[HostShare, ...], workers: tuple[Worker, ...]) -> LoadForecast:
+    """The load's network time: each worker's weights (its share of the plan) over its link."""
+    links = {str(worker.endpoint): worker.link_bytes_per_s for worker in workers}
+    return forecast_load([(host.host, host.weights_bytes, links.get(host.host), None) for host in hosts[1:]])
