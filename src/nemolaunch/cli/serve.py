@@ -30,6 +30,7 @@ from nemolaunch.cli.launch_command import (
     NoDownloadOption,
     TempOption,
     TopPOption,
+    check_disk_backed_passthrough,
     check_json,
     check_passthrough,
     check_port_for_launch,
@@ -40,11 +41,13 @@ from nemolaunch.cli.launch_command import (
 from nemolaunch.cli.llama_binary import find_llama_binary, warn_if_gpus_go_unused
 from nemolaunch.cli.output import err_console, note, print_command, print_json, styled, warn
 from nemolaunch.cli.plan import (
+    AllowDiskOption,
     ForceOption,
     HardwareOption,
     MinSpeedOption,
     PreferOption,
     QuantOption,
+    flag,
 )
 from nemolaunch.cli.settings import llama_cpp_dir, load_settings
 from nemolaunch.core.launch import (
@@ -96,6 +99,7 @@ def serve_command(
     quant: QuantOption = None,
     prefer: PreferOption = None,
     min_speed: MinSpeedOption = None,
+    allow_disk: AllowDiskOption = False,
     force: ForceOption = False,
     hardware: HardwareOption = None,
     no_download: NoDownloadOption = False,
@@ -116,6 +120,7 @@ def serve_command(
     settings = load_settings(
         model=model, port=port, host=host, ctx_size=ctx_size, cache_type=cache_type, temp=temp, top_p=top_p,
         min_p=min_p, api_key_file=api_key_file, parallel=parallel, quant=quant, prefer=prefer, llama_cpp=llama_cpp,
+        allow_disk=flag(allow_disk),
     )  # fmt: skip
     s = settings.values
     _check_host(s.host)  # before any warning: a host that does not resolve is the one thing to hear
@@ -131,6 +136,8 @@ def serve_command(
         warn_if_gpus_go_unused(binary, passthrough)
     workers = workers_for_launch(rpc, endpoints, server=binary.path, hardware=hardware)
     resolved, context = replace(request, workers=workers).resolve(early)
+    if resolved.disk_backed:
+        check_disk_backed_passthrough(passthrough)
     if not is_loopback(s.host) and not key.present:
         # After the checks that can refuse: a warning is worth reading only about a server that will start.
         warn(
@@ -140,7 +147,8 @@ def serve_command(
     launch = ServerLaunch(
         binary=str(binary.path), model=resolved.path, ctx_size=context, alias=alias or resolved.alias, host=s.host,
         port=s.port, sampling=Sampling(s.temp, s.top_p, s.min_p), api_key_file=key.file, parallel=s.parallel,
-        cluster=launch_cluster(workers), cache_type=s.cache_type, sessions=_sessions_folder(sessions, dry_run=dry_run),
+        cluster=launch_cluster(workers), cache_type=s.cache_type,
+        disk_backed=resolved.disk_backed, sessions=_sessions_folder(sessions, dry_run=dry_run),
         extra_args=passthrough,
     )  # fmt: skip
     argv = server_argv(launch)
