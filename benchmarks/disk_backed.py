@@ -29,7 +29,7 @@ from pathlib import Path
 from bench_servers import chat, free_port, healthy, nemolaunch, publish, stop, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from memory_cgroup import drop_cached_pages, make_memory_cgroup  # noqa: E402
+from memory_cgroup import drop_cached_pages, make_memory_cgroup
 
 LIMITS = (0.25, 0.5, 0.75)
 CTX_SIZE = 4096
@@ -53,7 +53,9 @@ def ultra_shaped(size_gb: float, folder: Path) -> Path:
 
 def machine_facts(folder: Path, limit: int | None) -> Path:
     """This machine's facts (measured RAM and disk), with ``limit`` as its memory; no GPUs (a CPU build)."""
-    facts = json.loads(subprocess.run(nemolaunch("doctor", "--json"), capture_output=True, text=True, check=True).stdout)
+    facts = json.loads(
+        subprocess.run(nemolaunch("doctor", "--json"), capture_output=True, text=True, check=True).stdout
+    )
     facts["gpus"] = []
     if limit is not None:
         facts["memory"].update(total_bytes=limit, available_bytes=limit)
@@ -82,23 +84,28 @@ def measure(model: Path, facts: Path, llama_cpp: Path, *, limit: int | None, run
     )
     try:
         wait_until(lambda: healthy(port), timeout_s=900)
-        generation, prompt = [], []
+        generation, prompt, read_per_token = [], [], []
         for run in range(runs + 1):
+            # A long prompt alone (one token out) for the prompt speed; then a short one for generation alone,
+            # with the bytes llama-server read from storage meanwhile (/proc/PID/io: the server is this pid,
+            # exec'd from sh and nemolaunch).
             words = " ".join(f"wave{(run * 7 + index) % 97}" for index in range(PROMPT_WORDS))
-            body = {
-                "messages": [{"role": "user", "content": f"Round {run}. Count the waves: {words}"}],
-                "max_tokens": tokens,
-                "ignore_eos": True,
-                "cache_prompt": False,
-            }
-            timings = chat(port, body)["timings"]
+            long = {"messages": [{"role": "user", "content": f"Round {run}. Count the waves: {words}"}],
+                    "max_tokens": 1, "cache_prompt": False}  # fmt: skip
+            prompt_timings = chat(port, long)["timings"]
+            before = _read_bytes(server.pid)
+            short = {"messages": [{"role": "user", "content": f"Go on, {run}."}], "max_tokens": tokens,
+                     "ignore_eos": True, "cache_prompt": False}  # fmt: skip
+            timings = chat(port, short)["timings"]
             if run:  # the first warms what the page cache can keep
+                prompt.append(prompt_timings["prompt_per_second"])
                 generation.append(timings["predicted_per_second"])
-                prompt.append(timings["prompt_per_second"])
+                read_per_token.append((_read_bytes(server.pid) - before) / timings["predicted_n"])
         return {
             "generation": generation,
             "prompt": prompt,
-            "prompt_tokens": timings["prompt_n"],
+            "prompt_tokens": prompt_timings["prompt_n"],
+            "read_per_token": statistics.median(read_per_token),
             "peak": group.peak_bytes() if group else None,
             "oom_kills": group.oom_kills() if group else 0,
         }
@@ -106,6 +113,13 @@ def measure(model: Path, facts: Path, llama_cpp: Path, *, limit: int | None, run
         stop(server)
         if group:
             group.remove()
+
+
+def _read_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1])
+    return 0
 
 
 def main() -> int:
@@ -132,9 +146,10 @@ def main() -> int:
         f"model {model.name}, {size / 1e9:.2f} GB, 22 of 512 experts routed; ctx {CTX_SIZE}, 1 slot; "
         f"{args.runs} run(s) of {args.tokens} tokens after a ~{PROMPT_WORDS}-word prompt, median",
         "",
-        "| memory limit | placement | on disk | gen forecast | gen measured | forecast ÷ measured "
-        "| prompt forecast | prompt measured | forecast ÷ measured | cgroup peak |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| memory limit | placement | on disk | gen tok/s forecast | measured | forecast ÷ measured "
+        "| disk read per token forecast | measured | prompt tok/s forecast | measured | forecast ÷ measured "
+        "| cgroup peak |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     worst = 1.0
     for share in (None, *LIMITS):
@@ -148,13 +163,15 @@ def main() -> int:
         if share:
             worst = max(worst, gen_ratio, 1 / gen_ratio)
         on_disk = predicted["disk"]["disk_bytes"] / 1e9 if predicted["disk"] else 0.0
+        forecast_read = predicted["disk"]["disk_read_bytes_per_token"] if predicted["disk"] else 0.0
         label = f"{share:.0%} ({limit / 1e9:.2f} GB)" if share and limit else "none (all in RAM)"
         peak = f"{result['peak'] / 1e9:.2f} GB" if result["peak"] else "-"
         if result["oom_kills"]:
             peak += f", {result['oom_kills']} OOM kill(s)"
         lines.append(
             f"| {label} | {predicted['placement']} | {on_disk:.2f} GB | {predicted['generation_tokens_per_s']:.2f} "
-            f"| {gen:.2f} | {gen_ratio:.2f} | {predicted['prompt_tokens_per_s']:.1f} | {pp:.1f} "
+            f"| {gen:.2f} | {gen_ratio:.2f} | {forecast_read / 1e6:.0f} MB | {result['read_per_token'] / 1e6:.0f} MB "
+            f"| {predicted['prompt_tokens_per_s']:.1f} | {pp:.1f} "
             f"({result['prompt_tokens']} tokens) | {pp_ratio:.2f} | {peak} |"
         )
         print(lines[-1], flush=True)

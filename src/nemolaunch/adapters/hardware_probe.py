@@ -381,7 +381,24 @@ def probe_disk(path: Path, *, measure: bool = False) -> DiskFacts | None:
         free_bytes=int(usage.free),
         read_bytes_per_s=speed.sequential_bytes_per_s if speed else None,
         random_read_bytes_per_s=speed.random_bytes_per_s if speed else None,
+        read_ahead_bytes=read_ahead_bytes(existing) if measure else None,
     )
+
+
+def read_ahead_bytes(path: Path) -> int | None:
+    """The read-ahead of the block device holding ``path`` (Linux sysfs; a partition's is its disk's)."""
+    try:
+        device = os.stat(path).st_dev
+        block = Path(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}").resolve()
+    except OSError:
+        return None
+    for folder in (block, block.parent):
+        setting = folder / "queue" / "read_ahead_kb"
+        try:
+            return int(setting.read_text().strip()) * 1024
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def existing_ancestor(path: Path) -> Path | None:

@@ -283,15 +283,16 @@ def _disk_paging(
 ) -> DiskPaging | None:
     """How a local file larger than memory would run with its experts paged from disk (None: it cannot)."""
     from nemolaunch.adapters.gguf_header import read_weight_facts
-    from nemolaunch.core.disk_paging import page_from_disk
+    from nemolaunch.core.disk_paging import expert_slice_bytes, page_from_disk
     from nemolaunch.core.speed import Sparsity
 
     weights = read_weight_facts(model_file.shards)
     expert_share = weights.expert_bytes / weights.weights_bytes if weights.weights_bytes else 0.0
+    sparsity = Sparsity(weights.active_share, expert_share, "tensors")
     return page_from_disk(
-        weights_bytes=model_file.size_bytes, forecast=forecast, budget=budget, facts=facts,
-        sparsity=Sparsity(weights.active_share, expert_share, "tensors"),
+        weights_bytes=model_file.size_bytes, forecast=forecast, budget=budget, facts=facts, sparsity=sparsity,
         bits_per_weight=weights.bits_per_weight, layers=architecture.n_layer if architecture else 0,
+        slice_bytes=expert_slice_bytes(model_file.size_bytes, sparsity, architecture),
     )  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from nemolaunch.core.catalog import (
     Quant,
 )
 from nemolaunch.core.cluster import HostShare, Worker, spread
-from nemolaunch.core.disk_paging import DiskPaging, page_from_disk
+from nemolaunch.core.disk_paging import DiskPaging, expert_slice_bytes, page_from_disk
 from nemolaunch.core.forecast import (
     DEFAULT_CTX_SIZE,
     RPC_SERVER_RUNTIME_BYTES,
@@ -102,6 +102,7 @@ def assess(
         disk = page_from_disk(
             weights_bytes=quant.size_bytes, forecast=forecast, budget=budget, facts=facts, sparsity=sparsity,
             bits_per_weight=quant.bits_per_weight, layers=layers,
+            slice_bytes=expert_slice_bytes(quant.size_bytes, sparsity, architecture),
         )  # fmt: skip
     if disk is not None and request.allow_disk:
         return QuantAssessment(quant, forecast, True, disk.placement, disk.speed, longest, disk)

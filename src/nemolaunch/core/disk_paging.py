@@ -13,7 +13,10 @@ estimate is short the page cache shrinks, and tokens come slower rather than mem
 
 How much a token reads from disk (APPROXIMATE): with routing taken as uniform, an expert's slice is
 in the page cache with a probability equal to the cached share of the experts outside the GPUs, so
-the bytes a token misses are its routed share of ``disk_bytes``. Real routing favours some experts,
+the bytes a token misses are its routed share of ``disk_bytes``. Each missed slice costs a read of
+the slice or of the device's read-ahead window, whichever is larger: a page fault in a mapped file
+reads the whole window around the faulting page (measured here: with an 8 MiB read-ahead, a token
+of 0.4 MiB slices read about 20 times what it used). Real routing favours some experts,
 which the page cache then keeps: uniform routing errs slow. A prompt's batch of ``batch`` tokens
 touches 1 - (1 - routed)^batch of every expert (nearly all of them for 512 tokens), so each batch
 reads that share of ``disk_bytes``, in long runs, at the sequential speed.
@@ -24,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from nemolaunch.core.budget import MemoryBudget, Placement
-from nemolaunch.core.forecast import CUDA_CONTEXT_BYTES, DEFAULT_UBATCH, Forecast
+from nemolaunch.core.forecast import CUDA_CONTEXT_BYTES, DEFAULT_UBATCH, ArchitectureFacts, Forecast
 from nemolaunch.core.hardware import HardwareFacts
 from nemolaunch.core.speed import Bandwidth, DevicePart, Sparsity, SpeedForecast, forecast_placed, place_weights
 
@@ -32,9 +35,14 @@ from nemolaunch.core.speed import Bandwidth, DevicePart, Sparsity, SpeedForecast
 #: ones and 1-4 MiB random ones from a few threads (well below its datasheet's deep-queue figures).
 ASSUMED_SEQUENTIAL_BYTES_PER_S = 3.0e9
 ASSUMED_RANDOM_BYTES_PER_S = 1.5e9
-#: Share of the measured random-read speed that page faults reach: a fault reads what the kernel's
-#: readahead asks for, not the whole slice in one request (see benchmarks/disk_backed.py).
+#: Share of the measured read speed that page faults reach (see benchmarks/disk_backed.py).
 FAULT_EFFICIENCY = 1.0
+#: Linux's default read-ahead (read_ahead_kb 128), for disks whose setting is not in the facts.
+DEFAULT_READ_AHEAD_BYTES = 128 * 1024
+#: Reads up to this size go at the random-read speed (measured with 1-4 MiB reads); larger ones stream.
+RANDOM_READ_MAX_BYTES = 4 * 1024**2
+#: Without the tensors at hand: one expert's slice of one matrix (the Ultra's are ~1-4 MiB).
+DEFAULT_SLICE_BYTES = 2 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -43,16 +51,31 @@ class DiskReads:
 
     sequential: Bandwidth
     random: Bandwidth
+    read_ahead_bytes: int = DEFAULT_READ_AHEAD_BYTES
 
 
 def disk_reads(facts: HardwareFacts) -> DiskReads:
     disk = facts.disk
+    read_ahead = disk.read_ahead_bytes if disk is not None and disk.read_ahead_bytes is not None else None
+    read_ahead = DEFAULT_READ_AHEAD_BYTES if read_ahead is None else read_ahead
     if disk is not None and disk.read_bytes_per_s and disk.random_read_bytes_per_s:
         measured = Bandwidth(disk.read_bytes_per_s, "measured"), Bandwidth(disk.random_read_bytes_per_s, "measured")
-        return DiskReads(*measured)
+        return DiskReads(*measured, read_ahead)
     return DiskReads(
-        Bandwidth(ASSUMED_SEQUENTIAL_BYTES_PER_S, "assumed"), Bandwidth(ASSUMED_RANDOM_BYTES_PER_S, "assumed")
+        Bandwidth(ASSUMED_SEQUENTIAL_BYTES_PER_S, "assumed"),
+        Bandwidth(ASSUMED_RANDOM_BYTES_PER_S, "assumed"),
+        read_ahead,
     )
+
+
+def expert_slice_bytes(weights_bytes: int, sparsity: Sparsity, architecture: ArchitectureFacts | None) -> int:
+    """One expert's slice of one of its matrices: the experts' bytes over layers × experts × matrices
+    (nemotron's latent experts have an up and a down matrix, most others a gate as well)."""
+    if architecture is None or architecture.expert_count <= 0:
+        return DEFAULT_SLICE_BYTES
+    moe_layers = architecture.layer_kinds.count("feed_forward") or architecture.n_layer
+    matrices = 2 if architecture.architecture.startswith("nemotron_h") else 3
+    return max(round(weights_bytes * sparsity.expert_share / (moe_layers * architecture.expert_count * matrices)), 1)
 
 
 @dataclass(frozen=True)
@@ -62,8 +85,15 @@ class DiskPaging:
     placement: Placement
     disk_bytes: int  # weights neither the GPUs nor the page cache hold
     memory_weight_bytes: int  # weights that memory holds (GPUs, then the page cache)
-    read_per_token: float  # bytes read from disk per generated token (uniform routing)
+    read_per_token: float  # bytes read from disk per generated token (uniform routing, read-ahead included)
     speed: SpeedForecast
+    slice_bytes: int = DEFAULT_SLICE_BYTES
+    read_ahead_bytes: int = DEFAULT_READ_AHEAD_BYTES
+
+    @property
+    def read_amplification(self) -> float:
+        """Bytes read per byte a token wanted: above 1 where the read-ahead window is larger than a slice."""
+        return max(self.read_ahead_bytes / self.slice_bytes, 1.0)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -71,6 +101,8 @@ class DiskPaging:
             "disk_bytes": self.disk_bytes,
             "memory_weight_bytes": self.memory_weight_bytes,
             "disk_read_bytes_per_token": round(self.read_per_token),
+            "expert_slice_bytes": self.slice_bytes,
+            "read_ahead_bytes": self.read_ahead_bytes,
         }
 
 
@@ -98,6 +130,7 @@ def page_from_disk(
     sparsity: Sparsity,
     bits_per_weight: float | None,
     layers: int,
+    slice_bytes: int = DEFAULT_SLICE_BYTES,
     batch: int = DEFAULT_UBATCH,
 ) -> DiskPaging | None:
     """The disk-backed run of a quant (see the module docstring); None when memory cannot hold what
@@ -124,8 +157,10 @@ def page_from_disk(
     )
     routed = routed_share(sparsity)
     reads = disk_reads(facts)
-    per_token = routed * disk_bytes
-    disk_part = DevicePart("disk", per_token, reads.random, FAULT_EFFICIENCY)
+    window = max(slice_bytes, reads.read_ahead_bytes)  # what one missed slice costs
+    per_token = routed * disk_bytes * window / slice_bytes
+    rate = reads.random if window <= RANDOM_READ_MAX_BYTES else reads.sequential
+    disk_part = DevicePart("disk", per_token, rate, FAULT_EFFICIENCY)
     generation = None
     if in_memory.generation_tps:
         generation = 1 / (1 / in_memory.generation_tps + disk_part.seconds)
@@ -135,4 +170,6 @@ def page_from_disk(
         batch_seconds = touched * disk_bytes / reads.sequential.bytes_per_s
         prompt = 1 / (1 / in_memory.prompt_tps + batch_seconds / batch)
     speed = replace(in_memory, generation_tps=generation, prompt_tps=prompt, parts=(*in_memory.parts, disk_part))
-    return DiskPaging(placement, round(disk_bytes), round(memory_for_weights), per_token, speed)
+    return DiskPaging(
+        placement, round(disk_bytes), round(memory_for_weights), per_token, speed, slice_bytes, reads.read_ahead_bytes
+    )

@@ -51,6 +51,9 @@ class DiskFacts(_Facts):
     # Absent (older files, or not measured): a disk-backed forecast assumes a typical NVMe SSD.
     read_bytes_per_s: float | None = Field(default=None, gt=0)
     random_read_bytes_per_s: float | None = Field(default=None, gt=0)
+    # The block device's read-ahead (Linux: /sys/block/DEV/queue/read_ahead_kb): a page fault in a mapped
+    # file reads this much around the faulting page, however little of it was wanted.
+    read_ahead_bytes: int | None = Field(default=None, ge=0)
 
 
 class GpuFacts(_Facts):
