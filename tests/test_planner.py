@@ -92,7 +92,7 @@ def test_nothing_fits_gives_the_shortfall_and_ways_out(name: str, budget: int, n
 def test_two_3090s_ways_out() -> None:
     ways = {way.kind: way for way in plan("rtx3090x2_128gb").ways_out}
     assert [way.kind for way in plan("rtx3090x2_128gb").ways_out] == [
-        "smallest_quant", "smaller_model", "smaller_model", "rpc"
+        "smallest_quant", "disk", "smaller_model", "smaller_model", "rpc"
     ]  # fmt: skip
     smallest = ways["smallest_quant"]
     assert (smallest.quant, smallest.needs_bytes) == ("UD-IQ1_S", 204_510_754_150)

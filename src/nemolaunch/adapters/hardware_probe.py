@@ -58,11 +58,16 @@ class VisibleDevices:
 
 
 def probe_hardware(
-    *, model_dir: Path | None = None, environ: Mapping[str, str] | None = None, measure_bandwidth: bool = False
+    *,
+    model_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    measure_bandwidth: bool = False,
+    measure_disk: bool = False,
 ) -> HardwareProbe:
     """Facts about this machine. ``model_dir`` is where models will be stored
     (default: the Hugging Face hub cache); ``measure_bandwidth`` reads RAM for a fraction of a
-    second to measure its bandwidth (for the speed forecast)."""
+    second to measure its bandwidth (for the speed forecast); ``measure_disk`` reads a scratch file
+    there for about a second (for a disk-backed forecast)."""
     environ = os.environ if environ is None else environ
     system = platform.system().lower()
     machine = platform.machine().lower()
@@ -87,7 +92,7 @@ def probe_hardware(
         arch=machine,
         cpu=cpu,
         memory=memory,
-        disk=probe_disk(model_dir if model_dir is not None else default_model_dir()),
+        disk=probe_disk(model_dir if model_dir is not None else default_model_dir(), measure=measure_disk),
         gpus=list(gpus),
     )
     return HardwareProbe(facts=facts, warnings=tuple(warnings), cuda_driver_version=driver_version)
@@ -355,8 +360,9 @@ def default_model_dir() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def probe_disk(path: Path) -> DiskFacts | None:
-    """Free space where ``path`` is or would be created: its first existing ancestor."""
+def probe_disk(path: Path, *, measure: bool = False) -> DiskFacts | None:
+    """Free space where ``path`` is or would be created: its first existing ancestor; with ``measure``,
+    its read speeds too (on a scratch file there, removed after)."""
     existing = existing_ancestor(path.expanduser())
     if existing is None:
         return None
@@ -365,7 +371,34 @@ def probe_disk(path: Path) -> DiskFacts | None:
     except OSError as exc:
         log.debug("cannot read free space at %s: %s", existing, exc)
         return None
-    return DiskFacts(path=str(path.expanduser()), free_bytes=int(usage.free))
+    speed = None
+    if measure:
+        from nemolaunch.adapters.disk_speed import measure_disk_read
+
+        speed = measure_disk_read(existing if existing.is_dir() else existing.parent)
+    return DiskFacts(
+        path=str(path.expanduser()),
+        free_bytes=int(usage.free),
+        read_bytes_per_s=speed.sequential_bytes_per_s if speed else None,
+        random_read_bytes_per_s=speed.random_bytes_per_s if speed else None,
+        read_ahead_bytes=read_ahead_bytes(existing) if measure else None,
+    )
+
+
+def read_ahead_bytes(path: Path) -> int | None:
+    """The read-ahead of the block device holding ``path`` (Linux sysfs; a partition's is its disk's)."""
+    try:
+        device = os.stat(path).st_dev
+        block = Path(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}").resolve()
+    except OSError:
+        return None
+    for folder in (block, block.parent):
+        setting = folder / "queue" / "read_ahead_kb"
+        try:
+            return int(setting.read_text().strip()) * 1024
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def existing_ancestor(path: Path) -> Path | None:

@@ -41,8 +41,9 @@ def doctor_command(
     from nemolaunch.core.speed import gpu_bandwidth, ram_bandwidth
     from nemolaunch.errors import NemolaunchError
 
-    # This machine's RAM bandwidth is measured (a fraction of a second): the speed forecast reads it.
-    facts, driver = hardware_facts_and_driver(hardware, measure_bandwidth=True)
+    # This machine's RAM bandwidth and disk read speed are measured (about a second in all): the speed
+    # forecast reads them.
+    facts, driver = hardware_facts_and_driver(hardware, measure_bandwidth=True, measure_disk=True)
     if json_output:
         print(facts.to_json())
         return
@@ -65,6 +66,7 @@ def doctor_command(
     table.add_row("memory bandwidth", f"{_rate(ram.bytes_per_s)} ({how})")
     if facts.disk is not None:
         table.add_row("disk", f"{human_bytes(facts.disk.free_bytes)} free at {facts.disk.path}")
+        table.add_row("disk reads", _disk_reads(facts.disk.read_bytes_per_s, facts.disk.random_read_bytes_per_s))
     if not facts.gpus:
         table.add_row("gpu", "none (CPU only)")
     for gpu in facts.gpus:
@@ -97,7 +99,15 @@ def doctor_command(
     console.print(table)
 
 
+def _disk_reads(sequential: float | None, spread: float | None) -> str:
+    if not sequential or not spread:
+        return "not measured (a disk-backed forecast assumes a typical NVMe SSD)"
+    return f"{_rate(sequential)} sequential, {_rate(spread)} in random 1-4 MiB reads (past the page cache)"
+
+
 def _rate(bytes_per_s: float | None) -> str:
     if not bytes_per_s:
         return "unknown"
-    return f"{bytes_per_s / 1e12:.2f} TB/s" if bytes_per_s >= 1e12 else f"{bytes_per_s / 1e9:.0f} GB/s"
+    if bytes_per_s >= 1e12:
+        return f"{bytes_per_s / 1e12:.2f} TB/s"
+    return f"{bytes_per_s / 1e9:.0f} GB/s" if bytes_per_s >= 10e9 else f"{bytes_per_s / 1e9:.2f} GB/s"

@@ -12,7 +12,15 @@ import typer
 from nemolaunch.cli.cluster import RpcOption, read_endpoints, workers_for_plan
 from nemolaunch.cli.context_options import CacheTypeOption, CtxOption, read_context
 from nemolaunch.cli.output import err_console, note, print_json, real_console, warn
-from nemolaunch.cli.plan import HardwareOption, MinSpeedOption, PreferOption, QuantOption, check_preference
+from nemolaunch.cli.plan import (
+    AllowDiskOption,
+    HardwareOption,
+    MinSpeedOption,
+    PreferOption,
+    QuantOption,
+    check_preference,
+    flag,
+)
 from nemolaunch.core.download_plan import human_bytes
 from nemolaunch.core.launch import DEFAULT_PARALLEL
 
@@ -39,6 +47,7 @@ def download_command(
     quant: QuantOption = None,
     prefer: PreferOption = None,
     min_speed: MinSpeedOption = None,
+    allow_disk: AllowDiskOption = False,
     local_dir: LocalDirOption = None,
     hardware: HardwareOption = None,
     rpc: RpcOption = None,
@@ -66,7 +75,9 @@ def download_command(
     from nemolaunch.cli.settings import llama_cpp_dir, load_settings
     from nemolaunch.errors import BadOption
 
-    settings = load_settings(model=model, quant=quant, prefer=prefer, ctx_size=ctx_size, cache_type=cache_type)
+    settings = load_settings(
+        model=model, quant=quant, prefer=prefer, ctx_size=ctx_size, cache_type=cache_type, allow_disk=flag(allow_disk)
+    )
     s = settings.values
     model, quant = s.model, s.quant
     if not 1 <= connections <= 64:  # past 64 a CDN sees a flood, not a download
@@ -93,6 +104,7 @@ def download_command(
         workers=workers_for_plan(endpoints, llama_cpp=llama_cpp_dir(settings)),
         prefer=preference,
         min_speed=min_speed,
+        allow_disk=s.allow_disk,
     )
     require_launchable(planned, action="download")
     result = download_planned(

@@ -74,8 +74,33 @@ def model_request(
     return ModelRequest(
         model=s.model, quant=s.quant, force=force, hardware=hardware, context=read_context(s.ctx_size, s.cache_type),
         no_download=no_download, dry_run=dry_run, parallel=s.parallel or DEFAULT_PARALLEL,
-        prefer=check_preference(s.prefer, min_speed), min_speed=min_speed,
+        prefer=check_preference(s.prefer, min_speed), min_speed=min_speed, allow_disk=s.allow_disk,
     )  # fmt: skip
+
+
+#: What a disk-backed launch cannot take after `--`: each keeps the whole model in the process's memory
+#: (locked, read in whole, or repacked), which is what a model larger than memory cannot have. Older
+#: builds spell it --mlock / --no-mmap; this one --load-mode (-lm) MODE.
+DISK_BACKED_REFUSED = {"--mlock": None, "--no-mmap": None, "--repack": None, "-lm": "mmap", "--load-mode": "mmap"}
+DISK_BACKED_LOAD_MODES = ("auto", "mmap")
+
+
+def check_disk_backed_passthrough(passthrough: tuple[str, ...]) -> None:
+    """A launch with experts paged from disk keeps the weights as pages of the mapped file."""
+    for index, word in enumerate(passthrough):
+        option, _, value = word.partition("=")
+        if option not in DISK_BACKED_REFUSED:
+            continue
+        if DISK_BACKED_REFUSED[option] is not None:
+            mode = value or (passthrough[index + 1] if index + 1 < len(passthrough) else "")
+            if mode in DISK_BACKED_LOAD_MODES:
+                continue
+            option = f"{option} {mode}".strip()
+        raise BadOption(
+            option=option,
+            value="after -- with experts paged from disk",
+            hint="a model larger than memory runs only mapped from its file: leave it out (or drop --allow-disk)",
+        )
 
 
 def check_json(*, json_output: bool, dry_run: bool) -> None:

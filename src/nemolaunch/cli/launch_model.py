@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from nemolaunch.cli.output import note, warn
 from nemolaunch.core.download_plan import human_bytes
@@ -19,7 +19,11 @@ if TYPE_CHECKING:
     # A type only: reading GGUF files waits until a model is really inspected (`--help` stays fast).
     from nemolaunch.adapters.gguf_files import ModelFile
     from nemolaunch.cli.context_options import ContextRequest
+    from nemolaunch.core.budget import MemoryBudget
     from nemolaunch.core.cluster import Worker
+    from nemolaunch.core.disk_paging import DiskPaging
+    from nemolaunch.core.forecast import ArchitectureFacts, Forecast
+    from nemolaunch.core.hardware import HardwareFacts
     from nemolaunch.core.planner import Preference
 
 
@@ -42,6 +46,7 @@ class ModelRequest:
     workers: tuple[Worker, ...] = ()  # live RPC workers whose memory counts too
     prefer: Preference = "quality"  # how a Hub model's quant is chosen
     min_speed: float | None = None
+    allow_disk: bool = False  # a model larger than memory may run with experts paged from disk
 
     def check_local(self) -> ResolvedModel | None:
         """The cheap checks, made before the binary is looked up: the user's own mistake is heard first.
@@ -61,7 +66,7 @@ class ModelRequest:
         resolved = early or self._resolve()
         context = context_size(self.context.ctx_size, resolved)
         if resolved.user_file is not None:
-            context, forecast_bytes = check_local_fit(
+            fit = check_local_fit(
                 resolved.user_file,
                 ctx_size=context,
                 hardware=self.hardware,
@@ -70,8 +75,9 @@ class ModelRequest:
                 workers=self.workers,
                 longest=self.context.longest,
                 cache_type=self.context.cache_type,
+                allow_disk=self.allow_disk,
             )
-            resolved = replace(resolved, forecast_bytes=forecast_bytes)
+            resolved = replace(resolved, forecast_bytes=fit.forecast_bytes, disk_backed=fit.disk_backed)
         return resolved, context
 
     def _resolve(self) -> ResolvedModel:
@@ -87,6 +93,7 @@ class ModelRequest:
             workers=self.workers,
             prefer=self.prefer,
             min_speed=self.min_speed,
+            allow_disk=self.allow_disk,
         )
 
 
@@ -109,6 +116,7 @@ class ResolvedModel:
     quant: str | None = None
     placement: str | None = None
     forecast_bytes: int | None = None
+    disk_backed: bool = False  # runs with experts paged from disk (--allow-disk)
 
 
 def resolve_model(
@@ -124,6 +132,7 @@ def resolve_model(
     workers: tuple[Worker, ...] = (),
     prefer: Preference = "quality",
     min_speed: float | None = None,
+    allow_disk: bool = False,
 ) -> ResolvedModel:
     """A local file as given; a Hub model planned for this machine, downloaded unless --no-download.
 
@@ -159,6 +168,7 @@ def resolve_model(
         workers=workers,
         prefer=prefer,
         min_speed=min_speed,
+        allow_disk=allow_disk,
     )
     require_launchable(planned, action="launch")
     chosen = planned.plan.quant
@@ -177,7 +187,14 @@ def resolve_model(
         raise ModelNotDownloaded(reference=reference)
     elif dry_run:
         note(f"{reference} is not downloaded yet: without --dry-run it is fetched first")
-        return ResolvedModel(Path(chosen.files[0]), alias, max_ctx=None, default_ctx=planned.plan.ctx_size, **recorded)
+        return ResolvedModel(
+            Path(chosen.files[0]),
+            alias,
+            max_ctx=None,
+            default_ctx=planned.plan.ctx_size,
+            disk_backed=planned.plan.paged,
+            **recorded,
+        )
     else:
         from nemolaunch.cli.download import download_planned
 
@@ -186,7 +203,9 @@ def resolve_model(
         )
         first = result.files[chosen.files[0]]
     resolved = _local(inspect_model(first))
-    return ResolvedModel(resolved.path, alias, resolved.max_ctx, resolved.default_ctx, **recorded)
+    return ResolvedModel(
+        resolved.path, alias, resolved.max_ctx, resolved.default_ctx, disk_backed=planned.plan.paged, **recorded
+    )
 
 
 def _local(model_file: ModelFile) -> ResolvedModel:
@@ -203,6 +222,14 @@ def _local(model_file: ModelFile) -> ResolvedModel:
     )
 
 
+class LocalFit(NamedTuple):
+    """What the memory check of a local file settles for its launch."""
+
+    ctx_size: int
+    forecast_bytes: int
+    disk_backed: bool  # larger than memory: its experts are paged from disk (--allow-disk)
+
+
 def check_local_fit(
     model_file: ModelFile,
     *,
@@ -213,11 +240,13 @@ def check_local_fit(
     workers: tuple[Worker, ...] = (),
     longest: bool = False,
     cache_type: str = "f16",
-) -> tuple[int, int]:
-    """A local file gets the same memory check as a planned quant; --force launches it anyway.
+    allow_disk: bool = False,
+) -> LocalFit:
+    """A local file gets the same memory check as a planned quant; --force launches it anyway, and
+    with ``allow_disk`` one larger than memory runs with its experts paged from disk.
 
-    Returns the context to launch with (``ctx_size``, or with ``longest`` the longest that fits) and
-    the memory forecast at that context.
+    Returns the context to launch with (``ctx_size``, or with ``longest`` the longest that fits), the
+    memory forecast at that context, and whether the launch is disk-backed.
     """
     from nemolaunch.adapters.gguf_header import read_architecture
     from nemolaunch.cli.planning import machine
@@ -225,7 +254,8 @@ def check_local_fit(
     from nemolaunch.core.forecast import forecast_memory
     from nemolaunch.errors import NemolaunchError, QuantDoesNotFit
 
-    budget = memory_budget(*machine(hardware, workers))
+    facts, workers = machine(hardware, workers, measure_disk=allow_disk, measure_bandwidth=allow_disk)
+    budget = memory_budget(facts, workers)
     try:
         architecture = read_architecture(model_file.path)
     except NemolaunchError:
@@ -250,15 +280,46 @@ def check_local_fit(
         cache_type=cache_type,
     )
     if forecast.total <= budget.total_bytes:
-        return ctx_size, forecast.total
+        return LocalFit(ctx_size, forecast.total, disk_backed=False)
+    if allow_disk:
+        paging = _disk_paging(model_file, forecast, budget, facts, architecture)
+        if paging is not None:
+            rate = paging.speed.generation_tps
+            note(
+                f"{model_file.path.name} does not fit in memory: {human_bytes(paging.disk_bytes)} of its experts are "
+                f"paged from disk ({paging.placement}, ~{rate or 0:.1f} tokens/s forecast, approximate)"
+            )
+            return LocalFit(ctx_size, forecast.total, disk_backed=True)
     shortfall = human_bytes(forecast.total - budget.total_bytes)
     where = f"{human_bytes(budget.total_bytes)} {budget.kind} budget"
     if force:
         warn(f"{model_file.path.name} needs {shortfall} more than this machine's {where}; launching anyway (--force)")
-        return ctx_size, forecast.total
+        return LocalFit(ctx_size, forecast.total, disk_backed=False)
     raise QuantDoesNotFit(
         reference=str(model_file.path), shortfall=shortfall, budget=where, hint="pass --force to launch it anyway"
     )
+
+
+def _disk_paging(
+    model_file: ModelFile,
+    forecast: Forecast,
+    budget: MemoryBudget,
+    facts: HardwareFacts,
+    architecture: ArchitectureFacts | None,
+) -> DiskPaging | None:
+    """How a local file larger than memory would run with its experts paged from disk (None: it cannot)."""
+    from nemolaunch.adapters.gguf_header import read_weight_facts
+    from nemolaunch.core.disk_paging import expert_slice_bytes, page_from_disk
+    from nemolaunch.core.speed import Sparsity
+
+    weights = read_weight_facts(model_file.shards)
+    expert_share = weights.expert_bytes / weights.weights_bytes if weights.weights_bytes else 0.0
+    sparsity = Sparsity(weights.active_share, expert_share, "tensors")
+    return page_from_disk(
+        weights_bytes=model_file.size_bytes, forecast=forecast, budget=budget, facts=facts, sparsity=sparsity,
+        bits_per_weight=weights.bits_per_weight, layers=architecture.n_layer if architecture else 0,
+        slice_bytes=expert_slice_bytes(model_file.size_bytes, sparsity, architecture),
+    )  # fmt: skip
 
 
 def context_size(requested: int | None, resolved: ResolvedModel | None) -> int:

@@ -37,6 +37,14 @@ MinSpeedOption = Annotated[
     float | None,
     typer.Option("--min-speed", help="The best quality whose forecast reaches this many generated tokens/s."),
 ]
+AllowDiskOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-disk",
+        help="When nothing fits in memory, run the smallest recommended quant with the experts that do not fit "
+        "paged from disk (slow: see the forecast) [or allow_disk in config.toml, NEMOLAUNCH_ALLOW_DISK].",
+    ),
+]
 ParallelOption = Annotated[
     int | None,
     typer.Option(
@@ -61,6 +69,7 @@ def plan_command(
     rpc: RpcOption = None,
     prefer: PreferOption = None,
     min_speed: MinSpeedOption = None,
+    allow_disk: AllowDiskOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the plan as one JSON object on stdout.")] = False,
 ) -> None:
     """Show every quant of the model against this machine's memory, the one to run, and the command."""
@@ -77,7 +86,13 @@ def plan_command(
     from nemolaunch.errors import BadOption
 
     settings = load_settings(
-        model=model, ctx_size=ctx_size, cache_type=cache_type, quant=quant, parallel=parallel, prefer=prefer
+        model=model,
+        ctx_size=ctx_size,
+        cache_type=cache_type,
+        quant=quant,
+        parallel=parallel,
+        prefer=prefer,
+        allow_disk=flag(allow_disk),
     )
     s, llama_cpp = settings.values, llama_cpp_dir(settings)
     quant, parallel = s.quant, s.parallel or DEFAULT_PARALLEL
@@ -91,13 +106,14 @@ def plan_command(
         planned = plan_local_file(
             spec.local, ctx_size=context.ctx_size, parallel=parallel, hardware_file=hardware, workers=workers,
             prefer=preference, min_speed=min_speed, longest=context.longest, cache_type=context.cache_type,
+            allow_disk=s.allow_disk,
         )  # fmt: skip
     else:
         assert spec.reference is not None
         planned = plan_model(
             spec.reference, quant=quant, ctx_size=context.ctx_size, force=force, parallel=parallel,
             hardware_file=hardware, workers=workers, prefer=preference, min_speed=min_speed, measure_bandwidth=True,
-            longest=context.longest, cache_type=context.cache_type,
+            longest=context.longest, cache_type=context.cache_type, allow_disk=s.allow_disk,
         )  # fmt: skip
     plan = planned.plan
     argv = None
@@ -139,9 +155,15 @@ def planned_server_argv(planned: PlannedModel, *, parallel: int, binary: str) ->
         alias=alias,
         cluster=launch_cluster(plan.budget.workers),
         cache_type=plan.cache_type,
+        disk_backed=plan.paged,
         extra_args=extra,
     )
     return server_argv(launch)
+
+
+def flag(value: bool) -> bool | None:
+    """A Typer on/off flag as a setting: given (True), or not given (None: the environment or file decide)."""
+    return True if value else None
 
 
 def check_preference(prefer: str | None, min_speed: float | None) -> Preference:

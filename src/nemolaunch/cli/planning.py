@@ -79,6 +79,7 @@ def plan_model(
     measure_bandwidth: bool = False,
     longest: bool = False,
     cache_type: str = "f16",
+    allow_disk: bool = False,
 ) -> PlannedModel:
     """Plan ``reference`` for this machine (or the one in ``hardware_file``) with its RPC ``workers``
     (live ones, or those a cluster file records), warning as it goes."""
@@ -98,8 +99,12 @@ def plan_model(
         raise ContextSizeNotPositive(ctx_size=ctx_size)  # before any listing or probing
     # The speed forecast wants this machine's RAM bandwidth: measured (a fraction of a second) for plan,
     # and for a launch that chooses by speed.
+    # With --allow-disk the disk's read speed decides how fast a paged quant runs: measured too (about a second).
     facts, workers = machine(
-        hardware_file, workers, measure_bandwidth=measure_bandwidth or prefer == "speed" or bool(min_speed)
+        hardware_file,
+        workers,
+        measure_bandwidth=measure_bandwidth or prefer == "speed" or bool(min_speed) or allow_disk,
+        measure_disk=allow_disk,
     )
     lookup = load_catalog(reference.repo)
     for message in lookup.warnings:
@@ -116,6 +121,7 @@ def plan_model(
         sparsity=sparsity,
         max_context=longest,
         cache_type=cache_type,
+        allow_disk=allow_disk,
     )
     try:
         plan = plan_launch(facts, catalog, request, architecture, workers)
@@ -141,6 +147,7 @@ def plan_local_file(
     min_speed: float | None = None,
     longest: bool = False,
     cache_type: str = "f16",
+    allow_disk: bool = False,
 ) -> PlannedModel:
     """A model already on disk, planned like a Hub quant: the memory check and the speed forecast."""
     from nemolaunch.adapters.gguf_files import inspect_model
@@ -174,8 +181,9 @@ def plan_local_file(
         sparsity=Sparsity(weights.active_share, expert_share, "tensors"),
         max_context=longest,
         cache_type=cache_type,
+        allow_disk=allow_disk,
     )
-    facts, workers = machine(hardware_file, workers, measure_bandwidth=True)
+    facts, workers = machine(hardware_file, workers, measure_bandwidth=True, measure_disk=allow_disk)
     plan = plan_launch(facts, catalog, request, architecture, workers)
     return PlannedModel(plan=plan, catalog=catalog, facts=facts, local_files=model_file.shards)
 
@@ -214,17 +222,24 @@ def nothing_fits(plan: Plan, *, action: str) -> NemolaunchError:
     )
 
 
-def hardware_facts(hardware_file: Path | None, *, measure_bandwidth: bool = False) -> HardwareFacts:
+def hardware_facts(
+    hardware_file: Path | None, *, measure_bandwidth: bool = False, measure_disk: bool = False
+) -> HardwareFacts:
     """The machine to plan for: the one in ``hardware_file``, else this one (probe warnings are shown)."""
-    return hardware_facts_and_driver(hardware_file, measure_bandwidth=measure_bandwidth)[0]
+    return hardware_facts_and_driver(hardware_file, measure_bandwidth=measure_bandwidth, measure_disk=measure_disk)[0]
 
 
 def machine(
-    hardware_file: Path | None, live_workers: tuple[Worker, ...] = (), *, measure_bandwidth: bool = False
+    hardware_file: Path | None,
+    live_workers: tuple[Worker, ...] = (),
+    *,
+    measure_bandwidth: bool = False,
+    measure_disk: bool = False,
 ) -> tuple[HardwareFacts, tuple[Worker, ...]]:
     """The machine to plan for and its RPC workers: live ones (``--rpc``), or those a cluster file records."""
     if hardware_file is None:
-        return hardware_facts(None, measure_bandwidth=measure_bandwidth), live_workers
+        facts = hardware_facts(None, measure_bandwidth=measure_bandwidth, measure_disk=measure_disk)
+        return facts, live_workers
     from nemolaunch.adapters.hardware_file import load_machine
 
     facts, recorded = load_machine(hardware_file)
@@ -238,7 +253,7 @@ def machine(
 
 
 def hardware_facts_and_driver(
-    hardware_file: Path | None, *, measure_bandwidth: bool = False
+    hardware_file: Path | None, *, measure_bandwidth: bool = False, measure_disk: bool = False
 ) -> tuple[HardwareFacts, str | None]:
     """As ``hardware_facts``, with this machine's NVIDIA driver version when it was probed."""
     if hardware_file is not None:
@@ -247,7 +262,7 @@ def hardware_facts_and_driver(
         return load_hardware_facts(hardware_file.expanduser()), None
     from nemolaunch.adapters.hardware_probe import probe_hardware
 
-    probe = probe_hardware(measure_bandwidth=measure_bandwidth)
+    probe = probe_hardware(measure_bandwidth=measure_bandwidth, measure_disk=measure_disk)
     for message in probe.warnings:
         warn(message)
     return probe.facts, probe.cuda_driver_version
@@ -310,6 +325,9 @@ def render_plan_table(plan: Plan) -> None:
     table.add_column("tok/s", justify="right", no_wrap=True)
     table.add_column("max ctx", justify="right", no_wrap=True)
     table.add_column(f"of {_gb(budget)}", no_wrap=True)
+    paging = any(item.paged for item in plan.assessments)
+    if paging:
+        table.add_column("on disk", justify="right", no_wrap=True)
     chosen = plan.quant.name if plan.quant else None
     for item in plan.assessments:
         share = item.forecast.total / budget if budget else float("inf")
@@ -318,17 +336,21 @@ def render_plan_table(plan: Plan) -> None:
         colour = "green" if item.fits else "red"
         marker = "➜" if item.quant.name == chosen else ("↓" if item.quant.below_quality_floor else "")
         bits = f"{item.quant.bits_per_weight:.2f}" if item.quant.bits_per_weight else "?"
-        table.add_row(
+        fits = Text("disk" if item.paged else "yes", style="yellow" if item.paged else "green") if item.fits else None
+        row = [
             marker,
             item.quant.name,
             bits,
             _gb(item.quant.size_bytes),
             _gb(item.forecast.total),
-            Text("yes" if item.fits else "no", style=colour),
+            fits or Text("no", style=colour),
             _speed_cell(item),
             _ctx_cell(item.max_ctx),
             Text(f"{share:>5.0%} {'█' * filled}{'·' * (width - filled)}", style=colour),
-        )
+        ]
+        if paging:
+            row.append(_gb(item.disk.disk_bytes) if item.paged and item.disk else "")
+        table.add_row(*row)
     err_console.print(table)
 
 

@@ -25,6 +25,7 @@ from nemolaunch.cli.launch_command import (
     NoDownloadOption,
     TempOption,
     TopPOption,
+    check_disk_backed_passthrough,
     check_json,
     check_passthrough,
     exec_launch,
@@ -33,7 +34,15 @@ from nemolaunch.cli.launch_command import (
 )
 from nemolaunch.cli.llama_binary import find_llama_binary, warn_if_gpus_go_unused
 from nemolaunch.cli.output import print_command, print_json
-from nemolaunch.cli.plan import ForceOption, HardwareOption, MinSpeedOption, PreferOption, QuantOption
+from nemolaunch.cli.plan import (
+    AllowDiskOption,
+    ForceOption,
+    HardwareOption,
+    MinSpeedOption,
+    PreferOption,
+    QuantOption,
+    flag,
+)
 from nemolaunch.cli.settings import llama_cpp_dir, load_settings
 from nemolaunch.core.launch import DEFAULT_PARALLEL, CliLaunch, Sampling, cli_argv
 from nemolaunch.errors import BadOption
@@ -58,6 +67,7 @@ def run_command(
     quant: QuantOption = None,
     prefer: PreferOption = None,
     min_speed: MinSpeedOption = None,
+    allow_disk: AllowDiskOption = False,
     force: ForceOption = False,
     hardware: HardwareOption = None,
     no_download: NoDownloadOption = False,
@@ -73,7 +83,7 @@ def run_command(
     endpoints = read_endpoints(rpc)
     settings = load_settings(
         model=model, ctx_size=ctx_size, cache_type=cache_type, temp=temp, top_p=top_p, min_p=min_p, quant=quant,
-        prefer=prefer, llama_cpp=llama_cpp,
+        prefer=prefer, llama_cpp=llama_cpp, allow_disk=flag(allow_disk),
     )  # fmt: skip
     s = settings.values
     request = model_request(settings, force=force, hardware=hardware, no_download=no_download, dry_run=dry_run,
@@ -87,9 +97,12 @@ def run_command(
         warn_if_gpus_go_unused(binary, passthrough)
     workers = workers_for_launch(rpc, endpoints, server=binary.path, hardware=hardware)
     resolved, context = replace(request, workers=workers).resolve(early)
+    if resolved.disk_backed:
+        check_disk_backed_passthrough(passthrough)
     launch = CliLaunch(
         binary=str(binary.path), model=resolved.path, ctx_size=context, sampling=Sampling(s.temp, s.top_p, s.min_p),
         prompt=prompt, n_predict=n_predict, cluster=launch_cluster(workers), cache_type=s.cache_type,
+        disk_backed=resolved.disk_backed,
         extra_args=passthrough,
     )  # fmt: skip
     argv = cli_argv(launch)

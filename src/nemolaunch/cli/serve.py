@@ -30,6 +30,7 @@ from nemolaunch.cli.launch_command import (
     NoDownloadOption,
     TempOption,
     TopPOption,
+    check_disk_backed_passthrough,
     check_json,
     check_passthrough,
     check_port_for_launch,
@@ -41,11 +42,13 @@ from nemolaunch.cli.llama_binary import find_llama_binary, warn_if_gpus_go_unuse
 from nemolaunch.cli.log_file import server_log_file
 from nemolaunch.cli.output import err_console, note, print_command, print_json, styled, warn
 from nemolaunch.cli.plan import (
+    AllowDiskOption,
     ForceOption,
     HardwareOption,
     MinSpeedOption,
     PreferOption,
     QuantOption,
+    flag,
 )
 from nemolaunch.cli.settings import llama_cpp_dir, load_settings
 from nemolaunch.core.launch import (
@@ -105,6 +108,7 @@ def serve_command(
     quant: QuantOption = None,
     prefer: PreferOption = None,
     min_speed: MinSpeedOption = None,
+    allow_disk: AllowDiskOption = False,
     force: ForceOption = False,
     hardware: HardwareOption = None,
     no_download: NoDownloadOption = False,
@@ -126,6 +130,7 @@ def serve_command(
         model=model, port=port, host=host, ctx_size=ctx_size, cache_type=cache_type, temp=temp, top_p=top_p,
         min_p=min_p, api_key_file=api_key_file, parallel=parallel, quant=quant, prefer=prefer, llama_cpp=llama_cpp,
         log_dir=log_dir,
+        allow_disk=flag(allow_disk),
     )  # fmt: skip
     s = settings.values
     _check_host(s.host)  # before any warning: a host that does not resolve is the one thing to hear
@@ -141,6 +146,8 @@ def serve_command(
         warn_if_gpus_go_unused(binary, passthrough)
     workers = workers_for_launch(rpc, endpoints, server=binary.path, hardware=hardware)
     resolved, context = replace(request, workers=workers).resolve(early)
+    if resolved.disk_backed:
+        check_disk_backed_passthrough(passthrough)
     if not is_loopback(s.host) and not key.present:
         # After the checks that can refuse: a warning is worth reading only about a server that will start.
         warn(
@@ -150,7 +157,8 @@ def serve_command(
     launch = ServerLaunch(
         binary=str(binary.path), model=resolved.path, ctx_size=context, alias=alias or resolved.alias, host=s.host,
         port=s.port, sampling=Sampling(s.temp, s.top_p, s.min_p), api_key_file=key.file, parallel=s.parallel,
-        cluster=launch_cluster(workers), cache_type=s.cache_type, sessions=_sessions_folder(sessions, dry_run=dry_run),
+        cluster=launch_cluster(workers), cache_type=s.cache_type,
+        disk_backed=resolved.disk_backed, sessions=_sessions_folder(sessions, dry_run=dry_run),
         log_file=server_log_file(log_file, settings, port=s.port, dry_run=dry_run), extra_args=passthrough,
     )  # fmt: skip
     argv = server_argv(launch)

@@ -6,12 +6,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from nemolaunch.core.budget import MemoryBudget, Placement
+from nemolaunch.core.budget import DISK_PLACEMENTS, MemoryBudget, Placement
 from nemolaunch.core.catalog import (
     QUALITY_FLOOR_BPW,
     Quant,
 )
 from nemolaunch.core.cluster import HostShare, Worker, spread
+from nemolaunch.core.disk_paging import DiskPaging, expert_slice_bytes, page_from_disk
 from nemolaunch.core.forecast import (
     DEFAULT_CTX_SIZE,
     RPC_SERVER_RUNTIME_BYTES,
@@ -54,6 +55,7 @@ class PlanRequest:
     min_speed: float | None = None  # generation tokens/s the choice must reach
     sparsity: Sparsity | None = None  # read from a local GGUF's tensors; else from the name or experts
     max_context: bool = False  # --ctx-size max: the longest context that fits beside the chosen quant
+    allow_disk: bool = False  # --allow-disk: a quant larger than memory may run with experts paged from disk
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,13 @@ class QuantAssessment:
     placement: Placement
     speed: SpeedForecast | None = None
     max_ctx: int | None = None  # the longest context that fits beside it; None: not even the shortest
+    # Too large for memory, but it would run with experts paged from disk: how (whether allowed or not).
+    disk: DiskPaging | None = None
+
+    @property
+    def paged(self) -> bool:
+        """Placed with experts paged from disk (only with --allow-disk)."""
+        return self.placement in DISK_PLACEMENTS
 
     @property
     def tokens_per_s(self) -> float:
@@ -87,7 +96,17 @@ def assess(
     layers = architecture.n_layer if architecture else 0
     speed = _speed(quant, forecast, placement, budget, facts, sparsity, layers) if facts and sparsity else None
     longest = max_context(quant, budget, architecture, request)
-    return QuantAssessment(quant, forecast, total <= budget.total_bytes, placement, speed, longest)
+    fits = total <= budget.total_bytes
+    disk = None
+    if not fits and facts is not None and sparsity is not None:
+        disk = page_from_disk(
+            weights_bytes=quant.size_bytes, forecast=forecast, budget=budget, facts=facts, sparsity=sparsity,
+            bits_per_weight=quant.bits_per_weight, layers=layers,
+            slice_bytes=expert_slice_bytes(quant.size_bytes, sparsity, architecture),
+        )  # fmt: skip
+    if disk is not None and request.allow_disk:
+        return QuantAssessment(quant, forecast, True, disk.placement, disk.speed, longest, disk)
+    return QuantAssessment(quant, forecast, fits, placement, speed, longest, disk)
 
 
 def quant_forecast(

@@ -10,7 +10,9 @@ if TYPE_CHECKING:
     from nemolaunch.core.cluster import Worker
     from nemolaunch.core.hardware import HardwareFacts
 
-Placement = Literal["gpu", "gpu+cpu-experts", "cpu", "metal", "cluster"]
+Placement = Literal["gpu", "gpu+cpu-experts", "cpu", "metal", "cluster", "gpu+ram+disk", "ram+disk", "metal+disk"]
+#: Placements where the experts that fit nowhere in memory are paged from disk (``--allow-disk``).
+DISK_PLACEMENTS: tuple[Placement, ...] = ("gpu+ram+disk", "ram+disk", "metal+disk")
 
 BudgetKind = Literal["cuda", "metal", "cpu"]
 

@@ -46,6 +46,14 @@ class MemoryFacts(_Facts):
 class DiskFacts(_Facts):
     path: str  # where models are stored (the HF hub cache unless told otherwise)
     free_bytes: int = Field(ge=0)
+    # Read speeds past the page cache, as `nemolaunch doctor` measures them on a scratch file there:
+    # large sequential reads, and random reads of 1-4 MiB (the size of one expert's slice of a tensor).
+    # Absent (older files, or not measured): a disk-backed forecast assumes a typical NVMe SSD.
+    read_bytes_per_s: float | None = Field(default=None, gt=0)
+    random_read_bytes_per_s: float | None = Field(default=None, gt=0)
+    # The block device's read-ahead (Linux: /sys/block/DEV/queue/read_ahead_kb): a page fault in a mapped
+    # file reads this much around the faulting page, however little of it was wanted.
+    read_ahead_bytes: int | None = Field(default=None, ge=0)
 
 
 class GpuFacts(_Facts):

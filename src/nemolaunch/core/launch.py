@@ -59,6 +59,7 @@ class ServerLaunch:
     cache_type: str = "f16"  # KV cache precision, keys and values alike
     sessions: Path | None = None  # where llama-server saves and restores slots
     log_file: Path | None = None  # llama-server writes its log there as well as to the terminal
+    disk_backed: bool = False  # experts paged from disk: the weights must stay pages of the mapped file
     extra_args: tuple[str, ...] = ()
 
 
@@ -89,6 +90,7 @@ class CliLaunch:
     n_predict: int | None = None
     cluster: Cluster | None = None
     cache_type: str = "f16"
+    disk_backed: bool = False
     extra_args: tuple[str, ...] = ()
 
 
@@ -116,8 +118,18 @@ def server_argv(launch: ServerLaunch) -> list[str]:
         argv += ["--log-file", str(launch.log_file)]
     # /metrics: what `nemolaunch ps` reads the server's generation speed from (read-only counters).
     argv.append("--metrics")
+    argv += _disk_backed_argv(launch.disk_backed)
     argv += list(launch.extra_args)
     return argv
+
+
+#: Weight repacking copies the CPU's weights into the process's own memory, where they can no longer be
+#: dropped and read again from the file: a model larger than memory would run out of it instead.
+DISK_BACKED_ARGS = ("--no-repack",)
+
+
+def _disk_backed_argv(disk_backed: bool) -> list[str]:
+    return list(DISK_BACKED_ARGS) if disk_backed else []
 
 
 def _cache_type_argv(cache_type: str) -> list[str]:
@@ -141,6 +153,7 @@ def cli_argv(launch: CliLaunch) -> list[str]:
     if launch.cluster is not None:
         argv += launch.cluster.argv()
     argv += _cache_type_argv(launch.cache_type)
+    argv += _disk_backed_argv(launch.disk_backed)
     argv += list(launch.extra_args)
     return argv
 

@@ -6,11 +6,14 @@ from nemolaunch.core.assessment import QUALITY_CEILING_BPW, QuantAssessment, gb
 from nemolaunch.core.budget import MemoryBudget
 from nemolaunch.core.catalog import Catalog
 from nemolaunch.core.cluster import HostShare
+from nemolaunch.core.disk_paging import disk_reads
 from nemolaunch.core.hardware import HardwareFacts
 from nemolaunch.core.speed import GPU_EFFICIENCY, RPC_TOKEN_OVERHEAD_S, Sparsity, gpu_bandwidth, ram_bandwidth
 
 
-def speed_assumptions(facts: HardwareFacts, budget: MemoryBudget, sparsity: Sparsity) -> tuple[str, ...]:
+def speed_assumptions(
+    facts: HardwareFacts, budget: MemoryBudget, sparsity: Sparsity, *, disk: bool = False
+) -> tuple[str, ...]:
     """What the speed forecast assumed, in words: every figure it rests on, and where it came from."""
     words = [
         f"each token reads {sparsity.active_share:.1%} of the weights (from the {sparsity.source}); routed "
@@ -28,8 +31,25 @@ def speed_assumptions(facts: HardwareFacts, budget: MemoryBudget, sparsity: Spar
             f"each RPC worker adds {RPC_TOKEN_OVERHEAD_S * 1e3:.1f} ms per token (loopback; a LAN adds its "
             "round trip); a worker whose bandwidth is unknown is taken as fast as this machine's RAM"
         )
+    if disk:
+        words.append(disk_assumption(facts))
     words.append("prompt speed is rough: 2 FLOPs per active parameter at a share of the chips' peak")
     return tuple(words)
+
+
+def disk_assumption(facts: HardwareFacts) -> str:
+    reads = disk_reads(facts)
+    source = (
+        "measured"
+        if reads.random.source == "measured"
+        else "assumed, a typical NVMe SSD: `nemolaunch doctor --json` measures it"
+    )
+    return (
+        f"the disk reads {(reads.random.bytes_per_s or 0) / 1e9:.2f} GB/s in 1-4 MiB random reads and "
+        f"{(reads.sequential.bytes_per_s or 0) / 1e9:.2f} GB/s sequentially ({source}); with routing taken as "
+        "uniform, an expert is in the page cache with a chance equal to the cached share, so a token reads its "
+        "routed share of what is on disk (approximate: real routing favours some experts, which then stay cached)"
+    )
 
 
 def hosts_reason(name: str, hosts: tuple[HostShare, ...]) -> str:
@@ -106,6 +126,14 @@ def forecast_reason(item: QuantAssessment, ctx_size: int) -> str:
 
 
 def placement_reason(item: QuantAssessment, budget: MemoryBudget) -> str:
+    if item.paged and item.disk is not None:
+        where = {"gpu+ram+disk": "the GPUs and RAM", "ram+disk": "RAM", "metal+disk": "unified memory"}[item.placement]
+        return (
+            f"placement {item.placement}: {gb(item.disk.memory_weight_bytes)} of the weights live in {where}, "
+            f"{gb(item.disk.disk_bytes)} of experts only on disk: llama.cpp maps the file and reads them when a token "
+            f"routes to them (~{gb(item.disk.read_per_token * 100)} read from disk per 100 tokens); launched mapped "
+            "from the file, so never with --mlock or --no-mmap"
+        )
     if item.placement == "gpu":
         return "placement gpu: everything fits in GPU memory"
     if item.placement == "gpu+cpu-experts":

@@ -94,6 +94,12 @@ class Plan:
     speed_assumptions: tuple[str, ...] = ()
     cache_type: str = "f16"
     compared_ctx: int = 0  # the context the quants were compared at (ctx_size differs with --ctx-size max)
+    allow_disk: bool = False
+
+    @property
+    def paged(self) -> bool:
+        """The chosen quant runs with experts paged from disk: launched with mmap, never --mlock."""
+        return self.chosen is not None and self.chosen.paged
 
     @property
     def quant(self) -> Quant | None:
@@ -118,6 +124,8 @@ class Plan:
             "forecast_bytes": chosen.forecast.total if chosen else None,
             "budget_bytes": self.budget.total_bytes,
             "placement": self.placement,
+            "allow_disk": self.allow_disk,
+            "disk": chosen.disk.to_json() if chosen and chosen.paged and chosen.disk else None,
             "ctx_size": self.ctx_size,
             "cache_type": self.cache_type,
             "parallel": self.parallel,
@@ -162,6 +170,7 @@ class Plan:
                     "shards": item.quant.shard_count,
                     "speed": item.speed.to_json() if item.speed else None,
                     "max_ctx_size": item.max_ctx,
+                    "disk": item.disk.to_json() if item.disk else None,
                 }
                 for item in self.assessments
             ],
@@ -213,8 +222,10 @@ def plan_launch(
         if named.below_quality_floor:
             warnings.append(f"{named.name} is below {floor_name()}: expect noticeably worse answers")
     else:
-        eligible = [item for item in assessments if item.fits and not item.quant.below_quality_floor]
+        eligible = [item for item in assessments if item.fits and not item.paged and not item.quant.below_quality_floor]
         chosen, why = _choose(eligible, request)
+        if chosen is None and request.allow_disk:
+            chosen, why = _choose_paged(assessments)
         if chosen is not None:
             reasons.extend(why)
         elif request.force:
@@ -244,7 +255,7 @@ def plan_launch(
             reasons.append(hosts_reason(chosen.quant.name, hosts))
             load = load_of(hosts, budget.remote_workers)
             reasons.append(load.words())
-        if fits and named is None and request.prefer == "quality" and request.min_speed is None:
+        if fits and not chosen.paged and named is None and request.prefer == "quality" and request.min_speed is None:
             reasons.extend(why_not_better(chosen, assessments))
         reasons.extend(_kv_type_reasons(chosen, assessments, request, budget, architecture, named is not None))
         if not fits:
@@ -290,8 +301,24 @@ def plan_launch(
         load=load,
         prefer=request.prefer,
         min_speed=request.min_speed,
-        speed_assumptions=speed_assumptions(facts, budget, sparsity),
+        speed_assumptions=speed_assumptions(facts, budget, sparsity, disk=chosen is not None and chosen.paged),
+        allow_disk=request.allow_disk,
     )
+
+
+def _choose_paged(assessments: tuple[QuantAssessment, ...]) -> tuple[QuantAssessment | None, list[str]]:
+    """Nothing fits in memory and --allow-disk: the smallest quant at or above the floor that runs with
+    experts paged from disk. Smallest, because every byte past memory is read from disk again and
+    again: the smallest file is the fastest by far, and its quality is the floor's."""
+    paged = [item for item in assessments if item.paged and not item.quant.below_quality_floor]
+    if not paged:
+        return None, []
+    chosen = min(paged, key=lambda item: item.quant.size_bytes)
+    assert chosen.disk is not None
+    return chosen, [
+        f"no quant at or above {floor_name()} fits in memory; --allow-disk: {chosen.quant.name}, the smallest, "
+        f"runs with {gb(chosen.disk.disk_bytes)} of its experts paged from disk (~{_tps(chosen)})"
+    ]
 
 
 def _kv_type_reasons(

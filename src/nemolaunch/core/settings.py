@@ -40,6 +40,8 @@ class Settings(BaseModel):
     top_p: float = 0.95
     min_p: float = 0.01
     prefer: str = "quality"
+    # A model larger than memory may run with its experts paged from disk (slowly): --allow-disk.
+    allow_disk: bool = False
     url: str = f"http://127.0.0.1:{DEFAULT_PORT}/v1"  # where `nemolaunch chat` finds a server
     log_dir: str | None = None  # where `serve` keeps each server's log (`--log-file` names one file instead)
 

@@ -94,7 +94,7 @@ RAM_BYTES_PER_S_PER_CORE = 5 * GB
 RAM_BYTES_PER_S_MAX = 400 * GB
 CPU_CLOCK_HZ = 3.0e9
 
-Source = Literal["nvml", "table", "measured", "estimated", "unknown"]
+Source = Literal["nvml", "table", "measured", "estimated", "assumed", "unknown"]
 
 
 @dataclass(frozen=True)

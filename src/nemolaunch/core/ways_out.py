@@ -29,7 +29,7 @@ MACOS_RESERVE_BYTES = 16 * GiB
 class WayOut:
     """One way to get a model running when the plan does not fit."""
 
-    kind: Literal["smaller_quant", "below_floor_quant", "smallest_quant", "metal_limit", "smaller_model", "rpc"]
+    kind: Literal["smaller_quant", "below_floor_quant", "smallest_quant", "disk", "metal_limit", "smaller_model", "rpc"]
     text: str
     repo: str | None = None
     quant: str | None = None
@@ -106,6 +106,8 @@ def find_ways_out(
                 smallest.forecast.total,
             )
         )
+    if not request.allow_disk:
+        ways.extend(_disk_way(assessments, named, repo))
     if budget.kind == "metal":
         ways.extend(_metal_limit_way(facts, assessments, budget))
     ways.extend(_smaller_model_ways(catalog, budget, request))
@@ -169,6 +171,31 @@ def _rpc_way(facts: HardwareFacts, budget: MemoryBudget, target: QuantAssessment
 
 
 _PLACEHOLDER_ENDPOINT = RpcEndpoint("worker", DEFAULT_RPC_PORT)
+
+
+def _disk_way(assessments: tuple[QuantAssessment, ...], named: Quant | None, repo: str) -> list[WayOut]:
+    """--allow-disk: the quant it would run (the named one, else the smallest at or above the floor) and how slowly."""
+    if named is not None:
+        candidates = [item for item in assessments if item.quant is named and item.disk is not None]
+    else:
+        paged = [item for item in assessments if item.disk is not None and not item.quant.below_quality_floor]
+        candidates = sorted(paged, key=lambda item: item.quant.size_bytes)[:1]
+    if not candidates:
+        return []
+    item = candidates[0]
+    assert item.disk is not None
+    rate = item.disk.speed.generation_tps
+    speed = f"~{rate:.1f} tokens/s" if rate else "at an unknown speed"
+    return [
+        WayOut(
+            "disk",
+            f"with --allow-disk: {item.quant.name}, {speed} ({gb(item.disk.read_per_token * 100)} read from disk "
+            f"per 100 tokens; {gb(item.disk.disk_bytes)} of its experts paged from disk; approximate)",
+            repo,
+            item.quant.name,
+            item.forecast.total,
+        )
+    ]
 
 
 def _metal_limit_way(
