@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import hostile_gguf
 from test_build import fake_llama_cpp_tree
 
 from conftest import REPO_ROOT, cli_env, free_port, llama_cpp_shim, nemolaunch_argv, path_without, write_gguf
@@ -63,6 +64,9 @@ def _files(ctx: Ctx) -> None:
     (shim / "rpc-server").chmod(0o755)
     tree = fake_llama_cpp_tree(tmp / "tree")
     (tmp / "history.json").write_text('[{"role": "user", "content": "hi"}]')
+    hostile_gguf.huge_array(tmp / "huge-array.gguf")
+    hostile_gguf.long_string(tmp / "long-string.gguf")
+    hostile_gguf.duplicate_key(tmp / "duplicate-key.gguf")
     (tmp / "broken.toml").write_text("port = [\n")
     (tmp / "typo.toml").write_text('colour = "blue"\n')
     (tmp / "bad-port.toml").write_text("port = 70000\n")
@@ -80,6 +84,7 @@ def _hub(ctx: Ctx, *, payload: int = 4096, rate: float | None = None) -> FakeHub
     model = write_gguf(ctx.tmp / "hub-model.gguf", padding="x" * payload)
     hub.add_repo(REPO, {"Q8_0/Small-Q8_0.gguf": model.read_bytes()})
     hub.add_repo("acme/Gated-GGUF", {"Q8_0/Gated-Q8_0.gguf": model.read_bytes()}, gated=True)
+    hub.add_repo("acme/Evil-GGUF", {"Q8_0/Evil-Q8_0.gguf": (ctx.tmp / "huge-array.gguf").read_bytes()})
     hub.rate_bytes_per_s = rate
     ctx.env.update(hub.env(ctx.tmp / "hf"))
     ctx.values["hub"] = hub.url

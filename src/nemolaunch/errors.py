@@ -52,6 +52,10 @@ class TruncatedGGUF(NemolaunchError):
     """path, reason"""
 
 
+class MalformedGGUF(TruncatedGGUF):
+    """path, reason: a header that claims more than its file holds, or repeats a key"""
+
+
 class ShardsMissing(NemolaunchError):
     """path, missing (list of file names), total"""
 
@@ -354,6 +358,11 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
         "{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'): pass a .gguf model",
     ),
     TruncatedGGUF: ErrorSpec(EXIT_INTEGRITY, "{path} is a damaged or incomplete GGUF ({reason}): download it again"),
+    MalformedGGUF: ErrorSpec(
+        EXIT_INTEGRITY,
+        "{path} has a malformed GGUF header ({reason}): it is damaged or not a model; "
+        "use a GGUF from a source you trust",
+    ),
     ShardsMissing: ErrorSpec(
         EXIT_INTEGRITY,
         "{path} is part of a {total}-file split model, but {missing_list} is missing: "

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from nemolaunch.adapters import header_cache
 from nemolaunch.core.forecast import ArchitectureFacts, architecture_from_metadata
-from nemolaunch.errors import BadOption, ModelFileMissing, NotGGUF, TruncatedGGUF
+from nemolaunch.errors import BadOption, MalformedGGUF, ModelFileMissing, NotGGUF, TruncatedGGUF
 
 if TYPE_CHECKING:
     from gguf import GGUFReader
@@ -72,24 +72,68 @@ def save_cached(entry_path: Path, header: GGUFHeader) -> None:
     header_cache.save(entry_path, header.to_entry())
 
 
-def open_reader(path: Path) -> GGUFReader:
-    """gguf's reader of ``path``, reading through a plain array view of the file's mapping.
+def open_reader(path: Path, *, readable_bytes: int | None = None) -> GGUFReader:
+    """gguf's reader of ``path``, reading through a plain array view of the file's mapping, bounded.
 
     The reader slices its array once or twice for every item of every key: a vocabulary's header
     holds a million items, and a slice of numpy's memmap subclass costs its ``__array_finalize__``
     each time, a plain view's does not (an 8.4 MB header, 131,072 tokens and 260,000 merges: 6.9 s
-    through the memmap, 2.3 s through the view, measured here). Nothing else changes: the same
-    reader parses the same bytes (numpy-heavy, so imported only when a header is read).
+    through the memmap, 2.3 s through the view, measured here).
+
+    The reader trusts every count and length it reads: a 133-byte file claiming an array of 2^40
+    items sends it looping (each read past the end is an empty slice that advances nothing) until
+    memory runs out. So every read here is checked against the bytes the file holds (raising
+    MalformedHeader) and, with ``readable_bytes``, against the bytes known so far (raising
+    NeedMoreBytes: the rest of a remote prefix is not here yet); an array's count is checked before
+    its items are read, and the header's items are capped in all.
     """
-    return _plain_view_reader()(path)
+    return _plain_view_reader()(path, readable_bytes=readable_bytes)
+
+
+class MalformedHeader(ValueError):
+    """The header claims more than the file holds, or repeats a key: no amount of bytes will mend it."""
+
+
+class NeedMoreBytes(ValueError):
+    """The header reads on past the bytes known so far (a remote prefix): a longer prefix may parse."""
+
+
+class _TensorDataShort(ValueError):
+    """The header is whole, the tensor data it describes is not: a file cut short."""
+
+
+#: Items (array elements and values) one header may hold: the largest real vocabularies (262,144
+#: tokens with their scores and types, 500,000 merges) hold under 2 million. The reader keeps a
+#: small array for each item, so a consistent header of 100 million 1-byte items would still cost
+#: gigabytes without a cap.
+MAX_HEADER_ITEMS = 8 * 1024 * 1024
 
 
 @functools.cache
 def _plain_view_reader() -> type[GGUFReader]:
     import numpy as np
-    from gguf import GGUFReader
+    from gguf import GGUFReader, GGUFValueType
 
-    class PlainViewReader(GGUFReader):
+    # The fewest bytes one item of each type takes: a string is at least its 8-byte length, an array
+    # at least its 4-byte type and 8-byte count.
+    smallest = {kind: np.dtype(dtype).itemsize for kind, dtype in GGUFReader.gguf_scalar_to_np.items()}
+    smallest[GGUFValueType.STRING] = 8
+    smallest[GGUFValueType.ARRAY] = 12
+    array_type = int(GGUFValueType.ARRAY)  # an enum's attribute costs a lookup per item on Python 3.11
+    parts_of = GGUFReader._get_field_parts
+    itemsizes = {dtype: np.dtype(dtype).itemsize for dtype in GGUFReader.gguf_scalar_to_np.values()}
+
+    class BoundedReader(GGUFReader):
+        def __init__(self, path: Path, *, readable_bytes: int | None = None) -> None:
+            self._readable = readable_bytes
+            self._items = 0
+            try:
+                super().__init__(path)
+            except (MalformedHeader, NeedMoreBytes, _TensorDataShort):
+                raise
+            except ValueError as exc:  # a key that is not UTF-8, a type no GGUF has: read whole, and wrong
+                raise MalformedHeader(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
         @property  # type: ignore[override]
         def data(self) -> np.ndarray:
             return self._plain
@@ -98,7 +142,64 @@ def _plain_view_reader() -> type[GGUFReader]:
         def data(self, mapped: np.ndarray) -> None:
             self._plain = mapped.view(np.ndarray)  # the view keeps the mapping alive
 
-    return PlainViewReader
+        def _check_room(self, offset: int, needed: int, what: str) -> None:
+            size = len(self._plain)
+            if needed < 0 or offset + needed > size:
+                raise MalformedHeader(f"{what} at byte {offset:,} would end past the file's end at byte {size:,}")
+            if self._readable is not None and offset + needed > self._readable:
+                raise NeedMoreBytes(f"{what} at byte {offset:,} reads past byte {self._readable:,}")
+
+        def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> np.ndarray:
+            # gguf's own _get, with the bound: called for every item, so nothing more is done per call
+            # (a check through _check_room and its words made a vocabulary's header 3x slower).
+            count = int(count)
+            itemsize = itemsizes.get(dtype) or np.dtype(dtype).itemsize
+            end = offset + itemsize * count
+            if count < 0 or end > (len(self._plain) if self._readable is None else self._readable):
+                self._check_room(offset, itemsize * count, f"a value of {count:,} items")
+            array = self._plain[offset:end].view(dtype=dtype)[:count]
+            return array.view(array.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+        def _get_str(self, offset: int) -> tuple[np.ndarray, np.ndarray]:
+            length = self._get(offset, np.uint64)
+            if offset + 8 + int(length[0]) > len(self._plain):
+                self._check_room(offset + 8, int(length[0]), f"a string of {int(length[0]):,} bytes")
+            return length, self._get(offset + 8, np.uint8, length[0])
+
+        def _build_tensors(self, start_offs: int, fields: list[Any]) -> None:
+            # The header is read: a prefix's tensor data lies past it by design (sparse, never read).
+            self._readable = None
+            try:
+                super()._build_tensors(start_offs, fields)
+            except MalformedHeader as exc:
+                raise _TensorDataShort(f"its tensor data ends before the header says it should ({exc})") from None
+
+        def _get_field_parts(self, orig_offs: int, raw_type: int) -> Any:
+            self._items += 1
+            if self._items > MAX_HEADER_ITEMS:
+                raise MalformedHeader(f"it holds more than {MAX_HEADER_ITEMS:,} items")
+            if raw_type == array_type:
+                item_type = int(self._get(orig_offs, np.uint32)[0])
+                count = int(self._get(orig_offs + 4, np.uint64)[0])
+                if item_type not in smallest:
+                    raise MalformedHeader(f"an array of unknown type {item_type}")
+                self._check_room(orig_offs + 12, count * smallest[item_type], f"an array of {count:,} items")
+            return parts_of(self, orig_offs, raw_type)
+
+        def _build_fields(self, offs: int, count: int) -> int:
+            self._check_room(offs, int(count) * 13, f"{int(count):,} keys")  # each at least a length, a type, a byte
+            return super()._build_fields(offs, count)
+
+        def _build_tensor_info(self, offs: int, count: int) -> Any:
+            self._check_room(offs, int(count) * 24, f"{int(count):,} tensors")  # name length, dims, type, offset
+            return super()._build_tensor_info(offs, count)
+
+        def _push_field(self, field: Any, skip_sum: bool = False) -> int:
+            if field.name in self.fields:
+                raise MalformedHeader(f"the key {field.name} appears twice")
+            return super()._push_field(field, skip_sum)
+
+    return BoundedReader
 
 
 def read_gguf_header(path: Path) -> GGUFHeader:
@@ -116,13 +217,18 @@ def read_gguf_header(path: Path) -> GGUFHeader:
     header = load_cached(cached)
     if header is not None:
         return header  # read whole before, and unchanged since (size and modification time)
-    try:
-        reader = open_reader(path)
-    except (ValueError, IndexError, OSError) as exc:
-        raise TruncatedGGUF(path=str(path), reason=_truncation_reason(exc)) from exc
-    header = _header_of(reader, with_tensors=True)
+    header = _header_of(_open_local(path), with_tensors=True)
     save_cached(cached, header)
     return header
+
+
+def _open_local(path: Path) -> GGUFReader:
+    try:
+        return open_reader(path)
+    except MalformedHeader as exc:
+        raise MalformedGGUF(path=str(path), reason=str(exc)) from exc
+    except (ValueError, IndexError, OSError) as exc:
+        raise TruncatedGGUF(path=str(path), reason=_truncation_reason(exc)) from exc
 
 
 def _header_of(reader: GGUFReader, *, with_tensors: bool = False) -> GGUFHeader:
@@ -154,13 +260,14 @@ def read_architecture(path: Path) -> ArchitectureFacts | None:
     return architecture_of(read_gguf_header(path), where=str(path))
 
 
-def header_from_prefix(prefix: bytes, file_size: int) -> GGUFHeader | None:
+def header_from_prefix(prefix: bytes, file_size: int, *, where: str = "the file") -> GGUFHeader | None:
     """The header of a GGUF file of ``file_size`` bytes from its first bytes only; None if they are too few.
 
     The ``gguf`` reader wants a whole file, so the prefix goes into a sparse file of the full size:
-    the reader maps it and parses the header without touching the (absent) tensor data. The parse
-    is trusted only when everything it read lies inside the prefix (``data_offset`` within it):
-    past the prefix a sparse file reads as zeros, which would otherwise parse as nonsense.
+    the reader maps it and parses the header without touching the (absent) tensor data. Every read
+    of the header is bounded by the prefix (past it a sparse file reads as zeros, which would parse
+    as nonsense) and every count by ``file_size``: a header that cannot fit even the whole file
+    raises MalformedGGUF (naming ``where``), since no longer prefix would mend it.
     """
     import tempfile
 
@@ -172,8 +279,10 @@ def header_from_prefix(prefix: bytes, file_size: int) -> GGUFHeader | None:
             with sparse.open("wb") as handle:
                 handle.write(prefix)
                 handle.truncate(max(file_size, len(prefix)))
-            reader = open_reader(sparse)
-        except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError) as exc:
+            reader = open_reader(sparse, readable_bytes=len(prefix))
+        except MalformedHeader as exc:
+            raise MalformedGGUF(path=where, reason=str(exc)) from exc
+        except (ValueError, IndexError, KeyError, OSError) as exc:
             log.debug("a %d-byte prefix is not enough for the header: %s", len(prefix), exc)
             return None
         if reader.data_offset > len(prefix):
@@ -248,10 +357,6 @@ def _header_with_tensors(shard: Path) -> GGUFHeader:
     if header.tensors is not None:
         return header
     # A cache entry from before tensor totals were kept: read the file again, and keep them this time.
-    try:
-        reader = open_reader(shard)
-    except (ValueError, IndexError, OSError) as exc:
-        raise TruncatedGGUF(path=str(shard), reason=_truncation_reason(exc)) from exc
-    header = _header_of(reader, with_tensors=True)
+    header = _header_of(_open_local(shard), with_tensors=True)
     save_cached(header_cache.entry(header_cache.local_key(shard)), header)
     return header

@@ -24,6 +24,7 @@ from nemolaunch.adapters.gguf_header import (
 )
 from nemolaunch.adapters.header_cache import entry
 from nemolaunch.core.forecast import ArchitectureFacts
+from nemolaunch.errors import MalformedGGUF
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def _fetch_header(repo: str, path: str, file_size: int) -> GGUFHeader | None:
     def take(prefix: bytes) -> GGUFHeader | None:
         if not prefix.startswith(GGUF_MAGIC[: len(prefix)]):
             raise _NotGGUF
-        return header_from_prefix(prefix, file_size)
+        return header_from_prefix(prefix, file_size, where=f"{repo}/{path} on the Hub")
 
     try:
         return read_file_prefix(
@@ -64,6 +65,8 @@ def _fetch_header(repo: str, path: str, file_size: int) -> GGUFHeader | None:
         )
     except _NotGGUF:
         log.debug("%s/%s is not a GGUF file", repo, path)
+    except MalformedGGUF:
+        raise  # no longer read would mend it, and what it claims must not be planned with
     except Exception as exc:  # any Hub, HTTP or network error: the forecast goes on without the header
         log.debug("could not read the header of %s/%s: %s", repo, path, exc)
     return None
