@@ -117,8 +117,12 @@ def test_show_completion_prints_a_bash_script_without_heavy_imports() -> None:
     )
 
     def run(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+        # Typer finds "the current shell" among the command's parents (shellingham), as when a person types
+        # it in bash; bash stays the parent here (the `exit` keeps it from exec'ing), so the test does not
+        # depend on where the suite was started (under nohup or CI no shell need be among its parents).
+        shell = ["bash", "-c", '"$@"; exit $?', "bash"]
         return subprocess.run(
-            [sys.executable, "-c", probe, *args], capture_output=True, text=True, env=cli_env(**env), timeout=60
+            [*shell, sys.executable, "-c", probe, *args], capture_output=True, text=True, env=cli_env(**env), timeout=60
         )
 
     shown = run(["--show-completion", "bash"])
