@@ -16,4 +16,4 @@ fi
 # pip's notes about unreadable local index mirrors are noise here; real errors still fail the install.
 .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
 .venv/bin/python -m pip install --quiet -e "$target" 2>&1 | grep -v '^WARNING: Location' >&2 || true
-.venv/bin/python -c 'import nemolaunch, typer, gguf, openai, huggingface_hub' # the install really worked
+.venv/bin/python -c 'import nemolaunch, typer, gguf, openai, huggingface_hub, fnv_c' # the install really worked

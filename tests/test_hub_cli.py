@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, nemolaunch_argv, run_nemolaunch
+from conftest import REPO_ROOT, free_port, nemolaunch_argv, run_nemolaunch
 from fakehub import FakeHub, fake_hub_fixture  # noqa: F401  (fixture)
 from test_smoke import stop_with_sigint, wait_for_health
 
@@ -359,3 +359,33 @@ def test_offline_local_dir_uses_what_is_there(hub: FakeHub, big_machine: Path, t
     assert cached.returncode == 0, cached.stderr
     assert cached.stdout.strip() == str(target / "Q8_0" / "Tiny-Nemotron-Q8_0.gguf")
     assert hub.requests == []
+
+
+def test_rpc_worker_preload_downloads_the_quant_here_then_seeds_and_serves(
+    hub: FakeHub, llama_bin_dir: Path, tmp_path: Path
+) -> None:
+    env = {**hub.env(tmp_path / "hf"), "LLAMA_CACHE": str(tmp_path / "llama-cache")}
+    model = f"{REPO}:{SPLIT_QUANT}"
+    base = ["rpc-worker", "--port", str(free_port()), "--llama-cpp", str(llama_bin_dir), "--preload", model]
+    # A dry run says what it would do and downloads nothing.
+    dry = run_nemolaunch(*base, "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert f"--preload {model}: would download it here" in dry.stderr
+    assert not (tmp_path / "hf" / "hub").exists() or not list((tmp_path / "hf" / "hub").rglob("*.gguf"))
+    # For real: the quant is downloaded on this machine, its tensors seeded, then rpc-server runs.
+    worker = subprocess.Popen(
+        nemolaunch_argv(*base), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert worker.stderr is not None
+        said = []
+        for line in worker.stderr:
+            said.append(line)
+            if "tensor cache seeded" in line:
+                break
+        # The tiny model has no tensor over 10 MiB: nothing to write, and it says so.
+        assert any("0 tensors over 10 MiB" in line for line in said), said
+        assert list((tmp_path / "hf" / "hub").rglob(f"*{SPLIT_QUANT}-00003-of-00003.gguf"))
+    finally:
+        worker.kill()
+        worker.wait(timeout=10)

@@ -14,8 +14,9 @@ from pathlib import Path
 from nemolaunch.cli.output import err_console, note
 
 
-def preload_shards(model: str) -> tuple[Path, ...]:
-    """The GGUF files of MODEL on this machine: a local file's shards, or the quant downloaded."""
+def preload_shards(model: str, *, download: bool = True) -> tuple[Path, ...] | None:
+    """The GGUF files of MODEL on this machine: a local file's shards, or the quant downloaded
+    (None without ``download`` when they are not here yet)."""
     from nemolaunch.adapters.gguf_files import inspect_model
     from nemolaunch.cli.planning import read_model_spec
     from nemolaunch.errors import BadOption
@@ -28,10 +29,10 @@ def preload_shards(model: str) -> tuple[Path, ...]:
         raise BadOption(
             option="--preload", value=model, hint="name the quant the head runs, e.g. REPO:UD-Q4_K_XL (see its plan)"
         )
-    return _downloaded(model)
+    return _downloaded(model, download=download)
 
 
-def _downloaded(model: str) -> tuple[Path, ...]:
+def _downloaded(model: str, *, download: bool) -> tuple[Path, ...] | None:
     from nemolaunch.cli.download import download_planned
     from nemolaunch.cli.planning import plan_model, read_model_spec
     from nemolaunch.core.launch import DEFAULT_PARALLEL
@@ -44,6 +45,8 @@ def _downloaded(model: str) -> tuple[Path, ...]:
     )
     if planned.local_files:
         return planned.local_files
+    if not download:
+        return None
     result = download_planned(
         planned, local_dir=None, workers=4, stall_timeout=60.0, verify=False, xet=False, quiet=False
     )
@@ -57,7 +60,10 @@ def preload(model: str, *, folder: Path, dry_run: bool) -> None:
     from nemolaunch.adapters.rpc_preload import big_tensors, seed_cache
     from nemolaunch.core.download_plan import human_bytes
 
-    shards = preload_shards(model)
+    shards = preload_shards(model, download=not dry_run)
+    if shards is None:  # a dry run never downloads
+        note(f"--preload {model}: would download it here, then seed its tensors over 10 MiB into {folder}")
+        return
     tensors = big_tensors(shards)
     total = sum(tensor.size for tensor in tensors)
     probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("/"))
