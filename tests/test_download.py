@@ -469,8 +469,10 @@ def test_the_margin_is_part_of_the_disk_check(fake_hub: FakeHub, home: Path) -> 
     repo = add_standard_repo(fake_hub, payload_bytes=1000)
     import shutil
 
-    free = shutil.disk_usage(home.parent).free
-    run = run_driver(fake_hub, home, {"repo_id": REPO, "files": wanted(repo), "disk_margin_bytes": free})
+    # The files (a few KB) fit; with the margin they do not. The margin is the free space plus 1 GiB, so
+    # another process freeing disk meanwhile (a shared machine) cannot make them fit.
+    margin = shutil.disk_usage(home.parent).free + 2**30
+    run = run_driver(fake_hub, home, {"repo_id": REPO, "files": wanted(repo), "disk_margin_bytes": margin})
 
     assert run.returncode == errors.EXIT_ENVIRONMENT
     assert run.error["error"] == "NotEnoughDisk"
