@@ -17,7 +17,7 @@ import pytest
 
 from nemolaunch.tiny_model import TINY_MODEL_CONTEXT_LENGTH
 
-from conftest import cli_env, nemolaunch_argv, run_nemolaunch
+from conftest import cli_env, nemolaunch_argv, run_nemolaunch, sigint_default
 
 HEALTH_TIMEOUT_S = 120
 
@@ -81,6 +81,7 @@ def start_serve(model: Path | str, llama_bin_dir: Path, port: int, *, env: dict[
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         text=True,
+        preexec_fn=sigint_default,
     )  # fmt: skip
 
 
