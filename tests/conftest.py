@@ -262,8 +262,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             psutil.Process(pid).kill()
     names = ", ".join(f"{name} (pid {pid})" for pid, name in left)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    message = f"the test run left {names} running (killed now): a test did not stop what it started"
+    message = f"\nthe test run left {names} running (killed now): a test did not stop what it started"
     if reporter is not None:
+        reporter.ensure_newline()
         reporter.write_line(message, red=True, bold=True)
     else:
         print(message, file=sys.stderr)
