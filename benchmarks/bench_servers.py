@@ -56,6 +56,15 @@ def healthy(port: int) -> bool:
         return False
 
 
+def serving(port: int, process: subprocess.Popen[bytes]) -> bool:
+    """``healthy(port)``, but a server that has exited fails at once: waiting out the whole timeout for a
+    server that is gone (a refused launch, a crash while loading) only hides why it never answered."""
+    code = process.poll()
+    if code is not None:
+        raise RuntimeError(f"the server exited with {code} before /health answered: {' '.join(map(str, process.args))}")
+    return healthy(port)
+
+
 def wait_until(check, timeout_s: float = 300) -> float:
     """Seconds until ``check()`` holds; TimeoutError past ``timeout_s``."""
     started = time.monotonic()

@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_servers import chat, free_port, healthy, nemolaunch, publish, stop, wait_until
+from bench_servers import chat, free_port, nemolaunch, publish, serving, stop, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from memory_cgroup import drop_cached_pages, make_memory_cgroup
@@ -83,7 +83,7 @@ def measure(model: Path, facts: Path, llama_cpp: Path, *, limit: int | None, run
         (group.prefix() if group else []) + argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        wait_until(lambda: healthy(port), timeout_s=900)
+        wait_until(lambda: serving(port, server), timeout_s=900)
         generation, prompt, read_per_token = [], [], []
         for run in range(runs + 1):
             # A long prompt alone (one token out) for the prompt speed; then a short one for generation alone,

@@ -23,7 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench_servers import chat, free_port, healthy, nemolaunch, stop, wait_until
+from bench_servers import chat, free_port, nemolaunch, serving, stop, wait_until
 
 SYSTEM = "You are a patient assistant who answers questions about the sea, at length. " * 20
 
@@ -35,7 +35,7 @@ def serve(model: Path, llama_cpp: Path, port: int, sessions: Path) -> subprocess
         ),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    wait_until(lambda: healthy(port))
+    wait_until(lambda: serving(port, process))
     return process
 
 

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_servers import chat, free_port, healthy, listening, nemolaunch, publish, stop, wait_until
+from bench_servers import chat, free_port, listening, nemolaunch, publish, serving, stop, wait_until
 
 
 def one_run(model: Path, llama_cpp: Path, workers: int, tokens: int) -> dict[str, float]:
@@ -47,7 +47,7 @@ def one_run(model: Path, llama_cpp: Path, workers: int, tokens: int) -> dict[str
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         started.append(server)
-        wait_until(lambda: healthy(port))
+        wait_until(lambda: serving(port, server))
         load_s = time.monotonic() - launched
         timings = chat(
             port,

@@ -13,14 +13,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_servers import free_port, healthy, nemolaunch, stop, wait_until
+from bench_servers import free_port, nemolaunch, serving, stop, wait_until
 
 
 def to_health(argv: list[str], port: int) -> float:
     started = time.perf_counter()
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_until(lambda: healthy(port), timeout_s=300)
+        wait_until(lambda: serving(port, process), timeout_s=300)
         return time.perf_counter() - started
     finally:
         stop(process)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_servers import chat, free_port, healthy, nemolaunch, stop, wait_until
+from bench_servers import chat, free_port, nemolaunch, serving, stop, wait_until
 
 PROMPT = "Describe the tides, the waves and the currents of the open sea in great detail. " * 30
 
@@ -25,7 +25,7 @@ PROMPT = "Describe the tides, the waves and the currents of the open sea in grea
 def measure(argv: list[str], port: int, runs: int) -> tuple[float, float]:
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_until(lambda: healthy(port), timeout_s=300)
+        wait_until(lambda: serving(port, process), timeout_s=300)
         prompt, generation = [], []
         for run in range(runs + 1):
             body = {

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_servers import chat, free_port, healthy, nemolaunch, publish, stop, wait_until
+from bench_servers import chat, free_port, nemolaunch, publish, serving, stop, wait_until
 
 
 def model_for(size_gb: float, folder: Path) -> Path:
@@ -49,7 +49,7 @@ def measure(model: Path, llama_cpp: Path, *, runs: int, tokens: int) -> list[flo
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        wait_until(lambda: healthy(port))
+        wait_until(lambda: serving(port, server))
         rates = []
         for run in range(runs + 1):
             body = {

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,12 +23,28 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_STATE_HOME = Path(tempfile.gettempdir()) / f"nemolaunch-test-state-{os.getpid()}"
 #: Set by scripts/test.sh after `nemolaunch build`: the smoke tests must then run, not skip.
 TEST_LLAMA_CPP_ENV = "NEMOLAUNCH_TEST_LLAMA_CPP"
+#: Every process this run starts inherits this mark (cli_env keeps it: no NEMOLAUNCH_ or LLAMA_ prefix),
+#: so the end-of-run check finds the suite's own servers even after they were orphaned, and never
+#: anyone else's. The value is unique to the run: two suites on one machine tell theirs apart.
+SUITE_MARK_ENV = "NL_TEST_SUITE_RUN"
+SUITE_MARK = f"{os.getpid()}-{os.urandom(4).hex()}"
+os.environ[SUITE_MARK_ENV] = SUITE_MARK
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` of a process a test will Ctrl-C: SIGINT back to its default in the child.
+
+    A shell without job control (``( ... ) &``, a nohup'd script, some CI runners) starts the suite with
+    SIGINT ignored, and an ignored signal stays ignored across fork and exec: Python then never raises
+    KeyboardInterrupt, and a Ctrl-C test would prove nothing (or hang until its timeout).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture
@@ -199,3 +217,55 @@ def big_machine(tmp_path: Path) -> Path:
         )
     )
     return path
+
+
+#: The llama.cpp programs a test may start; none may outlive the run.
+LLAMA_PROGRAMS = frozenset({"llama-server", "rpc-server", "ggml-rpc-server", "llama-cli"})
+
+
+def _suite_llama_processes() -> list[tuple[int, str]]:
+    """(pid, name) of each live llama.cpp program started by this run: it carries the run's mark in its
+    environment, or descends from this process (a test that handed it an environment of its own)."""
+    import psutil
+
+    me = os.getpid()
+    found = []
+    for process in psutil.process_iter(["name", "exe", "status"]):
+        try:
+            name = Path(process.info["exe"] or process.info["name"] or "").name
+            if name not in LLAMA_PROGRAMS or process.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            marked = process.environ().get(SUITE_MARK_ENV) == SUITE_MARK
+            if marked or any(parent.pid == me for parent in process.parents()):
+                found.append((process.pid, name))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a llama-server, rpc-server or llama-cli it started is still alive: each one is
+    named, then killed, so a failing run leaves nothing behind either."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + 10  # one stopped just before the end may still be tearing down
+    left = _suite_llama_processes()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = _suite_llama_processes()
+    if not left:
+        return
+    for pid, _ in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).kill()
+    names = ", ".join(f"{name} (pid {pid})" for pid, name in left)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    message = f"\nthe test run left {names} running (killed now): a test did not stop what it started"
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_line(message, red=True, bold=True)
+    else:
+        print(message, file=sys.stderr)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

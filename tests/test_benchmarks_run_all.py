@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +16,14 @@ pytestmark = pytest.mark.llama
 
 def test_the_new_benchmarks_run_on_their_smallest_input(llama_bin_dir: Path, tmp_path: Path) -> None:
     env = cli_env(NEMOLAUNCH_LLAMA_CPP=str(llama_bin_dir), HF_HUB_OFFLINE="1")
+    # The source scripts/test.sh built from: the no-op rebuild is then that very build's.
+    named_source = os.environ.get("NEMOLAUNCH_TEST_LLAMA_CPP_SOURCE")
+    source = ["--source", named_source] if named_source else []
     for script, args in (
         ("startup.py", ["--runs", "1"]),
         ("serve_to_health.py", ["--runs", "1", "--sizes", "tiny"]),
         ("serving_sweep.py", ["--size", "0.03", "--runs", "1", "--models", str(tmp_path)]),
-        ("build_times.py", ["--runs", "1"]),
+        ("build_times.py", ["--runs", "1", *source]),
         ("header_read.py", ["--runs", "1", "--vocab", "2000", "--merges", "4000"]),
     ):
         done = subprocess.run(

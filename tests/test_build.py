@@ -16,7 +16,7 @@ from nemolaunch.adapters.builder import BuildRequest, script_argv, source_key
 from nemolaunch.adapters.llamacpp import Build, best_build, find_binary, parse_version
 from nemolaunch.errors import LlamaCppDirInvalid, LlamaCppNotFound
 
-from conftest import REPO_ROOT, cli_env, path_without, run_nemolaunch
+from conftest import REPO_ROOT, cli_env, path_without, run_nemolaunch, sigint_default
 
 SCRIPT = REPO_ROOT / "scripts" / "build_llamacpp.sh"
 
@@ -300,7 +300,7 @@ def test_interrupting_a_build_stops_every_process_under_it(tmp_path: Path) -> No
     process = subprocess.Popen(
         [sys.executable, "-m", "nemolaunch", "build", "--backend", "cpu", "--source", str(tree),
          "--prefix", str(tmp_path / "prefix")],
-        env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default,
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while not pid_file.exists() and time.monotonic() < deadline:

@@ -14,7 +14,7 @@ import pytest
 
 from nemolaunch.scripted_model import write_scripted_model
 
-from conftest import cli_env, free_port, nemolaunch_argv, run_nemolaunch
+from conftest import cli_env, free_port, nemolaunch_argv, run_nemolaunch, sigint_default
 from openai_stub import StubBehaviour, openai_stub
 from test_smoke import process_alive, start_serve, stop_with_sigint, wait_for_health
 
@@ -126,6 +126,7 @@ def test_ctrl_c_stops_a_one_shot_answer_and_the_server_sees_the_client_go() -> N
         process = subprocess.Popen(
             nemolaunch_argv("chat", "--url", url, "-p", "Count forever."),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=cli_env(),
+            preexec_fn=sigint_default,
         )  # fmt: skip
         deadline = time.monotonic() + 30
         while not stub.requests and time.monotonic() < deadline:

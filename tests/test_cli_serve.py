@@ -13,7 +13,7 @@ import pytest
 
 from nemolaunch import ULTRA_ALIAS
 
-from conftest import REPO_ROOT, cli_env, llama_cpp_shim, run_nemolaunch
+from conftest import REPO_ROOT, cli_env, free_port, llama_cpp_shim, run_nemolaunch
 
 HARDWARE = REPO_ROOT / "tests" / "fixtures" / "hardware"
 
@@ -345,7 +345,10 @@ def test_no_gpu_warning_on_a_machine_without_one(model: Path, llama_bin_dir: Pat
 
     if machine_backends()[0] != "cpu":
         pytest.skip("this machine has a GPU driver")
-    result = run_nemolaunch("serve", "--model", str(model), "--llama-cpp", str(llama_bin_dir), "--dry-run")
+    # A port of its own: a server of this machine's user on the default 8001 would add a warning of its own.
+    result = run_nemolaunch(
+        "serve", "--model", str(model), "--port", str(free_port()), "--llama-cpp", str(llama_bin_dir), "--dry-run"
+    )
     assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from nemolaunch import errors
 
-from conftest import run_nemolaunch
+from conftest import run_nemolaunch, sigint_default
 from fakehub import FakeHub, FakeRepo, Fault, fake_commit_sha, fake_hub_fixture, gguf_shard  # noqa: F401  (fixture)
 
 DRIVER = Path(__file__).with_name("download_driver.py")
@@ -106,6 +106,7 @@ class LiveDriver:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=sigint_default,
         )
         self.lines: list[dict[str, object]] = []
         self._inbox: queue.Queue[dict[str, object] | None] = queue.Queue()

@@ -20,7 +20,16 @@ import pytest
 import hostile_gguf
 from test_build import fake_llama_cpp_tree
 
-from conftest import REPO_ROOT, cli_env, free_port, llama_cpp_shim, nemolaunch_argv, path_without, write_gguf
+from conftest import (
+    REPO_ROOT,
+    cli_env,
+    free_port,
+    llama_cpp_shim,
+    nemolaunch_argv,
+    path_without,
+    sigint_default,
+    write_gguf,
+)
 from error_catalog import CASES, DOC, REPO, Case, render
 from fakehub import FakeHub, Fault
 from openai_stub import StubBehaviour, openai_stub
@@ -175,6 +184,27 @@ def _pattern(expected: str) -> re.Pattern[str]:
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_catalog_row(case: Case, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    _run_row(case, tmp_path, request)
+
+
+#: One Ctrl-C row whose SIGINT the test itself hands back (chat, through sigint_default), one that only
+#: nemolaunch's exec can hand back (llama-server caught before its own handler is set).
+CTRL_C_ROWS = [case for case in CASES if case.id in ("chat-ctrl-c", "serve-ctrl-c-loading")]
+
+
+@pytest.mark.parametrize("case", CTRL_C_ROWS, ids=[case.id for case in CTRL_C_ROWS])
+def test_a_ctrl_c_row_holds_under_a_parent_that_ignores_sigint(
+    case: Case, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """As under `nohup ... &` or `( ... ) &`: this process ignores SIGINT, and every child inherits that."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _run_row(case, tmp_path, request)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run_row(case: Case, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     ctx = Ctx(tmp=tmp_path)
     with ctx.stack:
         _setup(ctx, case.setup, request)
@@ -203,7 +233,7 @@ def _interrupt_when(args: list[str], env: dict[str, str], ready, *, after_s: flo
     """Start the command, send Ctrl-C (SIGINT) once ``ready()`` holds, and collect what it printed."""
     process = subprocess.Popen(
         nemolaunch_argv(*args), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        text=True, preexec_fn=sigint_default,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 90
@@ -286,7 +316,12 @@ def _check_ctrl_c_loading(ctx: Ctx, args: list[str], env: dict[str, str]) -> tup
             continue
         os.kill(process.pid, signal.SIGINT)
         os.kill(process.pid, signal.SIGCONT)
-        output, _ = process.communicate(timeout=30)
+        try:
+            output, _ = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()  # it shrugged the Ctrl-C off: fail, but leave no server behind
+            output, _ = process.communicate(timeout=10)
+            pytest.fail(f"llama-server outlived Ctrl-C while loading:\n{output[-2000:]}")
         port = int(ctx.values["port"])
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens on the port

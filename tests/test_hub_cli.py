@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, free_port, nemolaunch_argv, run_nemolaunch
+from conftest import REPO_ROOT, free_port, nemolaunch_argv, run_nemolaunch, sigint_default
 from fakehub import FakeHub, fake_hub_fixture  # noqa: F401  (fixture)
 from test_smoke import stop_with_sigint, wait_for_health
 
@@ -236,6 +236,7 @@ def test_ctrl_c_during_download_then_resume(hub: FakeHub, big_machine: Path, tmp
     process = subprocess.Popen(
         nemolaunch_argv("download", f"{REPO}:{SPLIT_QUANT}", "--hardware", str(big_machine)),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        preexec_fn=sigint_default,
     )  # fmt: skip
     blobs = tmp_path / "hf" / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs"
     deadline = time.monotonic() + 30

@@ -17,7 +17,7 @@ import pytest
 
 from nemolaunch.tiny_model import TINY_MODEL_CONTEXT_LENGTH
 
-from conftest import cli_env, nemolaunch_argv, run_nemolaunch
+from conftest import cli_env, nemolaunch_argv, run_nemolaunch, sigint_default
 
 HEALTH_TIMEOUT_S = 120
 
@@ -81,6 +81,7 @@ def start_serve(model: Path | str, llama_bin_dir: Path, port: int, *, env: dict[
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         text=True,
+        preexec_fn=sigint_default,
     )  # fmt: skip
 
 
@@ -269,3 +270,49 @@ def test_run_is_interactive_in_a_terminal(tiny_model: Path, llama_bin_dir: Path,
     while process_alive(cli_pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not process_alive(cli_pid), screen()[-2000:]
+
+
+def test_serve_into_a_dead_pipe_under_an_ignored_sigint_stops_on_ctrl_c(
+    tiny_model: Path, llama_bin_dir: Path, port: int
+) -> None:
+    """`nemolaunch serve ... | tee log` started where SIGINT is ignored (nohup, `( ... ) &`): the reader dies
+    first, the server keeps writing into the dead pipe, then Ctrl-C reaches the pipeline's process group.
+
+    bash's ``trap "" INT`` hands SIGINT down ignored, as such a parent does. A loaded llama-server sets its
+    own SIGINT handler and ignores SIGPIPE itself (tools/server/server.cpp), so this holds by llama-server's
+    own doing; the Ctrl-C *while loading* under an ignored SIGINT, which only nemolaunch's exec can fix, is
+    test_error_catalog's test_a_ctrl_c_row_holds_under_a_parent_that_ignores_sigint.
+    """
+    serve = nemolaunch_argv(
+        "serve", "--model", str(tiny_model), "--port", str(port), "--llama-cpp", str(llama_bin_dir),
+        "--", "--threads", "1",
+    )  # fmt: skip
+    read_end, write_end = os.pipe()
+    # Its own process group, as a terminal gives a pipeline; the reader joins it below.
+    server = subprocess.Popen(
+        ["bash", "-c", 'trap "" INT; exec "$@"', "bash", *serve],
+        stdout=write_end, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=cli_env(), process_group=0,
+    )  # fmt: skip
+    reader = subprocess.Popen(["cat"], stdin=read_end, stdout=subprocess.DEVNULL, process_group=server.pid)
+    os.close(read_end)
+    os.close(write_end)
+    try:
+        wait_for_health(port, None)
+        assert Path(f"/proc/{server.pid}/exe").resolve().name == "llama-server"
+        reader.kill()  # the `tee` of the pipeline is gone; what the server logs now meets a dead pipe
+        reader.wait(timeout=10)
+        post_json(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+        )  # a request makes it log into that pipe
+        os.killpg(server.pid, signal.SIGINT)  # Ctrl-C, as the terminal sends it: to the whole group
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("llama-server outlived Ctrl-C after the reader of its output died")
+        assert not process_alive(server.pid)
+    finally:
+        for process in (server, reader):
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)

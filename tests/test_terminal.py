@@ -56,6 +56,27 @@ def test_serve_and_chat_in_two_panes(terminal, llama_bin_dir: Path, tmp_path: Pa
     assert left == [], server.screen()[-2000:]
 
 
+@pytest.mark.llama
+def test_serve_piped_into_tee_stops_on_ctrl_c(terminal, tiny_model: Path, llama_bin_dir: Path, tmp_path: Path) -> None:
+    """`serve ... | tee log`: Ctrl-C reaches the whole pipeline, tee exits first, and llama-server, whose
+    output now goes into a pipe nobody reads, still stops."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    pane = terminal()
+    pane.type_line(
+        command("serve", str(tiny_model), "--port", str(port), "--llama-cpp", str(llama_bin_dir))
+        + f" -- --threads 1 2>&1 | tee {shlex.quote(str(log))}"
+    )
+    wait_for_health(port)
+    pane.send("C-c")
+    left = wait_until_gone(pane)
+    if left:  # llama-server exits on a second Ctrl-C at once
+        pane.send("C-c")
+        left = wait_until_gone(pane)
+    assert left == [], pane.screen()[-2000:]
+    assert "listening on" in log.read_text()  # the pipe really carried the server's output
+
+
 def test_chat_keeps_the_conversation_and_ctrl_c_stops_an_answer(terminal) -> None:
     with openai_stub(StubBehaviour(endless=True)) as (url, stub):
         pane = terminal()

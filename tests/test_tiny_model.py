@@ -257,10 +257,14 @@ def test_a_scaled_ultra_shaped_model_loads_and_answers(llama_bin_dir: Path, tmp_
     assert (facts.expert_count, facts.expert_used_count) == (shape.n_expert, shape.n_expert_used)
     assert 0 < facts.active_share < 0.6  # sparse, as the Ultra is
     port = free_port()
+    # Its log into a file, not a pipe nobody reads while it loads: a full pipe (64 KiB) would stop
+    # llama-server mid-load, and the test would wait out its timeout for a server that is only blocked.
+    log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
         [str(llama_bin_dir / "llama-server"), "-m", str(path), "--port", str(port), "--threads", "1", "-c", "512"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
     )  # fmt: skip
+    log.close()  # the server holds its own copy
     try:
         wait_for_health(port, server)
         body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()

@@ -6,6 +6,7 @@ terminal to llama.cpp.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -178,15 +179,33 @@ def exec_launch(argv: list[str], env: dict[str, str], *, kind: LaunchKind, **rec
     sys.stdout.flush()
     sys.stderr.flush()
     console.file.flush()
+    inherited = _signals_as_a_shell_gives_them()
     try:
         # execve, not execvpe: the binary is the absolute path that was found and checked, never a PATH lookup.
         os.execve(argv[0], argv, env)
     except OSError as exc:
+        for number, handler in inherited.items():
+            signal.signal(number, handler)
         if recorded:
             from nemolaunch.adapters.launch_records import remove_record
 
             remove_record(os.getpid())  # nothing runs under it: it must not be listed
         raise LaunchFailed(binary=argv[0], reason=exc.strerror or str(exc)) from exc
+
+
+def _signals_as_a_shell_gives_them() -> dict[int, object]:
+    """Put SIGINT and SIGPIPE back to their defaults for the exec; return what they were.
+
+    An exec keeps an ignored signal ignored. Python ignores SIGPIPE itself, and a background shell or a
+    nohup'd script hands SIGINT down ignored: llama-server then could not be stopped by Ctrl-C (or
+    ``kill -INT``) while it loads, before it sets its own handler, and llama-cli writing into a pipe
+    whose reader is gone (``| tee`` after Ctrl-C) would get EPIPE forever instead of stopping.
+    subprocess restores SIGPIPE for its children for the same reason; an exec has to do it by hand.
+    """
+    previous: dict[int, object] = {}
+    for number in (signal.SIGINT, signal.SIGPIPE):
+        previous[number] = signal.signal(number, signal.SIG_DFL)
+    return previous
 
 
 def _record_launch(argv: list[str], *, kind: LaunchKind, fields: dict[str, object]) -> bool:
