@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+from nemolaunch.adapters.same_origin import local_opener
 from nemolaunch.core.launch_record import busy_slots, generation_speed, parse_metrics
 
 #: Long enough for a server on a loaded machine to answer between two decode steps; short enough
@@ -26,8 +27,8 @@ class ServerStatus:
     tokens_per_s: float | None = None
 
 
-#: Never through a proxy (http_proxy and the like): the server is one this machine launched.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+#: Never through a proxy (the server is one this machine launched); never the key to another origin.
+_OPENER = local_opener()
 
 
 def _get(url: str, key: str | None, timeout: float) -> tuple[int, bytes]:

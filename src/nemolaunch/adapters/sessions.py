@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from nemolaunch.adapters.same_origin import same_origin_opener
 from nemolaunch.errors import (
     BadOption,
     ServerUnreachable,
@@ -52,6 +53,10 @@ def sessions_folder() -> Path:
     return user_data_path("nemolaunch") / "sessions"
 
 
+#: A redirect never takes the key to another origin (urllib's default handler would copy it).
+_OPENER = same_origin_opener()
+
+
 def _server_root(base_url: str) -> str:
     # The OpenAI base URL ends in /v1; llama-server's own endpoints live beside it.
     return base_url.rstrip("/").removesuffix("/v1")
@@ -65,7 +70,7 @@ def _post(base_url: str, path: str, body: dict[str, Any], api_key: str | None, *
         _server_root(base_url) + path, data=json.dumps(body).encode(), headers=headers, method="POST"
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _OPENER.open(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")
