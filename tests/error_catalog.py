@@ -164,6 +164,10 @@ CASES: list[Case] = [
       E + "--api-key-file {tmp}/nokey does not exist: create it with the key on one line"),
     c("serve-key-file-empty", "serve", "an empty API key file", "serve {model} --api-key-file {tmp}/empty-key --llama-cpp {shim}",
       2, E + "--api-key-file {tmp}/empty-key is empty: put the key on its first line"),
+    c("serve-key-file-crlf", "serve", "a key file with a Windows line end (CR) after the key",
+      "serve {model} --api-key-file {tmp}/crlf-key --llama-cpp {shim} --dry-run", 2,
+      E + "--api-key-file {tmp}/crlf-key line 1 has a CR (Windows line end) or spaces around the key, which "
+      "llama-server keeps as part of it: remove them (sed -i 's/^[[:space:]]*//; s/[[:space:]]*$//' {tmp}/crlf-key)"),
     c("serve-key-file-readable", "serve", "a key file readable by others (a warning; the dry run goes on)",
       "serve {model} --api-key-file {tmp}/open-key --llama-cpp {shim} --dry-run", 0,
       W + "{tmp}/open-key is readable by other users: chmod 600 {tmp}/open-key"),
@@ -211,6 +215,9 @@ CASES: list[Case] = [
       "NEMOLAUNCH_API_KEY)", setup="stub-key", env={"NEMOLAUNCH_API_KEY": "sk-wrong"}),
     c("chat-key-file-missing", "chat", "a key file that does not exist", "chat --api-key-file {tmp}/nokey -p hi", 3,
       E + "--api-key-file {tmp}/nokey does not exist: create it with the key on one line"),
+    c("chat-key-file-spaces", "chat", "a key file with spaces around the key", "chat --api-key-file {tmp}/spaced-key -p hi",
+      2, E + "--api-key-file {tmp}/spaced-key line 2 has a CR (Windows line end) or spaces around the key, which "
+      "llama-server keeps as part of it: remove them (sed -i 's/^[[:space:]]*//; s/[[:space:]]*$//' {tmp}/spaced-key)"),
     c("chat-wrong-model", "chat", "a model the server does not serve", "chat --url {url} --model nope -p hi", 3,
       E + "the server at {url} serves no model 'nope' (it serves stub-model): pass one of those with --model, "
       "or leave --model out", setup="stub"),

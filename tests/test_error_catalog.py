@@ -66,6 +66,8 @@ def _files(ctx: Ctx) -> None:
     (tmp / "not.json").write_text("not json\n")
     (tmp / "shape.json").write_text('{"os": 7}\n')
     (tmp / "empty-key").write_text("")
+    (tmp / "crlf-key").write_bytes(b"sk-crlf\r\n")
+    (tmp / "spaced-key").write_text("# a comment line, skipped as llama-server skips it\n  sk-spaced \n")
     (tmp / "open-key").write_text("sk-open\n")
     (tmp / "open-key").chmod(0o644)
     shim = llama_cpp_shim(tmp / "shim")

@@ -68,6 +68,10 @@ class ApiKeyFileEmpty(NemolaunchError):
     """path"""
 
 
+class ApiKeyFileSpaces(NemolaunchError):
+    """path, line (1-based): a key line with a CR or spaces around it, which llama-server keeps in the key"""
+
+
 # --- network ports ------------------------------------------------------------
 class PortOutOfRange(NemolaunchError):
     """port, option (the flag that gave it)"""
@@ -372,6 +376,11 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
         EXIT_NOT_FOUND, "--api-key-file {path} does not exist: create it with the key on one line"
     ),
     ApiKeyFileEmpty: ErrorSpec(EXIT_USAGE, "--api-key-file {path} is empty: put the key on its first line"),
+    ApiKeyFileSpaces: ErrorSpec(
+        EXIT_USAGE,
+        "--api-key-file {path} line {line} has a CR (Windows line end) or spaces around the key, which llama-server "
+        "keeps as part of it: remove them (sed -i 's/^[[:space:]]*//; s/[[:space:]]*$//' {path})",
+    ),
     PortOutOfRange: ErrorSpec(EXIT_USAGE, "{option} {port} is out of range: use a port from 1 to 65535"),
     PortInUse: ErrorSpec(
         EXIT_ENVIRONMENT,

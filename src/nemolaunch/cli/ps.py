@@ -78,13 +78,16 @@ def _status(launch: Launch) -> ServerStatus | None:
 
 def _server_key(key_file: str | None) -> str | None:
     """The key /slots and /metrics want: the server's own key file, else NEMOLAUNCH_API_KEY. Never shown."""
-    from nemolaunch.cli.api_key import API_KEY_ENV
+    from nemolaunch.cli.api_key import API_KEY_ENV, keys_as_llama_server_reads_them
 
     if key_file is not None:
         try:
-            return Path(key_file).read_text().splitlines()[0].strip() or None
-        except (OSError, IndexError):
+            # The first key exactly as the server read it from this file, not a stripped guess at it.
+            keys = keys_as_llama_server_reads_them(Path(key_file))
+        except (OSError, UnicodeDecodeError):
             return None
+        # A key with a CR or spaces (serve refuses such a file now) cannot travel in a header at all.
+        return keys[0][1] if keys and keys[0][1] == keys[0][1].strip() else None
     return os.environ.get(API_KEY_ENV) or None
 
 
