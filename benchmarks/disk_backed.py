@@ -33,9 +33,9 @@ from memory_cgroup import drop_cached_pages, make_memory_cgroup
 
 LIMITS = (0.25, 0.5, 0.75)
 CTX_SIZE = 4096
-#: About 1,000 tokens with the tiny vocabulary (~6 a word): two of llama.cpp's 512-token micro-batches, each
-#: touching nearly every expert.
-PROMPT_WORDS = 170
+#: About 490 tokens with the tiny vocabulary (~6 a word): one of llama.cpp's 512-token micro-batches, which
+#: touches nearly every expert.
+PROMPT_WORDS = 80
 
 
 def ultra_shaped(size_gb: float, folder: Path) -> Path:
@@ -131,6 +131,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--models", type=Path, default=Path(tempfile.gettempdir()) / "nl17-disk-backed")
+    parser.add_argument("--limits", default=",".join(str(share) for share in LIMITS),
+                        help="memory limits as shares of the model's size; 0 is the in-memory baseline")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="also write the table here (Markdown)")
     args = parser.parse_args()
     llama_cpp = find_binary("llama-server", explicit_dir=args.llama_cpp).path.parent
@@ -152,7 +154,7 @@ def main() -> int:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     worst = 1.0
-    for share in (None, *LIMITS):
+    for share in (float(word) or None for word in f"0,{args.limits}".split(",")):
         limit = round(size * share) if share else None
         facts = machine_facts(args.models, limit)
         predicted = forecast(model, facts)

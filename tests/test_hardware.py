@@ -72,6 +72,7 @@ def test_issue_example_round_trips_to_the_same_json() -> None:
     # Written before the disk's read speeds were facts: it still loads, and says they were not measured.
     facts = HardwareFacts.model_validate(ISSUE_EXAMPLE)
     disk = {**ISSUE_EXAMPLE["disk"], "read_bytes_per_s": None, "random_read_bytes_per_s": None}  # type: ignore[dict-item]
+    disk |= {"read_ahead_bytes": None, "fault_read_bytes_per_s": None}
     assert json.loads(facts.to_json()) == {**ISSUE_EXAMPLE, "disk": disk}
     assert facts.gpus[0].free_bytes == 191126044672
 

@@ -8,7 +8,9 @@ a latent MoE; Mamba2 with 128-wide states. Only the width (``n_embd``) and the b
 
 Weights are Q8_0, llama.cpp's fast 8-bit format, written block by block straight as bytes (an fp16
 scale and 32 random int8s per block) rather than quantized from floats: a 4 GB model is written in
-seconds. The vocabulary, tokenizer and chat template are the tiny model's, so llama-server answers.
+seconds. ``weight_type`` writes the matrices as F32, F16 or Q4_0 instead (an fp16 scale and 16 bytes of
+random nibbles per block of 32), for checking the speed forecast across weight types. The vocabulary,
+tokenizer and chat template are the tiny model's, so llama-server answers.
 """
 
 from __future__ import annotations
@@ -29,6 +31,20 @@ from nemolaunch.tiny_model import (
 ULTRA_BLOCK = "MEME*MEME"
 Q8_0_BLOCK = 32
 Q8_0_BYTES = 34
+#: Bytes per block of 32 weights, by weight type.
+BLOCK_BYTES = {"F32": 128, "F16": 64, "Q8_0": Q8_0_BYTES, "Q4_0": 18}
+_GGML_TYPES = {
+    "F32": GGMLQuantizationType.F32,
+    "F16": GGMLQuantizationType.F16,
+    "Q8_0": GGMLQuantizationType.Q8_0,
+    "Q4_0": GGMLQuantizationType.Q4_0,
+}
+_FILE_TYPES = {
+    "F32": LlamaFileType.ALL_F32,
+    "F16": LlamaFileType.MOSTLY_F16,
+    "Q8_0": LlamaFileType.MOSTLY_Q8_0,
+    "Q4_0": LlamaFileType.MOSTLY_Q4_0,
+}
 SCALED_CONTEXT_LENGTH = 32768
 
 
@@ -40,6 +56,7 @@ class ScaledShape:
     blocks: int
     n_expert: int = 128
     n_expert_used: int = 6  # 4.7 % routed, as the Ultra's 22 of 512
+    weight_type: str = "Q8_0"  # or F32, F16, Q4_0
 
     @property
     def layers(self) -> str:
@@ -77,10 +94,10 @@ class ScaledShape:
         return 2 * self.n_embd
 
 
-def q8_bytes(dims: tuple[int, ...]) -> int:
-    """The size of a Q8_0 matrix of ``dims`` (lead..., n_out, n_in)."""
+def q8_bytes(dims: tuple[int, ...], weight_type: str = "Q8_0") -> int:
+    """The size of a matrix of ``dims`` (lead..., n_out, n_in) in ``weight_type`` (Q8_0 by default)."""
     *lead, n_out, n_in = dims
-    return int(np.prod(lead, dtype=np.int64)) * n_out * (n_in // Q8_0_BLOCK) * Q8_0_BYTES
+    return int(np.prod(lead, dtype=np.int64)) * n_out * (n_in // Q8_0_BLOCK) * BLOCK_BYTES[weight_type]
 
 
 def _matrices(shape: ScaledShape, n_vocab: int) -> list[tuple[str, tuple[int, ...]]]:
@@ -115,15 +132,15 @@ def _matrices(shape: ScaledShape, n_vocab: int) -> list[tuple[str, tuple[int, ..
 
 def weights_bytes(shape: ScaledShape, n_vocab: int | None = None) -> int:
     n_vocab = n_vocab if n_vocab is not None else len(vocabulary()[0])
-    return sum(q8_bytes(dims) for _, dims in _matrices(shape, n_vocab))
+    return sum(q8_bytes(dims, shape.weight_type) for _, dims in _matrices(shape, n_vocab))
 
 
-def shape_for_size(target_bytes: int, *, blocks: int = 2) -> ScaledShape:
+def shape_for_size(target_bytes: int, *, blocks: int = 2, weight_type: str = "Q8_0") -> ScaledShape:
     """The widest shape (n_embd a multiple of 256) whose weights stay within ``target_bytes``."""
     width = 256
-    while weights_bytes(ScaledShape(width + 256, blocks)) <= target_bytes:
+    while weights_bytes(ScaledShape(width + 256, blocks, weight_type=weight_type)) <= target_bytes:
         width += 256
-    return ScaledShape(width, blocks)
+    return ScaledShape(width, blocks, weight_type=weight_type)
 
 
 def _q8_random(rng: np.random.Generator, dims: tuple[int, ...]) -> np.ndarray:
@@ -139,6 +156,29 @@ def _q8_random(rng: np.random.Generator, dims: tuple[int, ...]) -> np.ndarray:
     return data.reshape(*lead, n_out, blocks * Q8_0_BYTES)
 
 
+def _random_matrix(rng: np.random.Generator, dims: tuple[int, ...], weight_type: str) -> np.ndarray:
+    """Random weights of ``dims`` in ``weight_type``, each ~1/sqrt(n_in) like the Q8_0 ones."""
+    if weight_type == "Q8_0":
+        return _q8_random(rng, dims)
+    *lead, n_out, n_in = dims
+    if weight_type in ("F32", "F16"):
+        values = rng.standard_normal(size=dims, dtype=np.float32) / np.float32(np.sqrt(n_in))
+        return values if weight_type == "F32" else values.astype(np.float16)
+    rows = int(np.prod(lead, dtype=np.int64)) * n_out if lead else n_out
+    blocks = n_in // Q8_0_BLOCK
+    data = rng.integers(0, 256, size=(rows, blocks, BLOCK_BYTES["Q4_0"]), dtype=np.uint8)
+    # Nibbles 0..15 less 8, std ~4.6: the scale brings each weight to ~1/sqrt(n_in).
+    data[:, :, 0:2] = np.array([1.0 / (4.6 * np.sqrt(n_in))], dtype=np.float16).view(np.uint8)
+    return data.reshape(*lead, n_out, blocks * BLOCK_BYTES["Q4_0"])
+
+
+def _add_matrix(writer: GGUFWriter, name: str, data: np.ndarray, weight_type: str) -> None:
+    if weight_type in ("F32", "F16"):
+        writer.add_tensor(name, data)  # numpy's dtype says the type
+    else:
+        writer.add_tensor(name, data, raw_dtype=_GGML_TYPES[weight_type])
+
+
 def _f32(rng: np.random.Generator, *shape: int, low: float, high: float) -> np.ndarray:
     return rng.uniform(low, high, shape).astype(np.float32)
 
@@ -152,7 +192,7 @@ def _fill(writer: GGUFWriter, shape: ScaledShape, seed: int) -> None:
     tokens, types, merges = vocabulary()
     layers = shape.layers
     writer.add_name(f"nemolaunch-scaled-nemotron3-{shape.n_embd}x{len(layers)}")
-    writer.add_file_type(int(LlamaFileType.MOSTLY_Q8_0))
+    writer.add_file_type(int(_FILE_TYPES[shape.weight_type]))
     writer.add_context_length(SCALED_CONTEXT_LENGTH)
     writer.add_embedding_length(shape.n_embd)
     writer.add_block_count(len(layers))
@@ -183,10 +223,10 @@ def _fill(writer: GGUFWriter, shape: ScaledShape, seed: int) -> None:
     conv_dim = shape.ssm_d_inner + 2 * shape.ssm_n_group * shape.ssm_d_state
     ones = np.ones(e, dtype=np.float32)
     matrices = dict(_matrices(shape, len(tokens)))
-    writer.add_tensor("token_embd.weight", _q8_random(rng, matrices["token_embd.weight"]),
-                      raw_dtype=GGMLQuantizationType.Q8_0)  # fmt: skip
+    kind_of = shape.weight_type
+    _add_matrix(writer, "token_embd.weight", _random_matrix(rng, matrices["token_embd.weight"], kind_of), kind_of)
     writer.add_tensor("output_norm.weight", ones)
-    writer.add_tensor("output.weight", _q8_random(rng, matrices["output.weight"]), raw_dtype=GGMLQuantizationType.Q8_0)
+    _add_matrix(writer, "output.weight", _random_matrix(rng, matrices["output.weight"], kind_of), kind_of)
     for il, kind in enumerate(layers):
         blk = f"blk.{il}"
         writer.add_tensor(f"{blk}.attn_norm.weight", ones)
@@ -203,4 +243,4 @@ def _fill(writer: GGUFWriter, shape: ScaledShape, seed: int) -> None:
             writer.add_tensor(f"{blk}.exp_probs_b.bias", np.zeros(shape.n_expert, dtype=np.float32))
         for name, dims in matrices.items():
             if name.startswith(f"{blk}."):
-                writer.add_tensor(name, _q8_random(rng, dims), raw_dtype=GGMLQuantizationType.Q8_0)
+                _add_matrix(writer, name, _random_matrix(rng, dims, kind_of), kind_of)

@@ -33,6 +33,9 @@ PASS_SECONDS = 0.5
 class DiskSpeed:
     sequential_bytes_per_s: float
     random_bytes_per_s: float
+    # Bytes page faults bring in per second, reading random 1 MiB slices of a mapping from a few threads
+    # (what llama.cpp does with a mapped model): each fault reads the device's read-ahead window.
+    fault_bytes_per_s: float | None = None
 
 
 def measure_disk_read(folder: Path, *, scratch_bytes: int = SCRATCH_BYTES) -> DiskSpeed | None:
@@ -45,6 +48,7 @@ def measure_disk_read(folder: Path, *, scratch_bytes: int = SCRATCH_BYTES) -> Di
         _write_scratch(path, scratch_bytes)
         sequential = _sequential(path, scratch_bytes)
         spread = _random(path, scratch_bytes)
+        faulted = _faulted(path, scratch_bytes)
     except OSError:
         return None
     finally:
@@ -52,7 +56,7 @@ def measure_disk_read(folder: Path, *, scratch_bytes: int = SCRATCH_BYTES) -> Di
             path.unlink()
     if sequential <= 0 or spread <= 0:
         return None
-    return DiskSpeed(sequential, spread)
+    return DiskSpeed(sequential, spread, faulted)
 
 
 def _write_scratch(path: Path, size: int) -> None:
@@ -87,6 +91,59 @@ def _sequential(path: Path, size: int) -> float:
     finally:
         os.close(fd)
     return done / elapsed if elapsed > 0 else 0.0
+
+
+def _storage_read_bytes() -> int | None:
+    """What this process has read from storage so far (Linux /proc/self/io), page faults included."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _faulted(path: Path, size: int) -> float | None:
+    """Bytes brought in by page faults per second, touching random 1 MiB slices of a mapping."""
+    import mmap
+
+    before = _storage_read_bytes()
+    if before is None:
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _drop_cache(fd, size)
+        mapping = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    slice_bytes, page = 1 * MiB, mmap.PAGESIZE
+    slots = list(range(size // slice_bytes))
+    random.Random(1).shuffle(slots)
+    lock = threading.Lock()
+    deadline = time.perf_counter() + PASS_SECONDS
+
+    def toucher() -> None:
+        while time.perf_counter() < deadline:
+            with lock:
+                if not slots:
+                    return
+                slot = slots.pop()
+            start = slot * slice_bytes
+            for offset in range(start, start + slice_bytes, page):
+                mapping[offset]  # one byte a page: the fault reads it, and its read-ahead window, in
+
+    threads = [threading.Thread(target=toucher) for _ in range(RANDOM_THREADS)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    mapping.close()
+    after = _storage_read_bytes()
+    read = (after or 0) - before
+    return read / elapsed if elapsed > 0 and read > 0 else None
 
 
 def _random(path: Path, size: int) -> float:

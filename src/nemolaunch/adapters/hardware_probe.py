@@ -382,6 +382,7 @@ def probe_disk(path: Path, *, measure: bool = False) -> DiskFacts | None:
         read_bytes_per_s=speed.sequential_bytes_per_s if speed else None,
         random_read_bytes_per_s=speed.random_bytes_per_s if speed else None,
         read_ahead_bytes=read_ahead_bytes(existing) if measure else None,
+        fault_read_bytes_per_s=speed.fault_bytes_per_s if speed else None,
     )
 
 

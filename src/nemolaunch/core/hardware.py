@@ -54,6 +54,8 @@ class DiskFacts(_Facts):
     # The block device's read-ahead (Linux: /sys/block/DEV/queue/read_ahead_kb): a page fault in a mapped
     # file reads this much around the faulting page, however little of it was wanted.
     read_ahead_bytes: int | None = Field(default=None, ge=0)
+    # What page faults in a mapped file bring in per second (random 1 MiB slices, a few threads at once).
+    fault_read_bytes_per_s: float | None = Field(default=None, gt=0)
 
 
 class GpuFacts(_Facts):
