@@ -34,6 +34,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "prompt reuse": ("prompt_reuse.py", ["--runs", "5"], ["--runs", "1", "--turns", "3"]),
     "RPC cluster": ("rpc_cluster.py", ["--runs", "5"], ["--runs", "1", "--tokens", "4"]),
     "RPC over shaped links": ("rpc_link.py", ["--gbit", "1,10"], ["--size-gb", "0.4", "--tokens", "4"]),
+    "disk-backed": ("disk_backed.py", ["--runs", "2", "--limits", "0,0.25,0.5,0.75"],
+                    ["--size-gb", "0.3", "--runs", "1", "--tokens", "4", "--limits", "0,0.5"]),
     "P6 build": ("build_times.py", ["--runs", "5", "--cold"], ["--runs", "1"]),
     "header read": ("header_read.py", ["--runs", "3"], ["--runs", "1", "--vocab", "2000", "--merges", "4000"]),
 }  # fmt: skip
