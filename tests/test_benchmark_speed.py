@@ -22,6 +22,8 @@ def test_speed_vs_forecast_smoke(llama_bin_dir: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = [line for line in out.read_text().splitlines() if line.startswith("| scaled-")]
-    assert len(rows) == 1
-    forecast, measured = (float(cell.split()[0]) for cell in rows[0].split("|")[3:5])
-    assert forecast > 0 and measured > 0  # both sides really ran; how close they are is the benchmark's business
+    # One row per weight type the benchmark compares (its default: F32, F16, Q8_0 and Q4_0).
+    assert [row.split("|")[2].strip() for row in rows] == ["F32", "F16", "Q8_0", "Q4_0"]
+    for row in rows:
+        forecast, measured = (float(cell.split()[0]) for cell in row.split("|")[4:6])
+        assert forecast > 0 and measured > 0  # both sides really ran; how close is the benchmark's business
