@@ -133,13 +133,7 @@ def _faulted(path: Path, size: int) -> float | None:
             for offset in range(start, start + slice_bytes, page):
                 mapping[offset]  # one byte a page: the fault reads it, and its read-ahead window, in
 
-    threads = [threading.Thread(target=toucher) for _ in range(RANDOM_THREADS)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
+    elapsed = _run_timed([threading.Thread(target=toucher) for _ in range(RANDOM_THREADS)])
     mapping.close()
     after = _storage_read_bytes()
     read = (after or 0) - before
@@ -170,13 +164,17 @@ def _random(path: Path, size: int) -> float:
             with lock:
                 totals.append(done)
 
-        threads = [threading.Thread(target=reader, args=(seed,)) for seed in range(RANDOM_THREADS)]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.perf_counter() - started
+        elapsed = _run_timed([threading.Thread(target=reader, args=(seed,)) for seed in range(RANDOM_THREADS)])
     finally:
         os.close(fd)
     return sum(totals) / elapsed if elapsed > 0 else 0.0
+
+
+def _run_timed(threads: list[threading.Thread]) -> float:
+    """Start ``threads`` together and wait for all: the seconds they took."""
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
