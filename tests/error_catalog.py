@@ -8,7 +8,9 @@ one line it prints), and docs/errors.md is rendered from this table, so the two 
 
 In ``args``, ``env`` and ``message``: ``{tmp}`` is the case's own folder, ``{model}`` a small valid GGUF
 there, ``{shim}`` a stand-in llama.cpp bin folder, ``{hub}`` the fake Hub, ``{url}`` a chat server's
-base URL, ``{port}`` a port; ``{*}`` in a message stands for what differs from run to run (a size, a pid).
+base URL, ``{port}`` a port nothing listens on, ``{serve_port}`` another free port for a row whose serve
+would otherwise take the default port 8001 (so no row depends on 8001 being free); ``{*}`` in a message
+stands for what differs from run to run (a size, a pid).
 ``setup`` names what the case needs beyond those files (see the test module's SETUPS); ``check`` names
 an extra assertion made there (nothing left running, a secret nowhere in argv).
 """
@@ -181,9 +183,9 @@ CASES: list[Case] = [
       E + "--json without --dry-run is not valid: add --dry-run to print the launch as JSON"),
     c("serve-temp", "serve", "a negative temperature", "serve {model} --temp -1 --llama-cpp {shim}", 2,
       E + "--temp -1.0 is not valid: use 0 or more (NVIDIA recommends 1.0)"),
-    c("serve-llama-cpp-dir", "serve", "a --llama-cpp folder without llama-server", "serve {model} --llama-cpp {tmp}/empty",
+    c("serve-llama-cpp-dir", "serve", "a --llama-cpp folder without llama-server", "serve {model} --port {serve_port} --llama-cpp {tmp}/empty",
       3, E + "--llama-cpp names {tmp}/empty, which holds no executable llama-server: point it at llama.cpp's bin folder"),
-    c("serve-no-llama-cpp", "serve", "no llama.cpp anywhere", "serve {model}", 3,
+    c("serve-no-llama-cpp", "serve", "no llama.cpp anywhere", "serve {model} --port {serve_port}", 3,
       E + "llama-server not found (looked in {tmp}/data/nemolaunch/llama.cpp, PATH): run `nemolaunch build`, "
       "or pass --llama-cpp DIR / set NEMOLAUNCH_LLAMA_CPP to a folder holding it", setup="no-llama-cpp"),
     c("serve-env-key-hidden", "serve", "NEMOLAUNCH_API_KEY set: never in the dry run's command or the server's argv",
@@ -239,7 +241,7 @@ CASES: list[Case] = [
     c("serve-sessions-file", "serve", "--sessions naming a file", "serve {model} --sessions {model} --llama-cpp {shim} --dry-run", 2,
       E + "--sessions {model} is not valid: it is a file; name a folder"),
     # --- several machines ----------------------------------------------------------------------------------------
-    c("serve-rpc-dead", "serve", "an RPC worker where nothing listens", "serve {model} --rpc 127.0.0.1:{port} --llama-cpp {shim}", 4,
+    c("serve-rpc-dead", "serve", "an RPC worker where nothing listens", "serve {model} --port {serve_port} --rpc 127.0.0.1:{port} --llama-cpp {shim}", 4,
       E + "RPC worker 127.0.0.1:{port} is unreachable (connection refused): start `nemolaunch rpc-worker --host <its address>` there, or leave it out of --rpc"),
     c("serve-rpc-ipv6", "serve", "an IPv6 worker address (llama.cpp's RPC splits at the first ':')",
       "serve {model} --rpc [::1]:50052 --llama-cpp {shim}", 2,
@@ -284,9 +286,9 @@ CASES: list[Case] = [
       "rpc-worker --port {port} --llama-cpp {tmp}/empty", 3,
       E + "--llama-cpp names {tmp}/empty, which holds no executable rpc-server: point it at llama.cpp's bin folder"),
     # --- ps, stop, logs ----------------------------------------------------------------------------------------
-    c("serve-log-file-folder", "serve", "a --log-file that is a folder", "serve {model} --log-file {tmp} --llama-cpp {shim}", 2,
+    c("serve-log-file-folder", "serve", "a --log-file that is a folder", "serve {model} --port {serve_port} --log-file {tmp} --llama-cpp {shim}", 2,
       E + "--log-file {tmp} is not valid: it is a folder; name a file (or use --log-dir)"),
-    c("serve-log-dir-file", "serve", "a log_dir (here NEMOLAUNCH_LOG_DIR) that is a file", "serve {model} --llama-cpp {shim}", 2,
+    c("serve-log-dir-file", "serve", "a log_dir (here NEMOLAUNCH_LOG_DIR) that is a file", "serve {model} --port {serve_port} --llama-cpp {shim}", 2,
       E + "NEMOLAUNCH_LOG_DIR {model} is not valid: it is a file; name a folder", env={"NEMOLAUNCH_LOG_DIR": "{model}"}),
     c("stop-unknown", "stop", "a port, alias or pid no launch has", "stop no-such-server", 3,
       E + "nothing nemolaunch launched matches 'no-such-server' (running: none): name a port, an alias or a pid that "

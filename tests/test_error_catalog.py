@@ -86,7 +86,7 @@ def _files(ctx: Ctx) -> None:
     (tmp / "bad-cluster.json").write_text(json.dumps(cluster))
     ctx.values.update(
         tmp=str(tmp), model=str(model), shim=str(shim), tree=str(tree), machine=str(MACHINE),
-        small_machine=str(MACHINE), port=str(free_port()), cluster=str(CLUSTER),
+        small_machine=str(MACHINE), port=str(free_port()), serve_port=str(free_port()), cluster=str(CLUSTER),
     )  # fmt: skip
 
 
