@@ -15,7 +15,7 @@ from conftest import free_port, nemolaunch_argv
 from fakehub import FakeHub, fake_hub_fixture, gguf_shard  # noqa: F401  (fixture)
 from openai_stub import StubBehaviour, openai_stub
 from test_smoke import wait_for_health
-from tmux_pane import terminal, wait_until_gone
+from tmux_pane import Pane, terminal, wait_until_gone
 
 __all__ = ["terminal"]  # the fixture, imported for pytest
 SCRIPT = ["Let me think.", "</think>", "Hello there!", "<|im_end|>"]
@@ -161,6 +161,18 @@ def test_chat_saves_and_loads_a_session(terminal, llama_bin_dir: Path, tmp_path:
     assert (tmp_path / "data" / "nemolaunch" / "sessions" / "sums.json").is_file()
 
 
+def wait_for_bytes(pane: Pane, name: str, *, timeout: float = 30) -> None:
+    """Wait until the bar of file ``name`` shows more than 0 MB done (its third column: done/total)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for row in pane.screen().splitlines():
+            cells = row.split()
+            if len(cells) > 2 and cells[0] == name and "/" in cells[2] and float(cells[2].split("/")[0]) > 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"no bytes of {name} arrived within {timeout:.0f}s:\n{pane.screen()[-2000:]}")
+
+
 def test_download_draws_bars_and_ctrl_c_keeps_what_came(
     terminal, fake_hub: FakeHub, big_machine: Path, tmp_path: Path
 ) -> None:
@@ -182,6 +194,9 @@ def test_download_draws_bars_and_ctrl_c_keeps_what_came(
         ("Bench-UD-Q2_K_XL-00001-of-00002.gguf", "12.0"),
         ("Bench-UD-Q2_K_XL-00002-of-00002.gguf", "12.0"),
     ], screen[-2000:]
+    # Stop it only once the first shard has bytes on disk: a Ctrl-C before any byte arrived leaves
+    # nothing to resume from, and the second run would (rightly) start that shard afresh.
+    wait_for_bytes(pane, "Bench-UD-Q2_K_XL-00001-of-00002.gguf")
     pane.send("C-c")
     screen = pane.wait_for("run the same command again to resume")
     assert "nemolaunch: error: download stopped with" in screen
