@@ -321,6 +321,10 @@ CASES: list[Case] = [
     c("rpc-preload-no-quant", "rpc-worker", "--preload of a Hub model without its quant",
       f"rpc-worker --port {{port}} --llama-cpp {{shim}} --preload {REPO}", 2,
       E + f"--preload {REPO} is not valid: name the quant the head runs, e.g. REPO:UD-Q4_K_XL (see its plan)"),
+    c("serve-disk-backed-mlock", "serve", "--mlock after -- on a launch with experts paged from disk",
+      "serve --hardware {machine} --allow-disk --dry-run --port {port} --llama-cpp {shim} -- --mlock", 2,
+      E + "--mlock after -- with experts paged from disk is not valid: a model larger than memory runs only mapped "
+      "from its file: leave it out (or drop --allow-disk)", env={"HF_HUB_OFFLINE": "1"}),
 ]  # fmt: skip
 
 

@@ -199,3 +199,24 @@ def test_doctor_json_carries_the_disk_read_speed(tmp_path: Path) -> None:
     if hasattr(os, "posix_fadvise"):
         assert disk["read_bytes_per_s"] > 0 and disk["random_read_bytes_per_s"] > 0
     assert [path.name for path in tmp_path.rglob(".nemolaunch-disk-speed-*")] == []
+
+
+def test_a_read_ahead_window_larger_than_a_slice_never_reads_more_than_lies_outside_memory() -> None:
+    # Recorded here: read_ahead_kb 8192 over 78 KB slices forecast 2.95 GB a token of a 0.7 GB model.
+    facts = load_hardware_facts(HARDWARE / "laptop_64gb.json")
+    assert facts.disk is not None
+    catalog = builtin_catalog(ULTRA_REPO)
+    assert catalog is not None
+
+    def paged(read_ahead: int) -> tuple[float, float]:
+        disk = facts.disk.model_copy(update={"read_ahead_bytes": read_ahead})  # type: ignore[union-attr]
+        chosen = plan_launch(
+            facts.model_copy(update={"disk": disk}), catalog, PlanRequest(allow_disk=True), ULTRA_ARCHITECTURE
+        ).chosen
+        assert chosen is not None and chosen.disk is not None
+        outside = chosen.disk.disk_bytes + chosen.disk.memory_weight_bytes
+        return chosen.disk.read_per_token, outside
+
+    small, _ = paged(128 * 1024)
+    huge, outside = paged(1 << 30)
+    assert small < huge <= outside
