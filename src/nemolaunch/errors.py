@@ -60,6 +60,10 @@ class ShardsMissing(NemolaunchError):
     """path, missing (list of file names), total"""
 
 
+class SmallFileRefused(NemolaunchError):
+    """option (the flag or variable that named it), what, path, problem, fix: a small file that is not one"""
+
+
 class ApiKeyFileMissing(NemolaunchError):
     """path"""
 
@@ -356,6 +360,7 @@ class ErrorSpec:
 # The one table: class -> exit code and message. Templates use the exception's
 # data by name; keep each to one line that says what is wrong and what to do.
 ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
+    SmallFileRefused: ErrorSpec(EXIT_USAGE, "{option} {path} {problem}: {fix}"),
     ModelFileMissing: ErrorSpec(EXIT_NOT_FOUND, "model file {path} does not exist: pass the path of a .gguf file"),
     NotGGUF: ErrorSpec(
         EXIT_USAGE,

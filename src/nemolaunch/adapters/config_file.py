@@ -28,11 +28,12 @@ def read_config(path: Path) -> dict[str, object]:
         import tomli as tomllib
     if not path.exists():
         return {}
+    from nemolaunch.adapters.small_files import read_small_text
+
+    # A regular file only, capped: NEMOLAUNCH_CONFIG=/dev/zero or a FIFO gets one line, not a hang.
+    text = read_small_text(path, what="settings file", option="the config file")
     try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SettingsFileNotToml(path=str(path), detail=str(exc)) from exc
-    except OSError as exc:
-        raise SettingsFileNotToml(path=str(path), detail=f"it cannot be read: {exc.strerror or exc}") from exc
     return data

@@ -41,8 +41,10 @@ def check_api_key_file(path: Path | None) -> Path | None:
 def keys_as_llama_server_reads_them(path: Path) -> list[tuple[int, str]]:
     """(line number, key) for each key llama-server's --api-key-file takes: every line split on \\n alone,
     kept byte for byte (a CR or a space stays in the key), except empty lines and lines starting with #."""
-    with path.open(encoding="utf-8", newline="") as file:  # newline="": a CR is not turned into a line end
-        lines = file.read().split("\n")
+    from nemolaunch.adapters.small_files import read_small_text
+
+    # A regular file only, capped, raw bytes decoded as strict UTF-8: a CR stays in its line.
+    lines = read_small_text(path, what="key file", option="--api-key-file", limit_bytes=64 * 1024).split("\n")
     return [(number, line) for number, line in enumerate(lines, 1) if line and not line.startswith("#")]
 
 

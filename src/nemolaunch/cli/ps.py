@@ -79,12 +79,13 @@ def _status(launch: Launch) -> ServerStatus | None:
 def _server_key(key_file: str | None) -> str | None:
     """The key /slots and /metrics want: the server's own key file, else NEMOLAUNCH_API_KEY. Never shown."""
     from nemolaunch.cli.api_key import API_KEY_ENV, keys_as_llama_server_reads_them
+    from nemolaunch.errors import NemolaunchError
 
     if key_file is not None:
         try:
             # The first key exactly as the server read it from this file, not a stripped guess at it.
             keys = keys_as_llama_server_reads_them(Path(key_file))
-        except (OSError, UnicodeDecodeError):
+        except NemolaunchError:  # the small-file reader's refusal: ps never fails on a key file
             return None
         # A key with a CR or spaces (serve refuses such a file now) cannot travel in a header at all.
         return keys[0][1] if keys and keys[0][1] == keys[0][1].strip() else None

@@ -88,7 +88,12 @@ def _read_messages(path: Path) -> list[dict[str, Any]]:
     from nemolaunch.errors import BadOption
 
     try:
-        text = sys.stdin.read() if str(path) == "-" else path.expanduser().read_text()
+        if str(path) == "-":
+            text = sys.stdin.read()
+        else:
+            from nemolaunch.adapters.small_files import read_small_text
+
+            text = read_small_text(path.expanduser(), what="messages file", option="--messages")
         data = json.loads(text)
     except OSError as exc:
         raise BadOption(option="--messages", value=str(path), hint=f"it cannot be read ({exc.strerror})") from exc
