@@ -169,6 +169,10 @@ class UnsafeRepoPath(NemolaunchError):
     """repo_id, path, reason"""
 
 
+class HubListingInvalid(NemolaunchError):
+    """repo_id, path, problem (how the listing describes the file: "as 0 bytes, which no model file is")"""
+
+
 class HubRepoNotFound(NemolaunchError):
     """repo_id, endpoint"""
 
@@ -445,7 +449,13 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
     UnsafeRepoId: ErrorSpec(EXIT_USAGE, "{repo_id!r} is not a Hub repo id: use the form owner/name"),
     UnsafeRepoPath: ErrorSpec(
         EXIT_HUB,
-        "{repo_id} lists a file named {path!r}, which is not a safe relative path ({reason}): refusing to download it",
+        "{repo_id} lists a file named {path!r}, which is not a safe relative path ({reason}): nothing was fetched; "
+        "check that HF_ENDPOINT names the Hub or a mirror you trust",
+    ),
+    HubListingInvalid: ErrorSpec(
+        EXIT_HUB,
+        "{repo_id} lists {path} {problem}: the listing is broken, so nothing was fetched; "
+        "tell the repo's owner, or check that HF_ENDPOINT names the Hub or a mirror you trust",
     ),
     HubRepoNotFound: ErrorSpec(
         EXIT_NOT_FOUND,

@@ -33,6 +33,9 @@ def read_config(path: Path) -> dict[str, object]:
             data = tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise SettingsFileNotToml(path=str(path), detail=str(exc)) from exc
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 text; tomllib decodes before it parses
+        detail = f"byte {exc.object[exc.start]:#04x} at offset {exc.start} is not UTF-8 text"
+        raise SettingsFileNotToml(path=str(path), detail=detail) from exc
     except OSError as exc:
         raise SettingsFileNotToml(path=str(path), detail=f"it cannot be read: {exc.strerror or exc}") from exc
     return data
