@@ -90,6 +90,7 @@ class Fault:
     stall_s: float = 30.0
     corrupt: bool = False  # flip the file's middle byte: right size, wrong content
     status: int | None = None  # answer this status instead of the bytes
+    length_off_by: int = 0  # a Content-Length this far from the bytes sent (a broken server or proxy)
     times: int | None = 1
 
 
@@ -614,7 +615,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
-        self.send_header("Content-Length", str(length))
+        self.send_header("Content-Length", str(length + (fault.length_off_by if fault is not None else 0)))
         self.end_headers()
         self._log(status, path)
         if self.command == "HEAD":

@@ -9,6 +9,7 @@ tracebacks appear only with ``--debug``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # Exit codes, shared by every command.
@@ -211,6 +212,14 @@ class NotEnoughDisk(NemolaunchError):
 
 class DownloadFailed(NemolaunchError):
     """path, attempts, reason"""
+
+
+class ServedSizeMismatch(NemolaunchError):
+    """path, listed, served (byte counts), header (the one that gave the served size)"""
+
+
+class ServedAnswerInvalid(NemolaunchError):
+    """path, header, value (what it said), conflict (why that cannot be)"""
 
 
 class DownloadInterrupted(NemolaunchError):
@@ -492,6 +501,17 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
         "downloading {path} failed after {attempts} attempts ({reason}): "
         "run the command again to resume from the bytes on disk",
     ),
+    ServedSizeMismatch: ErrorSpec(
+        EXIT_HUB,
+        "{path} is listed as {listed} bytes, but the server's {header} says {served}: the Hub's listing and its "
+        "file disagree, so no download of it can be whole (its partial file was deleted); tell the repo's owner, "
+        "or check HF_ENDPOINT and any proxy",
+    ),
+    ServedAnswerInvalid: ErrorSpec(
+        EXIT_HUB,
+        "the server sending {path} said {header}: {value}, but {conflict}: it (or a proxy between) is broken, "
+        "and asking again gets the same answer; check HF_ENDPOINT and any proxy, then run again",
+    ),
     DownloadInterrupted: ErrorSpec(
         EXIT_INTERRUPTED, "download stopped with {on_disk} of {total} on disk: run the same command again to resume"
     ),
@@ -625,6 +645,16 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+# A URL's user:password@ (scheme://, then anything but /, ?, # or space up to the last @ before them:
+# a password may hold an @ of its own).
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]*@")
+
+
+def without_credentials(text: str) -> str:
+    """``text`` with the user:password@ of every URL in it shown as ***@ (HF_ENDPOINT or --url may carry one)."""
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
+
+
 def _format_list(items: object) -> str:
     if isinstance(items, (list, tuple)):
         return ", ".join(str(item) for item in items) or "none"
@@ -642,4 +672,5 @@ def describe(exc: NemolaunchError) -> tuple[int, str]:
     fields = dict(exc.data)
     for key, value in exc.data.items():
         fields[f"{key}_list"] = _format_list(value)
-    return spec.exit_code, spec.template.format(**fields)
+    # Masked once the line is whole: a URL may come in any field (an endpoint, a url, a reason quoting one).
+    return spec.exit_code, without_credentials(spec.template.format(**fields))
