@@ -176,6 +176,7 @@ def _hostile_repos(ctx: Ctx, hub: FakeHub) -> None:
     """Listings no honest Hub sends, and a CDN whose answers disagree with the listing or themselves.
 
     Each repo's bytes differ (the CDN finds a file by its sha256, so a fault must name one repo's file)."""
+
     def model(tag: str, payload: int = 4096) -> bytes:
         return write_gguf(ctx.tmp / f"hostile-{tag}.gguf", padding=tag[0] * payload).read_bytes()
 
@@ -184,7 +185,8 @@ def _hostile_repos(ctx: Ctx, hub: FakeHub) -> None:
     hub.add_repo("acme/Long-GGUF", {"Q8_0/" + "L" * 300 + "-Q8_0.gguf": model("long")})
     hub.add_repo("acme/Empty-GGUF", {"Q8_0/Empty-Q8_0.gguf": b""})
     size = model("size")
-    hub.add_repo("acme/Size-GGUF", {"Q8_0/Size-Q8_0.gguf": size}, declared_sizes={"Q8_0/Size-Q8_0.gguf": len(size) + 1000})
+    listed = {"Q8_0/Size-Q8_0.gguf": len(size) + 1000}
+    hub.add_repo("acme/Size-GGUF", {"Q8_0/Size-Q8_0.gguf": size}, declared_sizes=listed)
     length = "Q8_0/Length-Q8_0.gguf"
     hub.add_repo("acme/Length-GGUF", {length: model("zlength", payload=400_000)})
     # The download's first GET (no Range) drops after 100 kB; its resumed GET then gets a Content-Length 7 bytes

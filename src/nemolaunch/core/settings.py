@@ -48,7 +48,8 @@ class Settings(BaseModel):
     quant: str | None = None
     host: str = DEFAULT_HOST
     port: Int = DEFAULT_PORT
-    ctx_size: Annotated[str | None, BeforeValidator(_tokens_as_text)] = None  # a number of tokens, or "max"; none: 32768 or the model's maximum
+    # A number of tokens, or "max"; none: 32768 or the model's maximum.
+    ctx_size: Annotated[str | None, BeforeValidator(_tokens_as_text)] = None
     cache_type: str = "f16"
     parallel: Int | None = None  # none: llama-server's own 4 slots
     llama_cpp: str | None = None  # a folder holding llama.cpp's binaries

@@ -297,7 +297,9 @@ def _check_answer(
     """
     length = headers.get("content-length")
     if length is not None and not length.strip().isdigit():
-        raise ServedAnswerInvalid(path=source.path, header="Content-Length", value=length, conflict="that is no byte count")
+        raise ServedAnswerInvalid(
+            path=source.path, header="Content-Length", value=length, conflict="that is no byte count"
+        )
     if status == 206:
         content_range = headers.get("content-range", "")
         match = _CONTENT_RANGE.fullmatch(content_range.strip())
