@@ -90,6 +90,10 @@ class Fault:
     stall_s: float = 30.0
     corrupt: bool = False  # flip the file's middle byte: right size, wrong content
     status: int | None = None  # answer this status instead of the bytes
+    length_off_by: int = 0  # a Content-Length this far from the bytes sent (a broken server or proxy)
+    # Which GETs it meets: any; "whole", only those without a Range (a one-piece download's first);
+    # "resumed", only ranged ones from past byte 0 (a retry). A GET it does not meet leaves it queued.
+    on: str = "any"
     times: int | None = 1
 
 
@@ -301,10 +305,10 @@ class FakeHub:
             if generation == self.counter_generation:
                 self.bytes_served[(repo_id, path)] += nbytes
 
-    def _take_fault(self, repo_id: str, path: str) -> Fault | None:
+    def _take_fault(self, repo_id: str, path: str, *, kind: str = "any") -> Fault | None:
         with self._lock:
             faults = self._faults.get((repo_id, path))
-            if not faults:
+            if not faults or faults[0].on not in ("any", kind):
                 return None
             fault = faults[0]
             if fault.times is not None:
@@ -594,13 +598,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_file(self, repo: FakeRepo, path: str, headers: dict[str, str]) -> None:
         content = repo.files[path]
         size = len(content)
-        fault = self.hub._take_fault(repo.repo_id, path) if self.command == "GET" else None
+        requested = self.headers.get("Range") if self.hub.honor_range else None
+        kind = "whole" if not requested else "resumed" if not requested.strip().startswith("bytes=0-") else "ranged"
+        fault = self.hub._take_fault(repo.repo_id, path, kind=kind) if self.command == "GET" else None
         if fault is not None and fault.status is not None:
             self._error(fault.status, None, f"fault injected: {fault.status}", file=path)
             return
         start, end = 0, size - 1
         status = 200
-        requested = self.headers.get("Range") if self.hub.honor_range else None
         if requested:
             match = _RANGE.match(requested.strip())
             if match is None or int(match[1]) >= size:
@@ -614,7 +619,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
-        self.send_header("Content-Length", str(length))
+        self.send_header("Content-Length", str(length + (fault.length_off_by if fault is not None else 0)))
         self.end_headers()
         self._log(status, path)
         if self.command == "HEAD":

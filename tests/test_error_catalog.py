@@ -38,7 +38,7 @@ from test_smoke import process_alive, stop_with_sigint, wait_for_health
 
 MACHINE = REPO_ROOT / "tests" / "fixtures" / "hardware" / "laptop_64gb.json"
 CLUSTER = REPO_ROOT / "tests" / "fixtures" / "clusters" / "two_cpu_256gb.json"
-SECRETS = ("hf_catalogsecret", "sk-catalog-secret")
+SECRETS = ("hf_catalogsecret", "sk-catalog-secret", "pass-catalog-secret")
 
 
 @dataclass
@@ -81,6 +81,9 @@ def _files(ctx: Ctx) -> None:
     (tmp / "broken.toml").write_text("port = [\n")
     (tmp / "typo.toml").write_text('colour = "blue"\n')
     (tmp / "bad-port.toml").write_text("port = 70000\n")
+    (tmp / "latin1.toml").write_bytes(b"# caf\xe9\nport = 8001\n")
+    (tmp / "port-true.toml").write_text("port = true\n")
+    (tmp / "ctx-negative.toml").write_text("ctx_size = -5\n")
     cluster = json.loads(CLUSTER.read_text())
     cluster["workers"][0]["endpoint"] = "10.0.0.2:"
     (tmp / "bad-cluster.json").write_text(json.dumps(cluster))
@@ -126,6 +129,10 @@ def _setup(ctx: Ctx, name: str, request: pytest.FixtureRequest) -> None:
             # 2 GiB is the margin download keeps free: a folder just above it takes the download, then fills.
             size = "1m" if name == "hub-small-disk" else "2060m"
             ctx.values["small_disk"] = str(ctx.stack.enter_context(_tmpfs(ctx.tmp / "small", size)))
+        if name == "hub-hostile":
+            _hostile_repos(ctx, hub)
+        if name == "hub-stale-headers":
+            _stale_header_folders(ctx)
     elif name == "small-disk":
         ctx.values["small_disk"] = str(ctx.stack.enter_context(_tmpfs(ctx.tmp / "small", "1m")))
     elif name in ("no-nvcc", "no-cmake", "no-npm"):
@@ -163,6 +170,54 @@ def _setup(ctx: Ctx, name: str, request: pytest.FixtureRequest) -> None:
         behaviour = StubBehaviour(endless=name == "stub-endless", api_key="sk-right" if name == "stub-key" else None)
         url, ctx.stub = ctx.stack.enter_context(openai_stub(behaviour))
         ctx.values["url"] = url
+
+
+def _hostile_repos(ctx: Ctx, hub: FakeHub) -> None:
+    """Listings no honest Hub sends, and a CDN whose answers disagree with the listing or themselves.
+
+    Each repo's bytes differ (the CDN finds a file by its sha256, so a fault must name one repo's file)."""
+
+    def model(tag: str, payload: int = 4096) -> bytes:
+        return write_gguf(ctx.tmp / f"hostile-{tag}.gguf", padding=tag[0] * payload).read_bytes()
+
+    hub.add_repo("acme/Dots-GGUF", {"Q8_0/../../Dots-Q8_0.gguf": model("dots")})
+    hub.add_repo("acme/Abs-GGUF", {"/Q8_0/Abs-Q8_0.gguf": model("abs")})
+    hub.add_repo("acme/Long-GGUF", {"Q8_0/" + "L" * 300 + "-Q8_0.gguf": model("long")})
+    hub.add_repo("acme/Empty-GGUF", {"Q8_0/Empty-Q8_0.gguf": b""})
+    size = model("size")
+    listed = {"Q8_0/Size-Q8_0.gguf": len(size) + 1000}
+    hub.add_repo("acme/Size-GGUF", {"Q8_0/Size-Q8_0.gguf": size}, declared_sizes=listed)
+    length = "Q8_0/Length-Q8_0.gguf"
+    hub.add_repo("acme/Length-GGUF", {length: model("zlength", payload=400_000)})
+    # The download's first GET (no Range) drops after 100 kB; its resumed GET then gets a Content-Length 7 bytes
+    # longer than its Content-Range. The plan's header read (a range from byte 0) meets neither.
+    hub.add_fault("acme/Length-GGUF", length, Fault(drop_after=100_000, on="whole"))
+    hub.add_fault("acme/Length-GGUF", length, Fault(length_off_by=7, on="resumed", times=None))
+
+
+def _stale_header_folders(ctx: Ctx) -> None:
+    """Header folders as runs leave them in TMPDIR: a killed run's (its pid gone), an older nemolaunch's (no pid,
+    an hour old), a running run's (its pid alive) and an older nemolaunch's made just now."""
+    scratch = ctx.tmp / "scratch"
+    scratch.mkdir()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    running = subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL)
+    ctx.stack.callback(lambda: (running.kill(), running.wait(timeout=10)))
+    time.sleep(0.05)  # made after its owner started, as a run makes it
+    folders = {
+        "killed": scratch / f"nemolaunch-header-{gone.pid}-abc123",
+        "old": scratch / "nemolaunch-header-q1w2e3",
+        "running": scratch / f"nemolaunch-header-{running.pid}-def456",
+        "recent": scratch / "nemolaunch-header-r4t5y6",
+    }
+    for folder in folders.values():
+        folder.mkdir()
+        with (folder / "head.gguf").open("wb") as handle:
+            handle.truncate(10**9)  # sparse, as the real ones are: the model's full size
+    an_hour_ago = time.time() - 3600
+    os.utime(folders["old"], (an_hour_ago, an_hour_ago))
+    ctx.values.update({f"folder_{key}": str(path) for key, path in folders.items()})
 
 
 def _launches(ctx: Ctx) -> None:
@@ -373,7 +428,39 @@ def _check_other_alive(ctx: Ctx, args: list[str], env: dict[str, str]) -> tuple[
     return done.returncode, done.stdout, done.stderr
 
 
+def _check_nothing_fetched(ctx: Ctx, args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """A refused listing: no request for any file's bytes or metadata, and nothing made in the cache."""
+    done = subprocess.run(nemolaunch_argv(*args), capture_output=True, text=True, env=env, timeout=60)
+    assert ctx.hub is not None
+    assert not [record.path for record in ctx.hub.requests if record.file or "/resolve/" in record.path]
+    hub_cache = ctx.tmp / "hf" / "hub"
+    assert not [path for path in hub_cache.rglob("*") if not path.is_dir()], "the refused listing left files"
+    return done.returncode, done.stdout, done.stderr
+
+
+def _check_no_partial_file(ctx: Ctx, args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    done = subprocess.run(nemolaunch_argv(*args), capture_output=True, text=True, env=env, timeout=60)
+    left = [path for path in (ctx.tmp / "hf" / "hub").rglob("*") if ".incomplete" in path.name]
+    assert not left, f"a partial file of a file no download can finish was kept: {left}"
+    return done.returncode, done.stdout, done.stderr
+
+
+def _check_stale_headers(ctx: Ctx, args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    done = subprocess.run(nemolaunch_argv(*args), capture_output=True, text=True, env=env, timeout=60)
+    folder = {key: Path(ctx.values[f"folder_{key}"]) for key in ("killed", "old", "running", "recent")}
+    assert not folder["killed"].exists() and not folder["old"].exists(), "a killed run's header folder stayed"
+    assert folder["running"].exists() and folder["recent"].exists(), "a running run's header folder was removed"
+    # And the run's own folder went with it: only the two kept are left.
+    assert sorted(path.name for path in (ctx.tmp / "scratch").iterdir()) == sorted(
+        (folder["running"].name, folder["recent"].name)
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
 CHECKS = {
+    "nothing-fetched": _check_nothing_fetched,
+    "no-partial-file": _check_no_partial_file,
+    "stale-headers": _check_stale_headers,
     "other-alive": _check_other_alive,
     "ctrl-c-build": _check_ctrl_c_build,
     "ctrl-c-download": _check_ctrl_c_download,

@@ -155,7 +155,9 @@ def test_both_transports_read_a_range_from_the_cdn(fake_hub: FakeHub, direct: bo
     content = os.urandom(300_000)
     fake_hub.add_repo("acme/X-GGUF", {"Q/m.gguf": content})
     url = f"{fake_hub.url}/acme/X-GGUF/resolve/{fake_hub.repos['acme/X-GGUF'].sha}/Q/m.gguf"
-    source = FileSource(repo_id="acme/X-GGUF", url=url, token="hf_secret", stall_timeout_s=5, translate=RuntimeError)
+    source = FileSource(
+        repo_id="acme/X-GGUF", path="Q/m.gguf", url=url, token="hf_secret", stall_timeout_s=5, translate=RuntimeError
+    )
     resolved = source.target()
     assert resolved.url.startswith(fake_hub.cdn_url)  # redirected, not followed by a HEAD
     assert "authorization" not in {key.lower() for key in resolved.headers}  # the token stays at the Hub
@@ -174,7 +176,9 @@ def test_a_dropped_body_is_a_retry(fake_hub: FakeHub) -> None:
     fake_hub.add_repo("acme/X-GGUF", {"Q/m.gguf": content})
     fake_hub.add_fault("acme/X-GGUF", "Q/m.gguf", Fault(drop_after=100_000))
     url = f"{fake_hub.url}/acme/X-GGUF/resolve/main/Q/m.gguf"
-    source = FileSource(repo_id="acme/X-GGUF", url=url, token=None, stall_timeout_s=5, translate=RuntimeError)
+    source = FileSource(
+        repo_id="acme/X-GGUF", path="Q/m.gguf", url=url, token=None, stall_timeout_s=5, translate=RuntimeError
+    )
     with pytest.raises(Retry, match=r"ended the transfer early|connection lost"):
         fetch_range(source, source.target(), 0, len(content), len(content))
 

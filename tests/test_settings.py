@@ -36,13 +36,25 @@ def test_flags_beat_the_environment_which_beats_the_file_which_beats_the_default
     assert set(settings.to_json()["settings"]) == set(KEYS)
 
 
+def test_a_number_of_tokens_may_be_written_as_a_toml_number() -> None:
+    assert resolve(file_values={"ctx_size": 4096}).values.ctx_size == "4096"
+    assert resolve(file_values={"ctx_size": "max"}).values.ctx_size == "max"
+
+
 @pytest.mark.parametrize(
     ("layer", "value", "error", "words"),
     [
         ("flags", {"port": 70000}, PortOutOfRange, "port 70000 is out of range"),
         ("environ", {"NEMOLAUNCH_PORT": "eighty"}, BadOption, "NEMOLAUNCH_PORT eighty is not valid: input should be"),
         ("environ", {"NEMOLAUNCH_TOP_P": "1.5"}, BadOption, "NEMOLAUNCH_TOP_P 1.5 is not valid: use a value from 0"),
-        ("file_values", {"temp": -1}, SettingsFileInvalid, "config.toml: temp: -1.0 is not valid: use 0 or more"),
+        ("file_values", {"temp": -1}, SettingsFileInvalid, "config.toml: temp: -1 is not valid: use 0 or more"),
+        # TOML's true is no number, though pydantic would take it as 1 (`port = true` became --port 1).
+        ("file_values", {"port": True}, SettingsFileInvalid, "port: true is not valid: true or false is not"),
+        ("file_values", {"parallel": False}, SettingsFileInvalid, "parallel: false is not valid: true or false is not"),
+        ("file_values", {"top_p": True}, SettingsFileInvalid, "top_p: true is not valid: true or false is not"),
+        ("file_values", {"ctx_size": -5}, SettingsFileInvalid, "ctx_size: -5 is not valid: use a positive number"),
+        ("file_values", {"ctx_size": True}, SettingsFileInvalid, "ctx_size: true is not valid: true or false is not"),
+        ("environ", {"NEMOLAUNCH_TEMP": "hot"}, BadOption, "valid number; use 0 or more (NVIDIA recommends 1.0)"),
         ("file_values", {"cache_type": "q3"}, SettingsFileInvalid, "cache_type: 'q3' is not valid: use one of f16"),
         ("file_values", {"colour": "blue"}, SettingsFileInvalid, "colour: unknown key (known: model, quant"),
         ("flags", {"ctx_size": "lots"}, BadOption, "--ctx-size lots is not valid: give a number of tokens, or max"),

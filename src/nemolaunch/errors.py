@@ -9,6 +9,7 @@ tracebacks appear only with ``--debug``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # Exit codes, shared by every command.
@@ -173,6 +174,10 @@ class UnsafeRepoPath(NemolaunchError):
     """repo_id, path, reason"""
 
 
+class HubListingInvalid(NemolaunchError):
+    """repo_id, path, problem (how the listing describes the file: "as 0 bytes, which no model file is")"""
+
+
 class HubRepoNotFound(NemolaunchError):
     """repo_id, endpoint"""
 
@@ -211,6 +216,14 @@ class NotEnoughDisk(NemolaunchError):
 
 class DownloadFailed(NemolaunchError):
     """path, attempts, reason"""
+
+
+class ServedSizeMismatch(NemolaunchError):
+    """path, listed, served (byte counts), header (the one that gave the served size)"""
+
+
+class ServedAnswerInvalid(NemolaunchError):
+    """path, header, value (what it said), conflict (why that cannot be)"""
 
 
 class DownloadInterrupted(NemolaunchError):
@@ -450,7 +463,13 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
     UnsafeRepoId: ErrorSpec(EXIT_USAGE, "{repo_id!r} is not a Hub repo id: use the form owner/name"),
     UnsafeRepoPath: ErrorSpec(
         EXIT_HUB,
-        "{repo_id} lists a file named {path!r}, which is not a safe relative path ({reason}): refusing to download it",
+        "{repo_id} lists a file named {path!r}, which is not a safe relative path ({reason}): nothing was fetched; "
+        "check that HF_ENDPOINT names the Hub or a mirror you trust",
+    ),
+    HubListingInvalid: ErrorSpec(
+        EXIT_HUB,
+        "{repo_id} lists {path} {problem}: the listing is broken, so nothing was fetched; "
+        "tell the repo's owner, or check that HF_ENDPOINT names the Hub or a mirror you trust",
     ),
     HubRepoNotFound: ErrorSpec(
         EXIT_NOT_FOUND,
@@ -486,6 +505,17 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
         EXIT_HUB,
         "downloading {path} failed after {attempts} attempts ({reason}): "
         "run the command again to resume from the bytes on disk",
+    ),
+    ServedSizeMismatch: ErrorSpec(
+        EXIT_HUB,
+        "{path} is listed as {listed} bytes, but the server's {header} says {served}: the Hub's listing and its "
+        "file disagree, so no download of it can be whole (its partial file was deleted); tell the repo's owner, "
+        "or check HF_ENDPOINT and any proxy",
+    ),
+    ServedAnswerInvalid: ErrorSpec(
+        EXIT_HUB,
+        "the server sending {path} said {header}: {value}, but {conflict}: it (or a proxy between) is broken, "
+        "and asking again gets the same answer; check HF_ENDPOINT and any proxy, then run again",
     ),
     DownloadInterrupted: ErrorSpec(
         EXIT_INTERRUPTED, "download stopped with {on_disk} of {total} on disk: run the same command again to resume"
@@ -620,6 +650,16 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+# A URL's user:password@ (scheme://, then anything but /, ?, # or space up to the last @ before them:
+# a password may hold an @ of its own).
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]*@")
+
+
+def without_credentials(text: str) -> str:
+    """``text`` with the user:password@ of every URL in it shown as ***@ (HF_ENDPOINT or --url may carry one)."""
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
+
+
 def _format_list(items: object) -> str:
     if isinstance(items, (list, tuple)):
         return ", ".join(str(item) for item in items) or "none"
@@ -637,4 +677,5 @@ def describe(exc: NemolaunchError) -> tuple[int, str]:
     fields = dict(exc.data)
     for key, value in exc.data.items():
         fields[f"{key}_list"] = _format_list(value)
-    return spec.exit_code, spec.template.format(**fields)
+    # Masked once the line is whole: a URL may come in any field (an endpoint, a url, a reason quoting one).
+    return spec.exit_code, without_credentials(spec.template.format(**fields))

@@ -26,14 +26,17 @@ def read_config(path: Path) -> dict[str, object]:
         import tomllib
     else:  # pragma: no cover - Python 3.10 has no tomllib; tomli is its backport
         import tomli as tomllib
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():  # a dangling link or a loop is a wrong file, said so
         return {}
-    from nemolaunch.adapters.small_files import read_small_text
+    from nemolaunch.adapters.small_files import read_small_bytes
 
     # A regular file only, capped: NEMOLAUNCH_CONFIG=/dev/zero or a FIFO gets one line, not a hang.
-    text = read_small_text(path, what="settings file", option="the config file")
+    raw = read_small_bytes(path, what="settings file", option="the config file")
     try:
-        data = tomllib.loads(text)
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 text
+        detail = f"byte {exc.object[exc.start]:#04x} at offset {exc.start} is not UTF-8 text"
+        raise SettingsFileNotToml(path=str(path), detail=detail) from exc
     except tomllib.TOMLDecodeError as exc:
         raise SettingsFileNotToml(path=str(path), detail=str(exc)) from exc
     return data

@@ -269,12 +269,12 @@ def header_from_prefix(prefix: bytes, file_size: int, *, where: str = "the file"
     as nonsense) and every count by ``file_size``: a header that cannot fit even the whole file
     raises MalformedGGUF (naming ``where``), since no longer prefix would mend it.
     """
-    import tempfile
+    from nemolaunch.adapters.header_scratch import scratch_folder
 
     if prefix[:4] != GGUF_MAGIC:
         return None
-    with tempfile.TemporaryDirectory(prefix="nemolaunch-header-") as folder:
-        sparse = Path(folder) / "head.gguf"
+    with scratch_folder() as folder:
+        sparse = folder / "head.gguf"
         try:
             with sparse.open("wb") as handle:
                 handle.write(prefix)

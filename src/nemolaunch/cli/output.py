@@ -7,6 +7,8 @@ import shlex
 import sys
 from typing import TYPE_CHECKING, Any
 
+from nemolaunch.errors import without_credentials
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
@@ -52,7 +54,7 @@ def styled(*parts: str | tuple[str, str]) -> Text:
 
 
 def warn(message: str) -> None:
-    err_console.print(styled(("warning: ", "yellow"), message))
+    err_console.print(styled(("warning: ", "yellow"), without_credentials(message)))
 
 
 def note(message: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 from typing import Literal
 
 from nemolaunch.core.split_names import SplitName, parse_split_name
-from nemolaunch.errors import SplitSetIncomplete, UnsafeRepoId, UnsafeRepoPath
+from nemolaunch.errors import HubListingInvalid, SplitSetIncomplete, UnsafeRepoId, UnsafeRepoPath
 
 #: Free space left on the target after a download: a full disk breaks the cache
 #: (lock files, refs) and everything else on the machine.
@@ -22,6 +22,8 @@ DEFAULT_DISK_MARGIN_BYTES = 2 * 1024**3
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: The longest file name (one path segment) Linux, macOS and Windows file systems take, in bytes.
+MAX_NAME_BYTES = 255
 
 
 @dataclass(frozen=True)
@@ -63,16 +65,37 @@ def unsafe_path_reason(path: str) -> str | None:
         return "a segment ends with a dot or a space"
     if segments[0] == ".cache":
         return "it would land in the folder's .cache, where download state lives"
+    longest = max(len(segment.encode("utf-8", "surrogatepass")) for segment in segments)
+    if longest > MAX_NAME_BYTES:
+        # No file system would take it: the blob would land, and its snapshot link fail.
+        return f"a segment is {longest} bytes long, over the {MAX_NAME_BYTES} a file name may have"
     return None
 
 
 def check_repo_paths(repo_id: str, files: Iterable[RemoteFile]) -> None:
+    """Every file a download is asked for: a safe relative path, a real sha256, some bytes."""
     for remote in files:
-        reason = unsafe_path_reason(remote.path)
-        if reason is None and not _SHA256.fullmatch(remote.sha256):
-            reason = "its sha256 is not 64 lowercase hex digits"
-        if reason is not None:
-            raise UnsafeRepoPath(repo_id=repo_id, path=remote.path, reason=reason)
+        check_listed_file(repo_id, path=remote.path, size=remote.size, sha256=remote.sha256)
+
+
+def check_listed_file(repo_id: str, *, path: str, size: int, sha256: str | None) -> bool:
+    """Whether a listed file may be kept: raise for a model file (LFS, or any .gguf) that could not be
+    fetched and placed whole, so plan and download refuse the same listing before any request; False
+    for another file whose name is unsafe (never fetched, so left out rather than refused).
+
+    ``sha256`` is None for a file the Hub keeps in git rather than LFS.
+    """
+    model_file = sha256 is not None or path.lower().endswith(".gguf")
+    reason = unsafe_path_reason(path)
+    if reason is not None:
+        if not model_file:
+            return False
+        raise UnsafeRepoPath(repo_id=repo_id, path=path, reason=reason)
+    if sha256 is not None and not _SHA256.fullmatch(sha256):
+        raise UnsafeRepoPath(repo_id=repo_id, path=path, reason="its sha256 is not 64 lowercase hex digits")
+    if model_file and size < 1:
+        raise HubListingInvalid(repo_id=repo_id, path=path, problem=f"as {size} bytes, which no model file is")
+    return True
 
 
 def local_parts(path: str) -> tuple[str, ...]:

@@ -11,15 +11,32 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from nemolaunch.core.launch import CACHE_TYPES, DEFAULT_HOST, DEFAULT_PORT
 from nemolaunch.errors import BadOption, PortOutOfRange, SettingsFileInvalid
 
 Origin = Literal["flag", "env", "file", "default"]
 ENV_PREFIX = "NEMOLAUNCH_"
+
+
+def _not_true_or_false(value: object) -> object:
+    # pydantic takes true as 1 where a number is meant (`port = true` would become --port 1).
+    if isinstance(value, bool):
+        raise ValueError("true or false is not a number")
+    return value
+
+
+def _tokens_as_text(value: object) -> object:
+    """ctx_size is a number of tokens or the word max: TOML writes the number as a number (ctx_size = 4096)."""
+    value = _not_true_or_false(value)
+    return str(value) if isinstance(value, (int, float)) else value
+
+
+Int = Annotated[int, BeforeValidator(_not_true_or_false)]
+Float = Annotated[float, BeforeValidator(_not_true_or_false)]
 
 
 class Settings(BaseModel):
@@ -30,15 +47,16 @@ class Settings(BaseModel):
     model: str | None = None  # a local .gguf or REPO[:QUANT]; none: the Nemotron 3 Ultra
     quant: str | None = None
     host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    ctx_size: str | None = None  # a number of tokens, or "max"; none: 32768 or the model's maximum
+    port: Int = DEFAULT_PORT
+    # A number of tokens, or "max"; none: 32768 or the model's maximum.
+    ctx_size: Annotated[str | None, BeforeValidator(_tokens_as_text)] = None
     cache_type: str = "f16"
-    parallel: int | None = None  # none: llama-server's own 4 slots
+    parallel: Int | None = None  # none: llama-server's own 4 slots
     llama_cpp: str | None = None  # a folder holding llama.cpp's binaries
     api_key_file: str | None = None
-    temp: float = 1.0  # NVIDIA's sampling for Nemotron 3
-    top_p: float = 0.95
-    min_p: float = 0.01
+    temp: Float = 1.0  # NVIDIA's sampling for Nemotron 3
+    top_p: Float = 0.95
+    min_p: Float = 0.01
     prefer: str = "quality"
     # A model larger than memory may run with its experts paged from disk (slowly): --allow-disk.
     allow_disk: bool = False
@@ -81,21 +99,32 @@ class ResolvedSettings:
         }
 
 
+#: What each checked value may be, in the words a mistake's message ends with.
+ALLOWED = {
+    "port": "use a port from 1 to 65535",
+    "parallel": "use 1 or more slots",
+    "temp": "use 0 or more (NVIDIA recommends 1.0)",
+    "top_p": "use a value from 0 to 1",
+    "min_p": "use a value from 0 to 1",
+    "ctx_size": "give a number of tokens, or max for the longest that fits",
+}
+
+
 def _port(value: object) -> str | None:
-    return None if isinstance(value, int) and 1 <= value <= 65535 else "use a port from 1 to 65535"
+    return None if isinstance(value, int) and 1 <= value <= 65535 else ALLOWED["port"]
 
 
 def _positive_slots(value: object) -> str | None:
-    return None if value is None or (isinstance(value, int) and value >= 1) else "use 1 or more slots"
+    return None if value is None or (isinstance(value, int) and value >= 1) else ALLOWED["parallel"]
 
 
 def _temperature(value: object) -> str | None:
     ok = isinstance(value, float) and math.isfinite(value) and value >= 0
-    return None if ok else "use 0 or more (NVIDIA recommends 1.0)"
+    return None if ok else ALLOWED["temp"]
 
 
 def _share(value: object) -> str | None:
-    return None if isinstance(value, float) and 0.0 <= value <= 1.0 else "use a value from 0 to 1"
+    return None if isinstance(value, float) and 0.0 <= value <= 1.0 else ALLOWED["top_p"]
 
 
 def _context(value: object) -> str | None:
@@ -103,7 +132,7 @@ def _context(value: object) -> str | None:
         return None
     text = str(value).strip()
     if not text.lstrip("-").isdigit():
-        return "give a number of tokens, or max for the longest that fits"
+        return ALLOWED["ctx_size"]
     return None if int(text) > 0 else "use a positive number of tokens"
 
 
@@ -155,12 +184,15 @@ def resolve_settings(
     except ValidationError as exc:
         error = exc.errors()[0]
         key = str(error["loc"][0])
-        raise _mistake(resolved, key, merged.get(key), _plain(error["msg"])) from None
+        problem = _plain(error["msg"])
+        hint = f"{problem}; {ALLOWED[key]}" if key in ALLOWED else problem
+        raise _mistake(resolved, key, merged.get(key), hint) from None
     resolved = ResolvedSettings(settings, origins, file)
     for key, check in CHECKS.items():
         hint = check(getattr(settings, key))
         if hint is not None:
-            raise _mistake(resolved, key, getattr(settings, key), hint)
+            # The value as it was given (ctx_size = -5 is held as the text "-5").
+            raise _mistake(resolved, key, merged.get(key, getattr(settings, key)), hint)
     return resolved
 
 
@@ -175,6 +207,11 @@ def _mistake(resolved: ResolvedSettings, key: str, value: object, hint: str) -> 
     if key == "port" and origin == "flag" and isinstance(value, int):
         return PortOutOfRange(port=value, option=FLAGS[key])
     if origin == "file":
-        return SettingsFileInvalid(path=resolved.file, key=key, problem=f"{value!r} is not valid: {hint}")
+        return SettingsFileInvalid(path=resolved.file, key=key, problem=f"{_as_toml(value)} is not valid: {hint}")
     shown = "''" if isinstance(value, str) and not value.strip() else value
     return BadOption(option=resolved.where(key), value=shown, hint=hint)
+
+
+def _as_toml(value: object) -> str:
+    """A value from config.toml as it is written there: true, not Python's True."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)

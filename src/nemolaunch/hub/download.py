@@ -172,13 +172,19 @@ def download_quant(
                 on_disk_bytes=sum(p.on_disk for p in planned),
             )
         )
-        local_paths = run_parallel(
-            [lambda remote=remote: _materialize_checked(run, remote) for remote in wanted],
-            max_workers=max_workers,
-            emit=emit,
-            stop=stop,
-            sink=run,
-        )
+        try:
+            local_paths = run_parallel(
+                [lambda remote=remote: _materialize_checked(run, remote) for remote in wanted],
+                max_workers=max_workers,
+                emit=emit,
+                stop=stop,
+                sink=run,
+            )
+        except NotEnoughDisk:
+            # The disk filled under a shard: that shard's remainder is not what is missing, the quant's is
+            # (what the next run's check will ask for).
+            _check_disk(_plan(wanted, layout), layout, disk_margin_bytes)
+            raise
         result = dict(zip((remote.path for remote in wanted), local_paths, strict=True))
         layout.record_ref(revision, listing.commit)
         return DownloadResult(commit=listing.commit, files=result, fetched_bytes=run.fetched_bytes, offline=False)

@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit
 
 from nemolaunch import __version__
 from nemolaunch.core.catalog import Catalog, ListingEntry, select_catalog
-from nemolaunch.core.download_plan import RemoteFile, check_repo_id
+from nemolaunch.core.download_plan import RemoteFile, check_listed_file, check_repo_id
 from nemolaunch.errors import (
     HubRequestFailed,
     HubUnreachable,
@@ -151,10 +151,18 @@ def _parse_listing(info: dict[str, Any], *, repo_id: str, revision: str) -> Repo
     others: list[ListingEntry] = []
     for sibling in info.get("siblings") or ():
         lfs = sibling.get("lfs")
+        path = str(sibling["rfilename"])
         if lfs is not None:
-            files.append(RemoteFile(sibling["rfilename"], int(lfs["size"]), str(lfs["sha256"]).lower()))
+            remote = RemoteFile(path, int(lfs["size"]), str(lfs["sha256"]).lower())
+            # Checked here, once, so that plan (which reads a header) and download refuse the same listing.
+            check_listed_file(repo_id, path=remote.path, size=remote.size, sha256=remote.sha256)
+            files.append(remote)
         else:
-            others.append(ListingEntry(sibling["rfilename"], int(sibling.get("size") or 0)))
+            entry = ListingEntry(path, int(sibling.get("size") or 0))
+            if check_listed_file(repo_id, path=entry.path, size=entry.size, sha256=None):
+                others.append(entry)
+            else:
+                log.debug("%s lists %r, an unsafe name: left out", repo_id, path)
     commit = info.get("sha")
     if not isinstance(commit, str) or not COMMIT_SHA.fullmatch(commit):
         # The commit becomes a folder name in the cache: only a real hash may (a mirror could send "../x").

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import http.client
+import re
 import ssl
 import threading
 import urllib.request
@@ -28,7 +29,13 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from nemolaunch import __version__
-from nemolaunch.errors import HubRequestFailed, NemolaunchError, first_line
+from nemolaunch.errors import (
+    HubRequestFailed,
+    NemolaunchError,
+    ServedAnswerInvalid,
+    ServedSizeMismatch,
+    first_line,
+)
 
 # Statuses worth asking again: the server is busy or broken for a moment, not refusing.
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -74,12 +81,14 @@ class FileSource:
         self,
         *,
         repo_id: str,
+        path: str,
         url: str,
         token: str | None,
         stall_timeout_s: float,
         translate: Callable[[Exception], NemolaunchError],
     ) -> None:
         self.repo_id = repo_id
+        self.path = path  # the repo path, for messages
         self.url = url
         self.token = token
         self.stall_timeout_s = stall_timeout_s
@@ -281,21 +290,40 @@ class Connection:
 def _check_answer(
     status: int, headers: Any, start: int, end: int, size: int, target: Target, source: FileSource
 ) -> None:
-    """Raise unless the answer carries exactly bytes ``[start, ...)`` of this file."""
+    """Raise unless the answer carries exactly bytes ``[start, ...)`` of this file.
+
+    A size that disagrees with the listing, or headers that disagree with each other, are said as such
+    and not retried: asking again gets the same answer, so "run again to resume" would be untrue.
+    """
     length = headers.get("content-length")
+    if length is not None and not length.strip().isdigit():
+        raise ServedAnswerInvalid(
+            path=source.path, header="Content-Length", value=length, conflict="that is no byte count"
+        )
     if status == 206:
         content_range = headers.get("content-range", "")
-        first, _, total = content_range.removeprefix("bytes ").partition("/")
-        if not first.split("-")[0].isdigit() or int(first.split("-")[0]) != start:
+        match = _CONTENT_RANGE.fullmatch(content_range.strip())
+        if match is None or int(match["first"]) != start:
             raise RangeIgnored(f"asked for bytes from {start}, got {content_range!r}")
-        if total not in ("*", str(size)) or (length is not None and int(length) > end - start):
-            raise Retry(f"the server sent a range of another size ({content_range!r}, listing says {size})")
+        if match["total"] != "*" and int(match["total"]) != size:
+            raise ServedSizeMismatch(path=source.path, listed=size, served=int(match["total"]), header="Content-Range")
+        span = int(match["last"]) - int(match["first"]) + 1
+        if length is not None and int(length) != span:
+            # The two headers disagree: the server (or a proxy) is broken, whichever is right.
+            raise ServedAnswerInvalid(
+                path=source.path,
+                header="Content-Length",
+                value=length,
+                conflict=f"its Content-Range ({content_range}) names {span} bytes",
+            )
+        if span > end - start:
+            raise Retry(f"the server sent more than the range asked for ({content_range!r})")
         return
     if status == 200:
         if start or end < size:
             raise RangeIgnored("the server ignored the Range header")
         if length is not None and int(length) != size:
-            raise Retry(f"the server sent {length} bytes, the listing says {size}")
+            raise ServedSizeMismatch(path=source.path, listed=size, served=int(length), header="Content-Length")
         return
     if status == 416:
         raise RangeIgnored("the server will not serve that range (416)")
@@ -305,6 +333,9 @@ def _check_answer(
         raise Retry(f"the server answered {status}", renew=True)
     reason = "the CDN redirected again" if 300 <= status < 400 else "the file's bytes were refused"
     raise HubRequestFailed(repo_id=source.repo_id, status=status, reason=f"{reason} ({status})")
+
+
+_CONTENT_RANGE = re.compile(r"bytes (?P<first>\d+)-(?P<last>\d+)/(?P<total>\d+|\*)")
 
 
 def _new_connection(scheme: str, host: str, port: int | None, timeout: float) -> http.client.HTTPConnection:

@@ -29,7 +29,7 @@ from nemolaunch.core.download_plan import (
     WaitingForLock,
     XetFallback,
 )
-from nemolaunch.errors import ChecksumMismatch, NemolaunchError, first_line
+from nemolaunch.errors import ChecksumMismatch, NemolaunchError, ServedSizeMismatch, first_line
 from nemolaunch.hub import partial_state
 from nemolaunch.hub.api import resolve_url, translate
 from nemolaunch.hub.connection_budget import ConnectionBudget
@@ -180,6 +180,7 @@ class Run:
             commit = self.layout.require_commit()
             source = FileSource(
                 repo_id=self.repo_id,
+                path=remote.path,
                 url=resolve_url(self.endpoint, self.repo_id, commit, remote.path),
                 token=self.token,
                 stall_timeout_s=self.settings.stall_timeout_s,
@@ -192,17 +193,22 @@ class Run:
                     path=remote.path,
                 ),
             )
-            actual = fetch_file(
-                remote,
-                partial,
-                commit=commit,
-                source=source,
-                settings=self._settings_for(remote),
-                slots=self.slots,
-                stop=self.stop,
-                emit=self.emit,
-                on_bytes=self._count,
-            )
+            try:
+                actual = fetch_file(
+                    remote,
+                    partial,
+                    commit=commit,
+                    source=source,
+                    settings=self._settings_for(remote),
+                    slots=self.slots,
+                    stop=self.stop,
+                    emit=self.emit,
+                    on_bytes=self._count,
+                )
+            except ServedSizeMismatch:
+                # Bytes of a file that is not the one listed: no later run could finish them.
+                partial_state.discard(partial)
+                raise
             if actual != remote.sha256:
                 partial_state.discard(partial)
                 return actual
