@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -85,7 +87,56 @@ def load_and_generate(
     finally:
         server.terminate()
         server.wait(timeout=30)
-    return {"load_s": load_s, "sent_bytes": sent, "gen_tps": timings["predicted_per_second"]}
+    return {"load_s": load_s, "sent_bytes": sent, "gen_tps": timings["predicted_per_second"],
+            **load_phases(log.read_text(errors="replace"), load_s)}  # fmt: skip
+
+
+#: llama-server's log lines start with the time since it started: minutes.seconds.milliseconds.microseconds.
+_STAMPED = re.compile(r"^(\d+)\.(\d{2})\.(\d{3})\.(\d{3}) . (.*)$")
+
+
+def load_phases(log: str, load_s: float) -> dict[str, float]:
+    """Where a load went, from llama-server's own timestamps: nemolaunch's part before the exec (checking
+    the workers, planning), llama-server reading the file's header, the weights (every tensor set on the
+    workers: the head's hashing, the link, the workers' caches), then contexts, graph reservation and warm-up."""
+    stamped = []
+    for line in log.splitlines():
+        found = _STAMPED.match(line)
+        if found:
+            minutes, seconds, millis, micros, text = found.groups()
+            stamped.append((int(minutes) * 60 + int(seconds) + int(millis) / 1e3 + int(micros) / 1e6, text))
+    at = {"start": 0.0}
+    for number, (when, text) in enumerate(stamped):
+        if "load_model: loading model" in text and "weights_from" not in at:
+            at["weights_from"] = when
+            # The loader prints nothing while it sets tensors: its next line is the end of the weights.
+            at["weights_to"] = stamped[number + 1][0] if number + 1 < len(stamped) else when
+        if "listening on http" in text:
+            at["listening"] = when
+            break
+    if not {"weights_from", "listening"} <= at.keys():
+        return {}
+    return {
+        "before_exec_s": max(load_s - at["listening"], 0.0),
+        "header_s": at["weights_from"],
+        "weights_s": at["weights_to"] - at["weights_from"],
+        "after_weights_s": at["listening"] - at["weights_to"],
+    }
+
+
+def head_hashing_s(model: Path) -> tuple[float, int]:
+    """FNV-1a over every tensor over 10 MiB, as the head computes it at each load (one core, same run)."""
+    from nemolaunch.adapters.rpc_preload import big_tensors, fnv1a_64
+
+    tensors = big_tensors((model,))
+    with model.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapping:
+        view = memoryview(mapping)
+        began = time.perf_counter()
+        for tensor in tensors:
+            fnv1a_64(view[tensor.offset : tensor.offset + tensor.size])
+        took = time.perf_counter() - began
+        view.release()
+    return took, sum(tensor.size for tensor in tensors)
 
 
 def _chat_inside(network: ShapedNetwork, port: int, tokens: int) -> dict[str, float]:
