@@ -91,6 +91,9 @@ class Fault:
     corrupt: bool = False  # flip the file's middle byte: right size, wrong content
     status: int | None = None  # answer this status instead of the bytes
     length_off_by: int = 0  # a Content-Length this far from the bytes sent (a broken server or proxy)
+    # Send the body one byte every trickle_s seconds: never silent long enough for a read timeout.
+    # On the API (path API) it trickles the listing's JSON; on a file, its bytes.
+    trickle_s: float | None = None
     # Which GETs it meets: any; "whole", only those without a Range (a one-piece download's first);
     # "resumed", only ranged ones from past byte 0 (a retry). A GET it does not meet leaves it queued.
     on: str = "any"
@@ -381,7 +384,9 @@ class _Handler(BaseHTTPRequestHandler):
             )
         )
 
-    def _json(self, status: int, payload: object, headers: dict[str, str] | None = None) -> None:
+    def _json(
+        self, status: int, payload: object, headers: dict[str, str] | None = None, *, trickle_s: float | None = None
+    ) -> None:
         body = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -390,8 +395,24 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self._log(status, None)  # before the client can see the answer: a test counting requests sees it
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command == "HEAD":
+            return
+        if trickle_s is None:
             self.wfile.write(body)
+        else:
+            self._trickle(memoryview(body), trickle_s)
+
+    def _trickle(self, body: memoryview, every_s: float, count: Callable[[int], None] | None = None) -> None:
+        """One byte, then a wait, until the body is out, the client has gone, or the hub stops."""
+        for index in range(len(body)):
+            if self._client_gone() or self.hub._stopping.is_set():
+                self.close_connection = True
+                return
+            if count is not None:
+                count(1)
+            self.wfile.write(body[index : index + 1])
+            self.wfile.flush()
+            self.hub._stopping.wait(every_s)
 
     def _error(
         self,
@@ -481,7 +502,8 @@ class _Handler(BaseHTTPRequestHandler):
         if rest == "" or rest.startswith("/revision/"):
             sha = self._revision_or_error(repo, rest[len("/revision/") :] if rest else "main")
             if sha is not None:
-                self._model_info(repo, sha, with_blobs=_truthy(query.get("blobs")))
+                trickle_s = fault.trickle_s if fault is not None else None
+                self._model_info(repo, sha, with_blobs=_truthy(query.get("blobs")), trickle_s=trickle_s)
             return
         if rest.startswith("/tree/"):
             revision, _, subpath = rest[len("/tree/") :].partition("/")
@@ -491,7 +513,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._error(404, None, "Not found")
 
-    def _model_info(self, repo: FakeRepo, sha: str, *, with_blobs: bool) -> None:
+    def _model_info(self, repo: FakeRepo, sha: str, *, with_blobs: bool, trickle_s: float | None = None) -> None:
         siblings = []
         for path in sorted(repo.files):
             sibling: dict[str, object] = {"rfilename": path}
@@ -519,6 +541,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "createdAt": "2026-01-01T00:00:00.000Z",
                 "siblings": siblings,
             },
+            trickle_s=trickle_s,
         )
 
     def _tree(self, repo: FakeRepo, subpath: str, *, recursive: bool, query: dict[str, list[str]]) -> None:
@@ -638,6 +661,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.hub._count_transfers(-1)
 
     def _stream(self, repo_id: str, path: str, body: memoryview, fault: Fault | None) -> None:
+        if fault is not None and fault.trickle_s is not None:
+            generation = self.hub.counter_generation
+            self._trickle(body, fault.trickle_s, lambda n: self.hub._count(repo_id, path, n, generation))
+            return
         sent = 0
         began = time.monotonic()
         rate = self.hub.rate_bytes_per_s

@@ -31,7 +31,7 @@ from conftest import (
     write_gguf,
 )
 from error_catalog import CASES, DOC, REPO, Case, render
-from fakehub import FakeHub, Fault
+from fakehub import API, FakeHub, Fault
 from openai_stub import StubBehaviour, openai_stub
 from test_launches import lookalike, write_fake_record
 from test_smoke import process_alive, stop_with_sigint, wait_for_health
@@ -84,6 +84,9 @@ def _files(ctx: Ctx) -> None:
     (tmp / "latin1.toml").write_bytes(b"# caf\xe9\nport = 8001\n")
     (tmp / "port-true.toml").write_text("port = true\n")
     (tmp / "ctx-negative.toml").write_text("ctx_size = -5\n")
+    os.mkfifo(tmp / "fifo")  # special files: a pipe nobody writes to, and a link that points at itself
+    (tmp / "loop.json").symlink_to(tmp / "loop.json")
+    (tmp / "big.json").write_bytes(b" " * (1024 * 1024 + 1))  # whitespace: valid JSON once, but past the cap
     cluster = json.loads(CLUSTER.read_text())
     cluster["workers"][0]["endpoint"] = "10.0.0.2:"
     (tmp / "bad-cluster.json").write_text(json.dumps(cluster))
@@ -193,6 +196,11 @@ def _hostile_repos(ctx: Ctx, hub: FakeHub) -> None:
     # longer than its Content-Range. The plan's header read (a range from byte 0) meets neither.
     hub.add_fault("acme/Length-GGUF", length, Fault(drop_after=100_000, on="whole"))
     hub.add_fault("acme/Length-GGUF", length, Fault(length_off_by=7, on="resumed", times=None))
+    # A CDN that sends a header one byte a second, and a Hub that sends its listing so: no read timeout trips.
+    hub.add_repo("acme/Trickle-GGUF", {"Q8_0/Trickle-Q8_0.gguf": model("trickle")})
+    hub.add_fault("acme/Trickle-GGUF", "Q8_0/Trickle-Q8_0.gguf", Fault(trickle_s=1.0, times=None))
+    hub.add_repo("acme/SlowList-GGUF", {"Q8_0/SlowList-Q8_0.gguf": model("slowlist")})
+    hub.add_fault("acme/SlowList-GGUF", API, Fault(trickle_s=1.0, times=None))
 
 
 def _stale_header_folders(ctx: Ctx) -> None:
@@ -445,6 +453,16 @@ def _check_no_partial_file(ctx: Ctx, args: list[str], env: dict[str, str]) -> tu
     return done.returncode, done.stdout, done.stderr
 
 
+def _check_deadline(ctx: Ctx, args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """A trickling answer: the run ends within the 10 s the catalog allows any hostile answer (its deadline
+    is 3 s; this is a guard against a hang, not a speed test), and leaves no header folder in TMPDIR."""
+    scratch = Path(env["TMPDIR"])
+    scratch.mkdir(exist_ok=True)
+    done = subprocess.run(nemolaunch_argv(*args), capture_output=True, text=True, env=env, timeout=10)
+    assert not list(scratch.iterdir()), f"the refused run left {list(scratch.iterdir())} in TMPDIR"
+    return done.returncode, done.stdout, done.stderr
+
+
 def _check_stale_headers(ctx: Ctx, args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     done = subprocess.run(nemolaunch_argv(*args), capture_output=True, text=True, env=env, timeout=60)
     folder = {key: Path(ctx.values[f"folder_{key}"]) for key in ("killed", "old", "running", "recent")}
@@ -461,6 +479,7 @@ CHECKS = {
     "nothing-fetched": _check_nothing_fetched,
     "no-partial-file": _check_no_partial_file,
     "stale-headers": _check_stale_headers,
+    "deadline": _check_deadline,
     "other-alive": _check_other_alive,
     "ctrl-c-build": _check_ctrl_c_build,
     "ctrl-c-download": _check_ctrl_c_download,

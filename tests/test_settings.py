@@ -59,6 +59,9 @@ def test_a_number_of_tokens_may_be_written_as_a_toml_number() -> None:
         ("file_values", {"colour": "blue"}, SettingsFileInvalid, "colour: unknown key (known: model, quant"),
         ("flags", {"ctx_size": "lots"}, BadOption, "--ctx-size lots is not valid: give a number of tokens, or max"),
         ("flags", {"host": " "}, BadOption, "--host '' is not valid: give an address"),
+        ("environ", {"NEMOLAUNCH_HUB_DEADLINE": "-1"}, BadOption, "HUB_DEADLINE -1 is not valid: give a number of se"),
+        ("environ", {"NEMOLAUNCH_HUB_DEADLINE": "inf"}, BadOption, "HUB_DEADLINE inf is not valid: give a number of"),
+        ("file_values", {"hub_deadline": True}, SettingsFileInvalid, "hub_deadline: true is not valid: true or false"),
     ],
 )
 def test_a_bad_value_names_where_it_came_from(layer: str, value: dict, error: type, words: str) -> None:

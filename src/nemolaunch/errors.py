@@ -210,6 +210,10 @@ class HubUnreachable(NemolaunchError):
     """endpoint, reason"""
 
 
+class HubTooSlow(NemolaunchError):
+    """endpoint, what (the answer waited for), seconds (the deadline), received (how much came)"""
+
+
 class NotEnoughDisk(NemolaunchError):
     """target, needed, free, missing, margin (human sizes); needed_bytes, free_bytes"""
 
@@ -495,6 +499,12 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
     HubRequestFailed: ErrorSpec(EXIT_HUB, "the Hub answered {status} for {repo_id} ({reason}): try again later"),
     HubUnreachable: ErrorSpec(
         EXIT_HUB, "the Hugging Face Hub at {endpoint} is unreachable ({reason}): check the network or proxy"
+    ),
+    HubTooSlow: ErrorSpec(
+        EXIT_HUB,
+        "the Hugging Face Hub at {endpoint} sent {received} of {what} in {seconds} s and had not finished: it "
+        "(or a proxy between) is too slow; check the network or proxy, or wait longer with "
+        "NEMOLAUNCH_HUB_DEADLINE=SECONDS",
     ),
     NotEnoughDisk: ErrorSpec(
         EXIT_ENVIRONMENT,

@@ -22,12 +22,14 @@ def load_machine(path: Path) -> tuple[HardwareFacts, tuple[Worker, ...]]:
     path = path.expanduser()
     if path.is_dir():
         raise HardwareFileNotJson(path=str(path), detail="it is a folder, not a file")
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():  # a link that loops or dangles is refused by the reader
         raise HardwareFileMissing(path=str(path))
+    from nemolaunch.adapters.small_files import read_small_bytes
+
+    # A regular file only, capped: --hardware /dev/zero or a FIFO gets one line, not a hang or a MemoryError.
+    raw = read_small_bytes(path, what="hardware facts file", option="--hardware")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise HardwareFileNotJson(path=str(path), detail="it is not UTF-8 text") from exc
-    except OSError as exc:
-        raise HardwareFileNotJson(path=str(path), detail=f"it cannot be read: {exc.strerror or exc}") from exc
     return parse_machine_file(text, source=str(path))

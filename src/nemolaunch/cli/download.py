@@ -23,6 +23,7 @@ from nemolaunch.cli.plan import (
 )
 from nemolaunch.core.download_plan import human_bytes
 from nemolaunch.core.launch import DEFAULT_PARALLEL
+from nemolaunch.hub.deadline import DEFAULT_HUB_DEADLINE_S
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -105,6 +106,7 @@ def download_command(
         prefer=preference,
         min_speed=min_speed,
         allow_disk=s.allow_disk,
+        hub_deadline_s=s.hub_deadline,
     )
     require_launchable(planned, action="download")
     result = download_planned(
@@ -116,6 +118,7 @@ def download_command(
         xet=xet,
         quiet=quiet or json_output,
         connections=connections,
+        hub_deadline_s=s.hub_deadline,
     )
     if json_output:
         print_json(
@@ -143,6 +146,7 @@ def download_planned(
     xet: bool,
     quiet: bool,
     connections: int = 32,  # the adapter's DEFAULT_CONNECTIONS, not imported here to keep --help fast
+    hub_deadline_s: float = DEFAULT_HUB_DEADLINE_S,
 ) -> DownloadResult:
     """Fetch the plan's quant (what `serve` and `run` also call when the files are not local)."""
     from nemolaunch.errors import BadOption, HubListingChanged, HubUnreachable
@@ -160,7 +164,7 @@ def download_planned(
     listing = planned.listing  # the plan's own listing: the Hub is asked once a run
     if offline_reason is None and listing is None:
         try:
-            listing = fetch_listing(repo_id=planned.catalog.repo)
+            listing = fetch_listing(repo_id=planned.catalog.repo, deadline_s=hub_deadline_s)
         except HubUnreachable as exc:
             offline_reason = f"the Hub is unreachable ({exc.data['reason']})"
     if listing is None:

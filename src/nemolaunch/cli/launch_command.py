@@ -76,6 +76,7 @@ def model_request(
         model=s.model, quant=s.quant, force=force, hardware=hardware, context=read_context(s.ctx_size, s.cache_type),
         no_download=no_download, dry_run=dry_run, parallel=s.parallel or DEFAULT_PARALLEL,
         prefer=check_preference(s.prefer, min_speed), min_speed=min_speed, allow_disk=s.allow_disk,
+        hub_deadline_s=s.hub_deadline,
     )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from nemolaunch.cli.output import note, warn
 from nemolaunch.core.download_plan import human_bytes
 from nemolaunch.core.launch import DEFAULT_CTX_SIZE, DEFAULT_PARALLEL, alias_for_repo, default_alias
 from nemolaunch.errors import BadOption, ModelNotDownloaded
+from nemolaunch.hub.deadline import DEFAULT_HUB_DEADLINE_S
 
 if TYPE_CHECKING:
     # A type only: reading GGUF files waits until a model is really inspected (`--help` stays fast).
@@ -47,6 +48,7 @@ class ModelRequest:
     prefer: Preference = "quality"  # how a Hub model's quant is chosen
     min_speed: float | None = None
     allow_disk: bool = False  # a model larger than memory may run with experts paged from disk
+    hub_deadline_s: float = DEFAULT_HUB_DEADLINE_S  # the most one Hub answer may take
 
     def check_local(self) -> ResolvedModel | None:
         """The cheap checks, made before the binary is looked up: the user's own mistake is heard first.
@@ -94,6 +96,7 @@ class ModelRequest:
             prefer=self.prefer,
             min_speed=self.min_speed,
             allow_disk=self.allow_disk,
+            hub_deadline_s=self.hub_deadline_s,
         )
 
 
@@ -133,6 +136,7 @@ def resolve_model(
     prefer: Preference = "quality",
     min_speed: float | None = None,
     allow_disk: bool = False,
+    hub_deadline_s: float = DEFAULT_HUB_DEADLINE_S,
 ) -> ResolvedModel:
     """A local file as given; a Hub model planned for this machine, downloaded unless --no-download.
 
@@ -169,6 +173,7 @@ def resolve_model(
         prefer=prefer,
         min_speed=min_speed,
         allow_disk=allow_disk,
+        hub_deadline_s=hub_deadline_s,
     )
     require_launchable(planned, action="launch")
     chosen = planned.plan.quant
@@ -199,7 +204,14 @@ def resolve_model(
         from nemolaunch.cli.download import download_planned
 
         result = download_planned(
-            planned, local_dir=None, workers=4, stall_timeout=60.0, verify=False, xet=False, quiet=False
+            planned,
+            local_dir=None,
+            workers=4,
+            stall_timeout=60.0,
+            verify=False,
+            xet=False,
+            quiet=False,
+            hub_deadline_s=hub_deadline_s,
         )
         first = result.files[chosen.files[0]]
     resolved = _local(inspect_model(first))

@@ -114,6 +114,7 @@ def plan_command(
             spec.reference, quant=quant, ctx_size=context.ctx_size, force=force, parallel=parallel,
             hardware_file=hardware, workers=workers, prefer=preference, min_speed=min_speed, measure_bandwidth=True,
             longest=context.longest, cache_type=context.cache_type, allow_disk=s.allow_disk,
+            hub_deadline_s=s.hub_deadline,
         )  # fmt: skip
     plan = planned.plan
     argv = None

@@ -23,6 +23,7 @@ from nemolaunch.errors import (
     QuantDoesNotFit,
     UnknownQuant,
 )
+from nemolaunch.hub.deadline import DEFAULT_HUB_DEADLINE_S
 
 if TYPE_CHECKING:
     from nemolaunch.core.catalog import Catalog, ModelReference
@@ -80,6 +81,7 @@ def plan_model(
     longest: bool = False,
     cache_type: str = "f16",
     allow_disk: bool = False,
+    hub_deadline_s: float = DEFAULT_HUB_DEADLINE_S,
 ) -> PlannedModel:
     """Plan ``reference`` for this machine (or the one in ``hardware_file``) with its RPC ``workers``
     (live ones, or those a cluster file records), warning as it goes."""
@@ -106,11 +108,11 @@ def plan_model(
         measure_bandwidth=measure_bandwidth or prefer == "speed" or bool(min_speed) or allow_disk,
         measure_disk=allow_disk,
     )
-    lookup = load_catalog(reference.repo)
+    lookup = load_catalog(reference.repo, deadline_s=hub_deadline_s)
     for message in lookup.warnings:
         warn(message)
     catalog = lookup.catalog
-    architecture = _architecture(catalog)
+    architecture = _architecture(catalog, deadline_s=hub_deadline_s)
     request = PlanRequest(
         quant=reference.quant or quant,
         ctx_size=ctx_size if ctx_size is not None else _default_ctx(architecture, DEFAULT_CTX_SIZE),
@@ -268,7 +270,7 @@ def hardware_facts_and_driver(
     return probe.facts, probe.cuda_driver_version
 
 
-def _architecture(catalog: Catalog) -> ArchitectureFacts | None:
+def _architecture(catalog: Catalog, *, deadline_s: float) -> ArchitectureFacts | None:
     """The model's architecture, from the best source at hand (every quant shares it).
 
     A downloaded first shard; else the header of the smallest quant's first shard, read from the
@@ -291,7 +293,9 @@ def _architecture(catalog: Catalog) -> ArchitectureFacts | None:
                 return found
     if catalog.source == "hub" and catalog.quants:
         smallest = min(catalog.quants, key=lambda quant: quant.size_bytes)
-        found = remote_architecture(catalog.repo, smallest.files[0], file_size=smallest.size_bytes)
+        found = remote_architecture(
+            catalog.repo, smallest.files[0], file_size=smallest.size_bytes, deadline_s=deadline_s
+        )
         if found is not None:
             return found
     return builtin_architecture(catalog.repo)

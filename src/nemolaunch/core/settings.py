@@ -17,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from nemolaunch.core.launch import CACHE_TYPES, DEFAULT_HOST, DEFAULT_PORT
 from nemolaunch.errors import BadOption, PortOutOfRange, SettingsFileInvalid
+from nemolaunch.hub.deadline import DEFAULT_HUB_DEADLINE_S
 
 Origin = Literal["flag", "env", "file", "default"]
 ENV_PREFIX = "NEMOLAUNCH_"
@@ -62,6 +63,8 @@ class Settings(BaseModel):
     allow_disk: bool = False
     url: str = f"http://127.0.0.1:{DEFAULT_PORT}/v1"  # where `nemolaunch chat` finds a server
     log_dir: str | None = None  # where `serve` keeps each server's log (`--log-file` names one file instead)
+    # Seconds one answer from the Hub (a listing, a model's header) may take in all: a trickle never ends otherwise.
+    hub_deadline: Float = DEFAULT_HUB_DEADLINE_S
 
 
 KEYS: tuple[str, ...] = tuple(Settings.model_fields)
@@ -107,6 +110,7 @@ ALLOWED = {
     "top_p": "use a value from 0 to 1",
     "min_p": "use a value from 0 to 1",
     "ctx_size": "give a number of tokens, or max for the longest that fits",
+    "hub_deadline": "give a number of seconds above 0",
 }
 
 
@@ -136,6 +140,11 @@ def _context(value: object) -> str | None:
     return None if int(text) > 0 else "use a positive number of tokens"
 
 
+def _seconds(value: object) -> str | None:
+    ok = isinstance(value, float) and math.isfinite(value) and value > 0
+    return None if ok else ALLOWED["hub_deadline"]
+
+
 def _not_blank(hint: str) -> Callable[[object], str | None]:
     return lambda value: hint if value is not None and not str(value).strip() else None
 
@@ -147,6 +156,7 @@ CHECKS: dict[str, Callable[[object], str | None]] = {
     "top_p": _share,
     "min_p": _share,
     "ctx_size": _context,
+    "hub_deadline": _seconds,
     "cache_type": lambda value: None if value in CACHE_TYPES else f"use one of {', '.join(CACHE_TYPES)}",
     "prefer": lambda value: None if value in ("quality", "speed") else "use quality or speed",
     "host": _not_blank("give an address such as 127.0.0.1 or 0.0.0.0"),

@@ -56,6 +56,7 @@ from nemolaunch.errors import (
     NotEnoughDisk,
 )
 from nemolaunch.hub.api import resolve_url, translate
+from nemolaunch.hub.deadline import DEFAULT_HUB_DEADLINE_S
 from nemolaunch.hub.layout import COMMIT_SHA, Layout, make_layout, size_or_zero
 from nemolaunch.hub.listing import RepoListing, fetch_listing, hub_endpoint, resolve_token
 from nemolaunch.hub.transfer import Run, run_parallel
@@ -88,6 +89,7 @@ def download_quant(
     local_dir: Path | None = None,
     max_workers: int = 4,
     stall_timeout_s: float = 60.0,
+    deadline_s: float = DEFAULT_HUB_DEADLINE_S,
     progress: ProgressCallback | None = None,
     token: str | None = None,
     endpoint: str | None = None,
@@ -111,6 +113,7 @@ def download_quant(
     ``progress`` receives :mod:`nemolaunch.core.download_plan` events, always in the calling thread.
     ``prefer_xet`` fetches through huggingface_hub's Xet transfer where the repo offers it (faster,
     but not resumable after a kill), falling back to plain HTTP on any trouble.
+    The listing (when none is passed in) must come within ``deadline_s``.
     A transfer that fails or stalls (no byte for ``stall_timeout_s``) is retried from the bytes on
     disk, waiting ``retry_wait_s`` doubled after each attempt that brought nothing new.
     Ctrl-C raises DownloadInterrupted, leaving partial files to resume from.
@@ -134,7 +137,9 @@ def download_quant(
         offline_reason = "HF_HUB_OFFLINE is set" if is_offline else None
         if offline_reason is None and listing is None:  # a caller that listed already passes it in
             try:
-                listing = fetch_listing(repo_id=repo_id, revision=revision, token=resolved_token, endpoint=hub)
+                listing = fetch_listing(
+                    repo_id=repo_id, revision=revision, token=resolved_token, endpoint=hub, deadline_s=deadline_s
+                )
             except HubUnreachable as exc:
                 offline_reason = f"the Hub at {hub} is unreachable: {exc.data['reason']}"
         layout = make_layout(repo_id, cache_dir=cache_dir, local_dir=local_dir)

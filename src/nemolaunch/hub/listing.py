@@ -8,6 +8,7 @@ Nothing is printed; what the user should hear comes back as warnings.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -22,12 +23,14 @@ from nemolaunch.core.catalog import Catalog, ListingEntry, select_catalog
 from nemolaunch.core.download_plan import RemoteFile, check_listed_file, check_repo_id
 from nemolaunch.errors import (
     HubRequestFailed,
+    HubTooSlow,
     HubUnreachable,
     NoGGUFInRepo,
     NotCachedOffline,
     first_line,
 )
 from nemolaunch.hub.api import resolve_url, translate
+from nemolaunch.hub.deadline import DEFAULT_HUB_DEADLINE_S, Deadline
 from nemolaunch.hub.layout import COMMIT_SHA
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,7 @@ def load_catalog(
     token: str | None = None,
     cache_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    deadline_s: float = DEFAULT_HUB_DEADLINE_S,
 ) -> CatalogLookup:
     """The quant catalog for ``repo``: from the Hub, else the HF cache, else the built-in table.
 
@@ -75,7 +79,7 @@ def load_catalog(
         warnings.append("HF_HUB_OFFLINE is set: quants listed from the local cache or built-in figures")
     else:
         try:
-            listing = fetch_listing(repo_id=repo, endpoint=endpoint, token=token)
+            listing = fetch_listing(repo_id=repo, endpoint=endpoint, token=token, deadline_s=deadline_s)
         except HubUnreachable as exc:
             unreachable = exc
             offline_reason = f"the Hub is unreachable ({exc.reason})"
@@ -115,7 +119,12 @@ class RepoListing:
 
 
 def fetch_listing(
-    *, repo_id: str, revision: str = "main", endpoint: str | None = None, token: str | None = None
+    *,
+    repo_id: str,
+    revision: str = "main",
+    endpoint: str | None = None,
+    token: str | None = None,
+    deadline_s: float = DEFAULT_HUB_DEADLINE_S,
 ) -> RepoListing:
     """The repo's files at ``revision``, with sizes and LFS sha256, and the commit it resolves to.
 
@@ -123,7 +132,8 @@ def fetch_listing(
     asks), sent with huggingface_hub's own session, headers and error parsing, but without importing
     ``hf_api``: that module alone costs more start-up (~0.06 s) than the request on a near Hub.
     Raises HubRepoNotFound, HubRevisionNotFound or HubRequestFailed when the Hub refuses, and
-    HubUnreachable when it cannot answer (network, 5xx, 429).
+    HubUnreachable when it cannot answer (network, 5xx, 429), HubTooSlow when its answer takes more than
+    ``deadline_s`` in all.
     """
     check_repo_id(repo_id)
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
@@ -133,10 +143,17 @@ def fetch_listing(
     resolved_token = resolve_token(token)
     url = f"{hub}/api/models/{repo_id}/revision/{quote(revision, safe='')}"
     headers = build_hf_headers(token=resolved_token or False, library_name="nemolaunch", library_version=__version__)
+    deadline = Deadline(deadline_s, endpoint=hub, what=f"the listing of {repo_id}")
     try:
-        response = get_session().get(url, headers=headers, params={"blobs": True})
-        hf_raise_for_status(response)
-        info = response.json()
+        request = {"headers": headers, "params": {"blobs": True}, "timeout": deadline.timeout()}
+        with get_session().stream("GET", url, **request) as response:
+            if response.status_code >= 400:
+                response.read()  # an error's few bytes, for hf_raise_for_status to quote
+                hf_raise_for_status(response)
+            body = deadline.read_body(response.iter_bytes())
+        info = json.loads(body)
+    except HubTooSlow:
+        raise
     except Exception as exc:
         raise _listing_error(exc, repo_id=repo_id, revision=revision, endpoint=hub, token=resolved_token) from exc
     try:
@@ -322,14 +339,20 @@ def cached_quant_paths(repo: str, files: Iterable[str], *, cache_dir: Path | Non
 
 
 def read_file_prefix(
-    repo: str, path: str, *, limit: int, first_look: int, take: Callable[[bytes], T | None], timeout_s: float = 30.0
+    repo: str,
+    path: str,
+    *,
+    limit: int,
+    first_look: int,
+    take: Callable[[bytes], T | None],
+    deadline_s: float = DEFAULT_HUB_DEADLINE_S,
 ) -> T | None:
     """Offer ``take`` the first ``first_look`` bytes of ``path`` in ``repo``, then twice as many, and so on up
     to ``limit`` (or the file's end); return its first answer that is not None.
 
     Each round asks (an HTTP Range request through huggingface_hub's session, kept alive) only for
     the bytes it lacks, so none is fetched twice. A server that ignores the Range is read only as
-    far as needed.
+    far as needed. All rounds together end within ``deadline_s`` (HubTooSlow past it).
     """
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
@@ -338,12 +361,14 @@ def read_file_prefix(
     # Our own URL, not hf_hub_url: that would import huggingface_hub's download module (and asyncio, for
     # its progress bars), a sixth of a download's start-up.
     url = resolve_url(hub_endpoint(None), repo, "main", path)
+    deadline = Deadline(deadline_s, endpoint=hub_endpoint(None), what=f"the header of {repo}/{path}")
     data = bytearray()
     look_at = min(first_look, limit)
     while True:
         headers["Range"] = f"bytes={len(data)}-{look_at - 1}"
         wanted = look_at - len(data)
-        with get_session().stream("GET", url, headers=headers, follow_redirects=True, timeout=timeout_s) as response:
+        timeout = deadline.timeout()
+        with get_session().stream("GET", url, headers=headers, follow_redirects=True, timeout=timeout) as response:
             if response.status_code >= 400:
                 response.read()
                 hf_raise_for_status(response)
@@ -356,6 +381,7 @@ def read_file_prefix(
                 received += len(chunk)
                 if received >= wanted:
                     break
+                deadline.check(len(data))
         del data[look_at:]
         found = take(bytes(data))
         if found is not None or len(data) < look_at or look_at >= limit:

@@ -24,7 +24,8 @@ from nemolaunch.adapters.gguf_header import (
 )
 from nemolaunch.adapters.header_cache import entry
 from nemolaunch.core.forecast import ArchitectureFacts
-from nemolaunch.errors import MalformedGGUF
+from nemolaunch.errors import HubTooSlow, MalformedGGUF
+from nemolaunch.hub.deadline import DEFAULT_HUB_DEADLINE_S
 
 log = logging.getLogger(__name__)
 
@@ -34,24 +35,25 @@ MAX_READ_BYTES = 256 * 1024 * 1024
 
 
 def remote_architecture(
-    repo: str, path: str, *, file_size: int, cache_dir: Path | None = None
+    repo: str, path: str, *, file_size: int, cache_dir: Path | None = None, deadline_s: float = DEFAULT_HUB_DEADLINE_S
 ) -> ArchitectureFacts | None:
     """Architecture facts of ``repo``'s ``path`` (a first shard) from its header on the Hub; None if unknown.
 
     ``file_size`` need only be at least the file's size (a quant's total size will do): the
-    header is parsed inside a sparse file that long.
+    header is parsed inside a sparse file that long. A header read slower than ``deadline_s`` in all
+    is refused (HubTooSlow), as is a malformed header.
     """
     cached = entry(f"{repo}/{path}/{file_size}", cache_dir)
     header = load_cached(cached)
     if header is None:
-        header = _fetch_header(repo, path, file_size)
+        header = _fetch_header(repo, path, file_size, deadline_s)
         if header is None:
             return None
         save_cached(cached, header)
     return architecture_of(header, where=f"{repo}/{path}")
 
 
-def _fetch_header(repo: str, path: str, file_size: int) -> GGUFHeader | None:
+def _fetch_header(repo: str, path: str, file_size: int, deadline_s: float) -> GGUFHeader | None:
     from nemolaunch.hub.listing import read_file_prefix
 
     def take(prefix: bytes) -> GGUFHeader | None:
@@ -61,12 +63,19 @@ def _fetch_header(repo: str, path: str, file_size: int) -> GGUFHeader | None:
 
     try:
         return read_file_prefix(
-            repo, path, limit=min(MAX_READ_BYTES, file_size), first_look=min(FIRST_LOOK_BYTES, file_size), take=take
+            repo,
+            path,
+            limit=min(MAX_READ_BYTES, file_size),
+            first_look=min(FIRST_LOOK_BYTES, file_size),
+            take=take,
+            deadline_s=deadline_s,
         )
     except _NotGGUF:
         log.debug("%s/%s is not a GGUF file", repo, path)
-    except MalformedGGUF:
-        raise  # no longer read would mend it, and what it claims must not be planned with
+    except (MalformedGGUF, HubTooSlow):
+        # No longer read would mend a malformed header, and what it claims must not be planned with;
+        # a trickle would hold the plan for ever, and planning on without it would hide why it is slow.
+        raise
     except Exception as exc:  # any Hub, HTTP or network error: the forecast goes on without the header
         log.debug("could not read the header of %s/%s: %s", repo, path, exc)
     return None
