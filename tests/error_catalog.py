@@ -9,7 +9,8 @@ one line it prints), and docs/errors.md is rendered from this table, so the two 
 In ``args``, ``env`` and ``message``: ``{tmp}`` is the case's own folder, ``{model}`` a small valid GGUF
 there, ``{shim}`` a stand-in llama.cpp bin folder, ``{hub}`` the fake Hub, ``{url}`` a chat server's
 base URL, ``{port}`` a port nothing listens on, ``{serve_port}`` another free port for a row whose serve
-would otherwise take the default port 8001 (so no row depends on 8001 being free); ``{*}`` in a message
+would otherwise take the default port 8001 (so no row depends on 8001 being free), ``{redirect_url}`` a
+server whose every answer is a redirect to another origin (127.0.0.2); ``{*}`` in a message
 stands for what differs from run to run (a size, a pid).
 ``setup`` names what the case needs beyond those files (see the test module's SETUPS); ``check`` names
 an extra assertion made there (nothing left running, a secret nowhere in argv).
@@ -396,6 +397,11 @@ CASES: list[Case] = [
     c("plan-hardware-too-big", "plan", "a --hardware file over 1 MiB (no hardware file is)",
       "plan --hardware {tmp}/big.json", 2,
       E + "--hardware {tmp}/big.json is over 1048576 bytes: a hardware facts file is small: name the right file"),
+    # --- no key follows a redirect to another origin (issue 22, item 2) --------------------------------------
+    c("session-save-redirect", "session", "a --url whose server redirects to another origin (the key would follow)",
+      "session save talk --messages {tmp}/history.json --url {redirect_url}", 4,
+      E + "the server at {redirect_url} redirected to http://127.0.0.2:{*}/apply-template, another origin: the API key is not sent there, so nothing was asked of it; pass --url with the server's own address",
+      setup="redirect-pair", env={"NEMOLAUNCH_API_KEY": "sk-catalog-redirect-secret"}, check="key-kept"),
     # --- deadlines, not only read timeouts (issue 22, item 4) ------------------------------------------------
     c("plan-header-trickles", "plan", "a CDN that sends the model's header 1 byte/s (no read timeout ever trips)",
       "plan acme/Trickle-GGUF --hardware {machine}", 7,

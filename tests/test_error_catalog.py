@@ -49,6 +49,7 @@ class Ctx:
     stack: ExitStack = field(default_factory=ExitStack)
     hub: FakeHub | None = None
     stub: StubBehaviour | None = None
+    other_origin_saw: list[dict[str, str]] = field(default_factory=list)  # headers a redirect's target got
 
     def fill(self, text: str) -> str:
         for key, value in self.values.items():
@@ -150,6 +151,11 @@ def _setup(ctx: Ctx, name: str, request: pytest.FixtureRequest) -> None:
                 cmake.write("add_custom_target(slow ALL COMMAND sh ${CMAKE_SOURCE_DIR}/slow.sh)\n")
                 cmake.write("add_dependencies(llama-server slow)\n")
             ctx.values["tree"] = str(tree)
+    elif name == "redirect-pair":
+        from test_redirect_keeps_key import redirecting_servers
+
+        url, _, ctx.other_origin_saw = ctx.stack.enter_context(redirecting_servers())
+        ctx.values["redirect_url"] = url
     elif name == "busy-port":
         holder = ctx.stack.enter_context(socket.socket())
         holder.bind(("127.0.0.1", 0))
@@ -453,6 +459,14 @@ def _check_no_partial_file(ctx: Ctx, args: list[str], env: dict[str, str]) -> tu
     return done.returncode, done.stdout, done.stderr
 
 
+def _check_key_kept(ctx: Ctx, args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """The redirect's other origin was never asked anything: no key can have reached it."""
+    done = subprocess.run(nemolaunch_argv(*args), capture_output=True, text=True, env=env, timeout=60)
+    assert ctx.other_origin_saw == [], f"a keyed request followed the redirect: {ctx.other_origin_saw}"
+    assert env["NEMOLAUNCH_API_KEY"] not in done.stdout + done.stderr
+    return done.returncode, done.stdout, done.stderr
+
+
 def _check_deadline(ctx: Ctx, args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     """A trickling answer: the run ends within the 10 s the catalog allows any hostile answer (its deadline
     is 3 s; this is a guard against a hang, not a speed test), and leaves no header folder in TMPDIR."""
@@ -480,6 +494,7 @@ CHECKS = {
     "no-partial-file": _check_no_partial_file,
     "stale-headers": _check_stale_headers,
     "deadline": _check_deadline,
+    "key-kept": _check_key_kept,
     "other-alive": _check_other_alive,
     "ctrl-c-build": _check_ctrl_c_build,
     "ctrl-c-download": _check_ctrl_c_download,

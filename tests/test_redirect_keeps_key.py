@@ -14,8 +14,8 @@ import pytest
 
 from nemolaunch.adapters.chat_client import ChatServer
 from nemolaunch.adapters.server_status import server_status
-from nemolaunch.adapters.sessions import load_session, save_session
-from nemolaunch.errors import NemolaunchError
+from nemolaunch.adapters.sessions import load_session, save_session, sessions_folder
+from nemolaunch.errors import KeyWouldLeaveOrigin, NemolaunchError
 
 KEY = "sk-redirect-secret-4242"
 
@@ -26,8 +26,10 @@ def _serve(host: str, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPSer
     return server
 
 
-@pytest.fixture
-def redirect_pair() -> Iterator[tuple[str, list[dict[str, str]], list[dict[str, str]]]]:
+@contextlib.contextmanager
+def redirecting_servers() -> Iterator[tuple[str, list[dict[str, str]], list[dict[str, str]]]]:
+    """A server on 127.0.0.1 whose every answer is a 302 to one on 127.0.0.2: (its /v1 URL, the headers
+    each saw)."""
     first_seen: list[dict[str, str]] = []
     second_seen: list[dict[str, str]] = []
 
@@ -75,28 +77,47 @@ def redirect_pair() -> Iterator[tuple[str, list[dict[str, str]], list[dict[str, 
             server.server_close()
 
 
+@pytest.fixture
+def redirect_pair() -> Iterator[tuple[str, list[dict[str, str]], list[dict[str, str]]]]:
+    with redirecting_servers() as pair:
+        yield pair
+
+
 def _assert_key_kept(first_seen: list[dict[str, str]], second_seen: list[dict[str, str]]) -> None:
     assert any(h.get("authorization") == f"Bearer {KEY}" for h in first_seen)  # given to its origin
     assert second_seen, "the redirect was not followed at all: the test proves nothing"
     assert all(KEY not in json.dumps(headers) for headers in second_seen)
 
 
-def test_session_save_and_load_keep_the_key_to_its_origin(redirect_pair, tmp_path, monkeypatch) -> None:
+def _assert_never_followed(first_seen: list[dict[str, str]], second_seen: list[dict[str, str]]) -> None:
+    assert any(h.get("authorization") == f"Bearer {KEY}" for h in first_seen)  # given to its origin
+    assert second_seen == [], "a keyed request followed the redirect to another origin"
+
+
+@pytest.mark.parametrize("call", ["save", "load"])
+def test_session_save_and_load_refuse_a_redirect_to_another_origin(redirect_pair, tmp_path, monkeypatch, call) -> None:
+    """urllib would copy the key to wherever a 302 points: the redirect is refused in one line instead."""
     url, first_seen, second_seen = redirect_pair
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     monkeypatch.setenv("HOME", str(tmp_path))
-    try:
-        save_session(url, "talk", [{"role": "user", "content": "hi"}], api_key=KEY)
-        load_session(url, "talk", api_key=KEY)
-    except NemolaunchError:
-        pass  # the second server's answers need not make sense: only what it saw matters
-    _assert_key_kept(first_seen, second_seen)
+    with pytest.raises(KeyWouldLeaveOrigin) as caught:
+        if call == "save":
+            save_session(url, "talk", [{"role": "user", "content": "hi"}], api_key=KEY)
+        else:
+            sessions_folder().mkdir(parents=True)
+            (sessions_folder() / "talk.json").write_text('{"messages": [{"role": "user", "content": "hi"}]}')
+            load_session(url, "talk", api_key=KEY)
+    assert "127.0.0.2" in str(caught.value) and KEY not in str(caught.value)
+    _assert_never_followed(first_seen, second_seen)
 
 
-def test_ps_server_status_keeps_the_key_to_its_origin(redirect_pair) -> None:
+def test_ps_server_status_refuses_a_redirect_with_the_key(redirect_pair) -> None:
     url, first_seen, second_seen = redirect_pair
-    server_status(url.removesuffix("/v1"), key=KEY, timeout=5)
-    _assert_key_kept(first_seen, second_seen)
+    status = server_status(url.removesuffix("/v1"), key=KEY, timeout=5)
+    # /health carries no key: it may follow (the other origin answers ok); /slots and /metrics carry it: refused.
+    assert all(KEY not in json.dumps(headers) for headers in second_seen)
+    assert any(h.get("authorization") == f"Bearer {KEY}" for h in first_seen)
+    assert status.slots_total is None
 
 
 def test_chat_openai_client_keeps_the_key_to_its_origin(redirect_pair) -> None:

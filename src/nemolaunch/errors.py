@@ -301,6 +301,10 @@ class ServerUnreachable(NemolaunchError):
     """url, reason"""
 
 
+class KeyWouldLeaveOrigin(NemolaunchError):
+    """url (the server asked), target (the other origin its redirect pointed at)"""
+
+
 class ApiKeyNeeded(NemolaunchError):
     """url"""
 
@@ -593,6 +597,11 @@ ERROR_TABLE: dict[type[NemolaunchError], ErrorSpec] = {
     ServerUnreachable: ErrorSpec(
         EXIT_ENVIRONMENT,
         "no server answers at {url} ({reason}): start one with `nemolaunch serve`, or pass --url with its address",
+    ),
+    KeyWouldLeaveOrigin: ErrorSpec(
+        EXIT_ENVIRONMENT,
+        "the server at {url} redirected to {target}, another origin: the API key is not sent there, so nothing "
+        "was asked of it; pass --url with the server's own address",
     ),
     ApiKeyNeeded: ErrorSpec(
         EXIT_USAGE,

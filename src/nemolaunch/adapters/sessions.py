@@ -24,9 +24,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from nemolaunch.adapters.same_origin import same_origin_opener
+from nemolaunch.adapters.same_origin import RedirectLeavesOrigin, same_origin_opener
 from nemolaunch.errors import (
     BadOption,
+    KeyWouldLeaveOrigin,
     ServerUnreachable,
     SessionFailed,
     SessionNotFound,
@@ -82,6 +83,8 @@ def _post(base_url: str, path: str, body: dict[str, Any], api_key: str | None, *
             # llama-server without --slot-save-path: "This server does not support slots action."
             raise SessionsNotEnabled(url=base_url) from exc
         raise SessionFailed(url=base_url, status=exc.code, reason=str(message)[:200]) from exc
+    except RedirectLeavesOrigin as exc:
+        raise KeyWouldLeaveOrigin(url=base_url, target=exc.target) from exc
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ServerUnreachable(url=base_url, reason=str(reason)) from exc
