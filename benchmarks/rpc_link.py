@@ -25,9 +25,11 @@ import mmap
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from bench_servers import free_port, nemolaunch, publish
@@ -178,6 +180,15 @@ def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
                 process.wait(timeout=15)
 
 
+def fresh_folders(folders: Iterable[Path]) -> list[Path]:
+    """Worker caches emptied first: a cold load (and a first seeding) must find nothing a past run left."""
+    emptied = []
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+        emptied.append(folder)
+    return emptied
+
+
 def one_speed(gbit: float, llama_cpp: Path, model: Path, work: Path, tokens: int) -> list[dict[str, object]]:
     """Cold, cache warm and after --preload over two links of ``gbit`` Gb/s."""
     from nemolaunch.core.load_forecast import forecast_load
@@ -186,7 +197,7 @@ def one_speed(gbit: float, llama_cpp: Path, model: Path, work: Path, tokens: int
     rate = gbit * 1e9 / 8
     with shaped_network(2, rate_bits_per_s=gbit * 1e9) as network:
         tag = f"{gbit:g}gbit"
-        caches = [work / f"{tag}-cold-w{number}" for number in (1, 2)]
+        caches = fresh_folders(work / f"{tag}-cold-w{number}" for number in (1, 2))
         workers, endpoints, _ = start_workers(network, llama_cpp, caches)
         try:
             plan = plan_forecast(network, llama_cpp, model, endpoints)
@@ -204,7 +215,7 @@ def one_speed(gbit: float, llama_cpp: Path, model: Path, work: Path, tokens: int
             rows.append({**common, "case": "cache warm", "forecast_s": forecast["warm"], **warm})
         finally:
             stop_all(workers)
-        caches = [work / f"{tag}-preload-w{number}" for number in (1, 2)]
+        caches = fresh_folders(work / f"{tag}-preload-w{number}" for number in (1, 2))
         workers, endpoints, seed_s = start_workers(network, llama_cpp, caches, "--preload", str(model))
         try:
             seeded = load_and_generate(network, llama_cpp, model, endpoints, tokens, work / f"{tag}-preload.log")
@@ -233,6 +244,27 @@ def table(rows: list[dict[str, object]], header: str) -> str:
             f"{row['load_s'] / row['forecast_s']:.2f} | {row['load_s'] / cold[row['gbit']]:.2f} | {sent:.2f} GB | "
             f"{row['gen_tps']:.1f}{forecast_tps} |"
         )
+    return "\n".join(lines)
+
+
+def phases_table(rows: list[dict[str, object]], hashing_s: float, hashed: int) -> str:
+    """Where each load's seconds went (llama-server's timestamps), beside the hashing every load does."""
+    lines = [
+        "| link | load | before exec s | header s | weights s | after weights s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        if "weights_s" not in row:
+            continue
+        lines.append(
+            f"| {row['gbit']:g} Gb/s | {row['case']} | {row['before_exec_s']:.1f} | {row['header_s']:.1f} | "
+            f"{row['weights_s']:.1f} | {row['after_weights_s']:.1f} |"
+        )
+    lines += [
+        "",
+        f"The head hashes every tensor over 10 MiB at each load ({hashed / 1e9:.2f} GB here): FNV-1a over them "
+        f"took {hashing_s:.1f} s on one core of this machine, part of every 'weights' figure with a cache.",
+    ]
     return "\n".join(lines)
 
 
@@ -267,7 +299,8 @@ def main() -> int:
         f"{model.name} ({model.stat().st_size / 1e9:.2f} GB), head + 2 workers, each link shaped by tc tbf, "
         f"{THREADS} thread per process, {args.tokens} tokens generated"
     )
-    publish(table(rows, header), args.out)
+    hashing_s, hashed = head_hashing_s(model)
+    publish(table(rows, header) + "\n\n" + phases_table(rows, hashing_s, hashed), args.out)
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
