@@ -3,6 +3,7 @@ that docs/errors.md is the table rendered from it."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -350,11 +351,31 @@ def _check_fill_disk(ctx: Ctx, args: list[str], env: dict[str, str]) -> tuple[in
     deadline = time.monotonic() + 60
     while _partial_bytes(disk) < 100_000 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
-    # Another program takes the rest of the disk while the shard is on its way.
-    subprocess.run(["fallocate", "-l", str(os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize), disk / "filler"])
+    _take_the_rest(disk)  # another program takes the rest of the disk while the shard is on its way
     stdout, stderr = process.communicate(timeout=60)
     (disk / "filler").unlink()
     return process.returncode, stdout, stderr
+
+
+def _take_the_rest(disk: Path) -> None:
+    """Fill ``disk`` to its last block. One fallocate of "what is free" fails whole (ENOSPC) when the
+    download writes a little between the look and the call, and then fills nothing: halve and go on."""
+    with (disk / "filler").open("ab") as handle:
+        want = 0
+        for _ in range(200):
+            stat = os.statvfs(disk)
+            free = stat.f_bavail * stat.f_frsize
+            if free < stat.f_frsize:
+                return
+            want = free if want == 0 or want > free else want
+            try:
+                os.posix_fallocate(handle.fileno(), os.fstat(handle.fileno()).st_size, want)
+                want = 0
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                want = max(want // 2, stat.f_frsize)
+    raise AssertionError(f"could not fill {disk}: {os.statvfs(disk).f_bavail} blocks still free")
 
 
 def _check_ctrl_c_chat(ctx: Ctx, args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
