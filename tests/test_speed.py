@@ -93,6 +93,23 @@ def test_a_token_reads_the_active_share_from_where_it_lives() -> None:
     assert speed.prompt_tps == pytest.approx(1e12 * 0.5 / (2 * 20e9))
 
 
+def test_a_low_bit_quant_in_ram_is_bound_by_the_cpus_multiplications_when_they_take_longer() -> None:
+    """Measured here: Q4_0 generated slower than Q8_0 of a larger file; the reads alone cannot say why."""
+    ram = Bandwidth(30 * GB, "measured")
+
+    def speed(bits: float) -> float | None:
+        return forecast_speed(
+            weights_bytes=int(1 * GB), active_share=0.3, expert_share=0.0, bits_per_weight=bits, fast_parts=(),
+            ram_bytes=int(1 * GB), ram=ram, ram_flops=1e12, ram_dot_flops=66e9,
+        ).generation_tps  # fmt: skip
+
+    reads = 1 / (0.3 * GB / (30 * GB * MEASURED_RAM_EFFICIENCY))  # 0.3 GB a token
+    assert speed(8.5) == pytest.approx(reads)  # Q8_0: 0.28 G weights, 8.6 ms of multiplying < 11.8 ms of reads
+    # Q4_0: 0.53 G weights a token, 2 FLOPs each at 66 GFLOP/s: 16 ms, longer than its reads.
+    assert speed(4.5) == pytest.approx(66e9 / (2 * 0.3 * GB * 8 / 4.5))
+    assert speed(4.5) < reads
+
+
 def test_spilled_experts_are_read_at_the_routed_rate_and_the_rest_on_the_gpu() -> None:
     gpu = FastPart("GPU", int(40 * GB), Bandwidth(1000 * GB, "table"), 100e12)
     speed = forecast_speed(

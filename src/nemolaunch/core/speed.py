@@ -35,6 +35,12 @@ GPU_LAYER_OVERHEAD_S = 50e-6
 #: Share of peak arithmetic a prompt's quantized matrix multiplications reach.
 GPU_COMPUTE_EFFICIENCY = 0.35
 CPU_COMPUTE_EFFICIENCY = 0.50
+#: What a CPU core multiplies per cycle in token generation's matrix-vector products, over quantized
+#: weights (unpack, scale, integer dot): a low-bit quant can be compute-bound before it is memory-bound.
+#: Measured here (benchmarks/speed_vs_forecast.py): Q4_0 ran at 67 GFLOP/s on 2 cores at ~3 GHz, slower
+#: than its smaller size alone would allow, while Q8_0, F16 and F32 stayed bound by memory. ggml's
+#: quantized dot products are AVX2-width whatever wider units a CPU has, so no lane count enters.
+CPU_DOT_FLOPS_PER_CYCLE = 11.0
 #: What one RPC worker adds to every token: the head sends each worker its part of the graph and
 #: waits for the result. Measured on loopback by benchmarks/rpc_cluster.py (~1.2 ms); a LAN adds
 #: its round-trip time on top.
@@ -142,6 +148,12 @@ def cpu_flops(facts: HardwareFacts) -> float:
     return cores * CPU_CLOCK_HZ * lanes * 2 * 2
 
 
+def cpu_dot_flops(facts: HardwareFacts) -> float:
+    """What token generation's quantized matrix-vector products reach on every core (see CPU_DOT_FLOPS_PER_CYCLE)."""
+    cores = facts.cpu.physical_cores or facts.cpu.logical_cores or 4
+    return cores * CPU_CLOCK_HZ * CPU_DOT_FLOPS_PER_CYCLE
+
+
 _SIZE_IN_NAME = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)B-A(\d+(?:\.\d+)?)B", re.IGNORECASE)
 
 
@@ -186,12 +198,13 @@ class DevicePart:
     efficiency: float
     flops: float | None = None
     compute_efficiency: float = GPU_COMPUTE_EFFICIENCY
+    compute_s: float = 0.0  # a token's multiplications, where they take longer than its reads (CPU)
 
     @property
     def seconds(self) -> float:
         if not self.bandwidth.bytes_per_s or self.bytes_per_token <= 0:
-            return 0.0
-        return self.bytes_per_token / (self.bandwidth.bytes_per_s * self.efficiency)
+            return self.compute_s
+        return max(self.bytes_per_token / (self.bandwidth.bytes_per_s * self.efficiency), self.compute_s)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -200,6 +213,7 @@ class DevicePart:
             "bandwidth_bytes_per_s": self.bandwidth.bytes_per_s,
             "bandwidth_source": self.bandwidth.source,
             "efficiency": self.efficiency,
+            "compute_s": round(self.compute_s, 6),
         }
 
 
@@ -238,6 +252,7 @@ def forecast_speed(
     ram: Bandwidth,
     ram_flops: float | None,
     rpc_workers: int = 0,
+    ram_dot_flops: float | None = None,
     layers: int = 0,
 ) -> SpeedForecast:
     """Tokens/s for a model of ``weights_bytes`` whose weights sit as given.
@@ -267,7 +282,9 @@ def forecast_speed(
     ]
     if ram_bytes > 0:
         efficiency = MEASURED_RAM_EFFICIENCY if ram.source == "measured" else 1.0
-        parts.append(DevicePart("RAM", ram_read, ram, efficiency, ram_flops, CPU_COMPUTE_EFFICIENCY))
+        # 2 FLOPs per weight read, at what the CPU's quantized dot products reach.
+        dot_s = 2 * ram_read * 8 / bits_per_weight / ram_dot_flops if bits_per_weight and ram_dot_flops else 0.0
+        parts.append(DevicePart("RAM", ram_read, ram, efficiency, ram_flops, CPU_COMPUTE_EFFICIENCY, dot_s))
     network = rpc_workers * RPC_TOKEN_OVERHEAD_S
     on_gpus = sum(part.held_bytes for part in fast_parts if part.kind == "gpu") / weights_bytes if weights_bytes else 0
     overhead = layers * (on_gpus * GPU_LAYER_OVERHEAD_S + (1 - on_gpus) * CPU_LAYER_OVERHEAD_S)
@@ -373,6 +390,7 @@ def forecast_placed(
         ram_bytes=placed.ram_bytes,
         ram=ram_bandwidth(facts),
         ram_flops=cpu_flops(facts),
+        ram_dot_flops=cpu_dot_flops(facts),
         rpc_workers=sum(1 for part in placed.workers if part.held_bytes > 0),
         layers=layers,
     )
