@@ -360,8 +360,9 @@ def read_file_prefix(
     headers["Accept-Encoding"] = "identity"
     # Our own URL, not hf_hub_url: that would import huggingface_hub's download module (and asyncio, for
     # its progress bars), a sixth of a download's start-up.
-    url = resolve_url(hub_endpoint(None), repo, "main", path)
-    deadline = Deadline(deadline_s, endpoint=hub_endpoint(None), what=f"the header of {repo}/{path}")
+    hub = hub_endpoint(None)
+    url = resolve_url(hub, repo, "main", path)
+    deadline = Deadline(deadline_s, endpoint=hub, what=f"the header of {repo}/{path}")
     data = bytearray()
     look_at = min(first_look, limit)
     while True:
